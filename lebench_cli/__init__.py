@@ -1,0 +1,31 @@
+"""lebench: per-layer wav2vec2 features from LeBenchmark's French speech models.
+
+Importing the package is cheap: torch and fairseq load only when a model is used."""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "Encoder",
+    "LebenchError",
+    "load_checkpoint",
+    "open_features",
+    "__version__",
+]
+
+_LAZY = {
+    "Checkpoint": ("checkpoints", "Checkpoint"),
+    "Encoder": ("encoder", "Encoder"),
+    "load_checkpoint": ("models", "load_checkpoint"),
+    "open_features": ("reader", "open_features"),
+    "LebenchError": ("errors", "LebenchError"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

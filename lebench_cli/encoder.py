@@ -1,0 +1,235 @@
+"""Running a wav2vec2 checkpoint: padded batches of waveforms in, per-layer hidden states out.
+
+Layer numbering (the project's, as transformers 4.x `hidden_states`): 0 is the transformer
+input, i the output of block i, L the encoder output (with the final LayerNorm for pre-LN
+models), and "cnn" the convolutional features after their LayerNorm, before the projection.
+
+Batched output equals one-at-a-time output for every model: padding never reaches a valid
+frame's computation (see `_masked_group_norm` for the one place where it would).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
+from .conversion import is_pretraining_only
+from .errors import CheckpointError, InputError
+
+Layer = Union[int, str]
+CNN = "cnn"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
+
+
+@dataclass
+class EncodedBatch:
+    """Hidden states of a padded batch: states[layer] is [batch, frames_max, width]."""
+
+    states: dict
+    frames: torch.Tensor  # valid frames per utterance
+
+    def utterance(self, index: int) -> dict:
+        count = int(self.frames[index])
+        return {layer: value[index, :count] for layer, value in self.states.items()}
+
+    def unbatch(self) -> list[dict]:
+        """One {layer: float32 numpy [frames, width]} per utterance."""
+        return [
+            {layer: value.float().cpu().numpy() for layer, value in self.utterance(i).items()}
+            for i in range(len(self.frames))
+        ]
+
+
+def build_fairseq_model(checkpoint: Checkpoint):
+    """fairseq's Wav2Vec2Model with the checkpoint's weights, pre-training heads removed."""
+    import warnings
+
+    wav2vec2 = import_fairseq_wav2vec2()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's weight_norm deprecation, inside fairseq
+            model = wav2vec2.Wav2Vec2Model(wav2vec2.Wav2Vec2Config(**checkpoint.model_config))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint.weights_path}: invalid model config: {error}") from None
+    model.remove_pretraining_modules()
+    model.mask_emb = None
+    if getattr(model, "input_quantizer", None) is not None:
+        raise CheckpointError(f"{checkpoint.weights_path}: quantize_input models are not supported")
+    weights = {k: v for k, v in checkpoint.state_dict.items() if not is_pretraining_only(k)}
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(weights))
+    unexpected = sorted(set(weights) - expected)
+    if missing or unexpected:
+        problem = f"missing weight '{missing[0]}'" if missing else f"unexpected weight '{unexpected[0]}'"
+        raise CheckpointError(
+            f"{checkpoint.weights_path}: {problem} ({len(missing)} missing, {len(unexpected)} "
+            "unexpected): the weights do not match the model config"
+        )
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{checkpoint.weights_path}: {' '.join(str(error).split())[:300]}") from None
+    return model.eval()
+
+
+def frames_for_samples(samples, conv_layers) -> torch.Tensor | int:
+    """Frames the conv stack makes from `samples` (int or tensor): floor((n - k) / s) + 1 per
+    conv, 0 when shorter than the receptive field."""
+    for _, kernel, stride in conv_layers:
+        if isinstance(samples, torch.Tensor):
+            samples = torch.clamp(torch.div(samples - kernel, stride, rounding_mode="floor") + 1, min=0)
+        else:
+            samples = max(0, (samples - kernel) // stride + 1)
+    return samples
+
+
+def receptive_field(conv_layers) -> int:
+    field, jump = 1, 1
+    for _, kernel, stride in conv_layers:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+class Encoder:
+    """A checkpoint ready to run, in eval mode (no dropout, layerdrop or masking)."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.normalize = checkpoint.normalize
+        self.conv_layers = parse_conv_layers(checkpoint.weights_path, checkpoint.model_config["conv_feature_layers"])
+        self.min_samples = receptive_field(self.conv_layers)
+        self.samples_per_frame = int(np.prod([s for _, _, s in self.conv_layers]))
+        self.model = build_fairseq_model(checkpoint).to(device=self.device, dtype=self.dtype)
+        self.num_layers = len(self.model.encoder.layers)
+        self.width = checkpoint.width
+        self.cnn_width = self.conv_layers[-1][0]
+        self.layer_norm_first = bool(checkpoint.model_config.get("layer_norm_first", False))
+        self.group_norm = checkpoint.model_config.get("extractor_mode", "default") == "default"
+
+    @property
+    def layer_names(self) -> list:
+        return [CNN, *range(self.num_layers + 1)]
+
+    def frames_for(self, samples):
+        return frames_for_samples(samples, self.conv_layers)
+
+    def check_layers(self, layers: Sequence[Layer]) -> list:
+        checked = []
+        for layer in layers:
+            if layer == CNN or (isinstance(layer, int) and 0 <= layer <= self.num_layers):
+                checked.append(layer)
+            else:
+                raise InputError(f"layer {layer!r} does not exist: this model has layers 0-{self.num_layers} and 'cnn'")
+        return checked
+
+    @torch.inference_mode()
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layers: Sequence[Layer]) -> EncodedBatch:
+        """waveforms [batch, samples] padded (any values past each length), lengths [batch]."""
+        layers = self.check_layers(layers)
+        waveforms = waveforms.to(self.device, dtype=torch.float32, non_blocking=True)
+        lengths = torch.as_tensor(lengths, device=self.device, dtype=torch.long)
+        if int(lengths.min()) < self.min_samples:
+            raise InputError(f"an utterance has {int(lengths.min())} samples; the model needs at least {self.min_samples}")
+        if int(lengths.max()) > waveforms.shape[1]:
+            raise InputError("a length exceeds the padded batch")
+        sample_mask = torch.arange(waveforms.shape[1], device=self.device)[None, :] < lengths[:, None]
+        waveforms = torch.where(sample_mask, waveforms, 0.0)
+        if self.normalize:
+            waveforms = _normalize_valid(waveforms, sample_mask, lengths)
+        frames = self.frames_for(lengths)
+        features = self._conv_features(waveforms.to(self.dtype), lengths)
+        features = features[:, :, : int(frames.max())].transpose(1, 2)
+        features = self.model.layer_norm(features)
+        states = {}
+        if CNN in layers:
+            states[CNN] = features
+        numbered = [layer for layer in layers if layer != CNN]
+        if numbered:
+            states.update(self._transformer_states(features, frames, numbered))
+        return EncodedBatch({layer: states[layer] for layer in layers}, frames)
+
+    def encode(self, waveforms: Sequence, layers: Sequence[Layer]) -> list[dict]:
+        """Waveforms (1-D arrays or tensors, 16 kHz) -> one {layer: [frames, width]} each."""
+        if not len(waveforms):
+            return []
+        tensors = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in waveforms]
+        lengths = torch.tensor([len(t) for t in tensors])
+        batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
+        return self.forward(batch, lengths, layers).unbatch()
+
+    def _conv_features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)
+        blocks = self.model.feature_extractor.conv_layers
+        for index, block in enumerate(blocks):
+            if index == 0 and self.group_norm:
+                conv, _, group_norm, activation = block
+                x = conv(x)
+                valid = frames_for_samples(lengths, self.conv_layers[:1])
+                x = activation(_masked_group_norm(x, valid, group_norm))
+            else:
+                x = block(x)
+        return x
+
+    def _transformer_states(self, features, frames, layers) -> dict:
+        encoder = self.model.encoder
+        x = features
+        if self.model.post_extract_proj is not None:
+            x = self.model.post_extract_proj(x)
+        padding_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= frames[:, None]
+        # One utterance alone is zero-padded by the positional conv itself: zeros here too.
+        x = x.masked_fill(padding_mask[:, :, None], 0.0)
+        x = x + encoder.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        if not self.layer_norm_first:
+            x = encoder.layer_norm(x)
+        states = {0: x} if 0 in layers else {}
+        attention_mask = padding_mask if bool(padding_mask.any()) else None
+        x = x.transpose(0, 1)
+        for index in range(max(layers)):
+            x, _ = encoder.layers[index](x, self_attn_padding_mask=attention_mask, need_weights=False)
+            number = index + 1
+            if number in layers:
+                state = x.transpose(0, 1)
+                if number == self.num_layers and self.layer_norm_first:
+                    state = encoder.layer_norm(state)
+                states[number] = state
+        return states
+
+
+def _normalize_valid(waveforms, sample_mask, lengths):
+    """Zero mean, unit variance over each utterance's own samples, as fairseq's loader does."""
+    count = lengths[:, None].to(torch.float32)
+    mean = waveforms.sum(dim=1, keepdim=True) / count
+    centred = torch.where(sample_mask, waveforms - mean, 0.0)
+    variance = (centred * centred).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(variance + NORMALIZE_EPS)
+
+
+def _masked_group_norm(x, valid_frames, group_norm):
+    """fairseq's first-conv GroupNorm, with statistics over each utterance's valid frames only.
+
+    A plain GroupNorm normalises over the whole time axis: in a padded batch the padding would
+    change every frame of a short utterance (the base models' batching pitfall)."""
+    batch, channels, time = x.shape
+    groups = group_norm.num_groups
+    mask = (torch.arange(time, device=x.device)[None, :] < valid_frames[:, None]).to(torch.float32)
+    values = x.float().reshape(batch, groups, channels // groups, time)
+    mask = mask[:, None, None, :]
+    count = mask.sum(dim=(2, 3), keepdim=True) * (channels // groups)
+    mean = (values * mask).sum(dim=(2, 3), keepdim=True) / count
+    centred = (values - mean) * mask
+    variance = (centred * centred).sum(dim=(2, 3), keepdim=True) / count
+    normed = (centred / torch.sqrt(variance + group_norm.eps)).reshape(batch, channels, time)
+    if group_norm.affine:
+        normed = normed * group_norm.weight.float()[None, :, None] + group_norm.bias.float()[None, :, None]
+    return normed.to(x.dtype)

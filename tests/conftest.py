@@ -1,0 +1,29 @@
+import pytest
+
+from tiny_models import save_fairseq_checkpoint
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """{(family, style): path} of tiny fairseq checkpoints, built once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    made = {}
+
+    def get(family="base", style="cfg"):
+        key = (family, style)
+        if key not in made:
+            made[key] = save_fairseq_checkpoint(root / f"{family}-{style}" / "checkpoint_best.pt", family, style)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
