@@ -178,6 +178,8 @@ def import_fairseq_wav2vec2():
     import logging
     import warnings
 
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
     logging.getLogger("fairseq").setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
@@ -188,6 +190,11 @@ def import_fairseq_wav2vec2():
             f"fairseq is not installed or does not import ({_one_line(error)}): "
             "see docs/install.md (Python >= 3.11 needs fairseq-fixed)"
         ) from None
+    finally:
+        # Some fairseq modules call logging.basicConfig(level=DEBUG) at import: undo that,
+        # so that stderr carries lebench's messages only.
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
     return wav2vec2
 
 

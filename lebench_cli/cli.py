@@ -62,3 +62,132 @@ def info(model, as_json, trust_checkpoint):
         return
     described = describe_checkpoint(model, trust=trust_checkpoint)
     click.echo(json.dumps(described, indent=2) if as_json else format_description(described))
+
+
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _default_workers() -> int:
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("-m", "--model", required=True, help="Hub id, alias, checkpoint file or model folder.")
+@click.option("--layers", default="last", show_default=True, help="all, last, cnn, lists and ranges: 6,12 or 0-24,cnn.")
+@click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
+              help="mean: store one mean vector per utterance and layer (instead of frames unless --frames).")
+@click.option("--frames/--no-frames", "store_frames", default=None, help="Store frame-level states (default: unless --pool mean).")
+@click.option("--ext", "extensions", default=None, help="Comma-separated audio extensions to walk (default: what libsndfile reads).")
+@click.option("--channel", type=click.IntRange(min=0), default=None, help="Use this channel (0-based) instead of averaging to mono.")
+@click.option("--batch-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Padded audio seconds per batch.")
+@click.option("--chunk-seconds", type=click.FloatRange(min=2), default=30.0, show_default=True, help="Longer recordings run in windows of this length.")
+@click.option("--overlap-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Overlap between windows.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Compute precision (default: float16 on CUDA, float32 on CPU).")
+@click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision.")
+@click.option("--shard-size", default="2GB", show_default=True, help="Largest HDF5 shard, e.g. 500MB.")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="HDF5 compression.")
+@click.option("--commit-seconds", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Commit the open shard at least this often: the most work a crash can lose.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (0: decode in the main process).")
+@click.option("--shard", "part", default="1/1", show_default=True, help="Process part K of N (job arrays), e.g. 3/8.")
+@click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
+@click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
+@click.option("--dry-run", is_flag=True, help="Print file count, duration and estimated output size; write nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@trust_checkpoint_option
+@reports_errors
+def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
+            overlap_seconds, device, dtype, save_dtype, shard_size, compression, commit_seconds, workers, part,
+            overwrite, strict, dry_run, quiet, trust_checkpoint):
+    """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
+    on stdin) into HDF5 shards in OUTPUT."""
+    from .errors import InputError
+    from .extract import ExtractOptions, Extraction, parse_part, parse_size, plan_extract
+
+    if overwrite and part != "1/1":
+        raise InputError("--overwrite cannot be combined with --shard: each part would delete the others' "
+                         "features; empty OUTPUT before launching the job array")
+    if overlap_seconds * 2 >= chunk_seconds:
+        raise InputError(f"--overlap-seconds {overlap_seconds:g} must be under half of --chunk-seconds {chunk_seconds:g}")
+    options = ExtractOptions(
+        inputs=list(inputs), output=output, model=model, layers=layers, pool=pool, store_frames=store_frames,
+        extensions=tuple(e.strip().lstrip(".").lower() for e in extensions.split(",") if e.strip()) if extensions else (),
+        channel=channel, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+        device=device, dtype=dtype, save_dtype=save_dtype, shard_size=parse_size(shard_size),
+        compression=None if compression == "none" else compression, commit_seconds=commit_seconds,
+        workers=_default_workers() if workers is None else workers, shard=parse_part(part),
+        overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint,
+    )
+    stdin = click.get_text_stream("stdin") if "-" in inputs else None
+    if dry_run:
+        click.echo(plan_extract(options, stdin=stdin).line())
+        return
+    extraction = Extraction(options, stdin=stdin, progress=not quiet and sys.stderr.isatty())
+    try:
+        with _sigterm_as_interrupt():
+            summary = extraction.run()
+    except KeyboardInterrupt:
+        click.echo(
+            f"Error: interrupted after {extraction.summary.extracted} files; finished work is committed: "
+            "rerun the same command to resume", err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    if not quiet:
+        click.echo(summary.line(), err=True)
+    if summary.failed:
+        if quiet:
+            click.echo(f"Error: {summary.failed} files failed (see {summary.failures_path})", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM (a job scheduler's stop) takes the Ctrl-C path: commit, then exit 130."""
+
+    def __enter__(self):
+        import signal
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        self.previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+@main.command(name="ls")
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.option("--header", is_flag=True, help="Print a header line first.")
+@reports_errors
+def list_utterances(output, header):
+    """One line per stored utterance of OUTPUT: id, frames, duration (tab-separated)."""
+    from .reader import open_features
+
+    with open_features(output) as features:
+        if header:
+            click.echo("id\tframes\tduration")
+        for row in features.utterances():
+            click.echo(f"{row['id']}\t{row['frames']}\t{row['duration']:.3f}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@reports_errors
+def show(output):
+    """Print the metadata of OUTPUT (JSON), with its utterance count."""
+    from .reader import open_features
+
+    with open_features(output) as features:
+        described = dict(features.metadata)
+        described["utterances"] = len(features)
+        click.echo(json.dumps(described, indent=2))

@@ -104,7 +104,7 @@ class Encoder:
         if dtype not in DTYPES:
             raise InputError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
         self.checkpoint = checkpoint
-        self.device = torch.device(device)
+        self.device = _checked_device(device)
         self.dtype = DTYPES[dtype]
         self.normalize = checkpoint.normalize
         self.conv_layers = parse_conv_layers(checkpoint.weights_path, checkpoint.model_config["conv_feature_layers"])
@@ -134,8 +134,12 @@ class Encoder:
         return checked
 
     @torch.inference_mode()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layers: Sequence[Layer]) -> EncodedBatch:
-        """waveforms [batch, samples] padded (any values past each length), lengths [batch]."""
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layers: Sequence[Layer],
+                normalize: bool | None = None) -> EncodedBatch:
+        """waveforms [batch, samples] padded (any values past each length), lengths [batch].
+
+        `normalize=False` skips the checkpoint's waveform normalisation: for windows of a
+        long recording, normalised as a whole beforehand (`normalize_waveform`)."""
         layers = self.check_layers(layers)
         waveforms = waveforms.to(self.device, dtype=torch.float32, non_blocking=True)
         lengths = torch.as_tensor(lengths, device=self.device, dtype=torch.long)
@@ -145,7 +149,7 @@ class Encoder:
             raise InputError("a length exceeds the padded batch")
         sample_mask = torch.arange(waveforms.shape[1], device=self.device)[None, :] < lengths[:, None]
         waveforms = torch.where(sample_mask, waveforms, 0.0)
-        if self.normalize:
+        if self.normalize if normalize is None else normalize:
             waveforms = _normalize_valid(waveforms, sample_mask, lengths)
         frames = self.frames_for(lengths)
         features = self._conv_features(waveforms.to(self.dtype), lengths)
@@ -167,6 +171,14 @@ class Encoder:
         lengths = torch.tensor([len(t) for t in tensors])
         batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
         return self.forward(batch, lengths, layers).unbatch()
+
+    def normalize_waveform(self, waveform: np.ndarray) -> np.ndarray:
+        """One whole utterance normalised as the checkpoint asks (unchanged if it does not)."""
+        if not self.normalize:
+            return waveform
+        tensor = torch.as_tensor(waveform, dtype=torch.float32)[None]
+        mask = torch.ones_like(tensor, dtype=torch.bool)
+        return _normalize_valid(tensor, mask, torch.tensor([tensor.shape[1]]))[0].numpy()
 
     def _conv_features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)
@@ -204,6 +216,19 @@ class Encoder:
                     state = encoder.layer_norm(state)
                 states[number] = state
         return states
+
+
+def _checked_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{device}' requested but CUDA is not available (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return device
 
 
 def _normalize_valid(waveforms, sample_mask, lengths):

@@ -75,7 +75,7 @@ def resolve_hub_model(name: str) -> Path:
 
 def _download(repo_id: str, known: KnownModel | None) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     for files in _candidates(known):
         try:
@@ -87,6 +87,10 @@ def _download(repo_id: str, known: KnownModel | None) -> Path:
                     if name != "preprocessor_config.json":
                         raise
             return paths[0].parent
+        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: check it first
+            raise ModelNotFoundError(
+                f"cannot reach the hub to download {repo_id}; {_fetch_hint(repo_id, known)}"
+            ) from None
         except EntryNotFoundError:
             continue
         except RepositoryNotFoundError:

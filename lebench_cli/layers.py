@@ -35,7 +35,7 @@ def _parse_part(part: str, spec: str, num_layers: int) -> list:
         raise InputError(f"invalid layer selection '{spec}': bad range '{part}'")
     for number in numbers:
         if not 0 <= number <= num_layers:
-            raise InputError(f"layer {number} does not exist: this model has layers 0-{num_layers} and cnn")
+            raise InputError(f"layer {number} does not exist: this model has layers 0-{num_layers} and 'cnn'")
     return list(range(numbers[0], numbers[-1] + 1))
 
 

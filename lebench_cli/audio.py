@@ -1,0 +1,111 @@
+"""Decoding and resampling: one audio file -> a float32 16 kHz mono waveform."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile
+import soxr
+
+from .errors import AudioError
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = 400  # wav2vec2's receptive field: fewer samples give no frame
+
+_OS_REASONS = {
+    errno.ENOENT: "no such file",
+    errno.EISDIR: "is a directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symlink loop",
+}
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """A file's header: its own rate and channels, and its length in frames at that rate."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_seconds: float
+
+
+def probe(path) -> AudioInfo:
+    """Read the header of `path` without decoding it. Raises AudioError."""
+    with _open(path) as file:
+        return AudioInfo(file.samplerate, file.channels, file.frames, file.frames / file.samplerate)
+
+
+def load_audio(path, channel: int | None = None) -> np.ndarray:
+    """Decode `path` to a contiguous float32 1-D waveform at 16 kHz.
+
+    Channels are averaged, or channel `channel` (0-based) is taken alone. Other rates
+    are resampled with soxr (HQ). A file shorter than MIN_SAMPLES is returned as it is:
+    the caller pads it to one frame and flags it. A truncated file gives what libsndfile
+    decodes: the samples present for uncompressed formats (libsndfile trims the header's
+    length to the data), an AudioError when the decoder stops on an error (FLAC).
+    Raises AudioError with a one-line reason.
+    """
+    with _open(path) as file:
+        _check_channel(path, file.channels, channel)
+        try:
+            samples = file.read(dtype="float32", always_2d=True)
+        except RuntimeError as error:
+            raise AudioError(path, f"decoding failed ({_libsndfile_message(error)})") from None
+        rate = file.samplerate
+    waveform = samples[:, channel] if channel is not None else _mono(samples)
+    # NaN or inf would spread through resampling and every attention layer.
+    if not np.isfinite(waveform).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+    if rate != SAMPLE_RATE and len(waveform):
+        waveform = soxr.resample(waveform, rate, SAMPLE_RATE, quality="HQ")
+    if not len(waveform):
+        raise AudioError(path, "no samples")
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def _open(path) -> soundfile.SoundFile:
+    _check_file(path)
+    try:
+        return soundfile.SoundFile(path)
+    except RuntimeError as error:
+        raise AudioError(path, f"not a readable audio file ({_libsndfile_message(error)})") from None
+
+
+def _check_file(path):
+    # libsndfile reports every OS failure as "System error."; ask the OS for the reason.
+    try:
+        with open(path, "rb") as file:
+            status = os.fstat(file.fileno())
+    except OSError as error:
+        raise AudioError(path, _OS_REASONS.get(error.errno) or _lower(error.strerror or str(error))) from None
+    if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
+def _check_channel(path, channels: int, channel: int | None):
+    if channel is not None and not 0 <= channel < channels:
+        plural = "channel" if channels == 1 else "channels"
+        raise AudioError(path, f"has {channels} {plural}, --channel {channel} does not exist")
+
+
+def _mono(samples: np.ndarray) -> np.ndarray:
+    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+
+
+def _libsndfile_message(error: RuntimeError) -> str:
+    """libsndfile's own words on one line: 'Error : flac decoder lost sync.' -> 'flac decoder lost sync'."""
+    message = " ".join(str(getattr(error, "error_string", error)).split())
+    if message.lower().startswith("error :"):
+        message = message[len("error :"):].strip()
+    return _lower(message.rstrip(".")) or "unknown libsndfile error"
+
+
+def _lower(message: str) -> str:
+    # Lowercase the first word only when it is not an acronym ("MPEG", "FLAC").
+    return message[:1].lower() + message[1:] if message[1:2].islower() else message

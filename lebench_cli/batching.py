@@ -1,0 +1,52 @@
+"""Grouping utterances into padded batches by length, capped by padded audio seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class Batch:
+    """Utterances of similar length, padded together: waveforms [B, max_len] float32."""
+
+    items: list  # the caller's objects, one per row
+    waveforms: np.ndarray
+    lengths: np.ndarray  # int64 [B]
+
+    @property
+    def padded_seconds(self) -> float:
+        return self.waveforms.size / SAMPLE_RATE
+
+
+def pad_batch(waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(w) for w in waveforms], dtype=np.int64)
+    padded = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
+    for row, waveform in enumerate(waveforms):
+        padded[row, : len(waveform)] = waveform
+    return padded, lengths
+
+
+def length_batches(
+    items: Iterable, length_of, batch_seconds: float, max_batch_size: int = 256
+) -> Iterator[list]:
+    """Group `items`, given in length order (either direction), into lists whose padded size
+    (longest length x count) stays within `batch_seconds`; an item longer than the cap
+    alone makes a batch of one."""
+    cap = batch_seconds * SAMPLE_RATE
+    group: list = []
+    longest = 0
+    for item in items:
+        length = length_of(item)
+        candidate = max(longest, length)
+        if group and (candidate * (len(group) + 1) > cap or len(group) >= max_batch_size):
+            yield group
+            group, candidate = [], length
+        group.append(item)
+        longest = candidate
+    if group:
+        yield group

@@ -1,0 +1,64 @@
+"""Long recordings as overlapping windows, stitched back to the unchunked frame count.
+
+Windows start on frame boundaries (multiples of 320 samples), so window frames line up with
+the frames of the whole recording. Each frame is taken from the window where it sits
+furthest from an edge: cuts fall in the middle of each overlap. The convolutional stack
+sees exactly its full context there; the transformer's attention sees the window, not the
+whole recording (see docs/extract.md for the trade-off)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLES_PER_FRAME = 320
+RECEPTIVE_FIELD = 400
+
+
+def frame_count(samples: int) -> int:
+    return 0 if samples < RECEPTIVE_FIELD else (samples - RECEPTIVE_FIELD) // SAMPLES_PER_FRAME + 1
+
+
+@dataclass(frozen=True)
+class Window:
+    start_sample: int
+    end_sample: int
+    keep_from: int  # first kept frame, counted within the window
+    keep_to: int    # one past the last kept frame, within the window
+    first_frame: int  # global index of the window's frame 0
+
+    @property
+    def kept(self) -> int:
+        return self.keep_to - self.keep_from
+
+
+def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sample_rate: int = 16000) -> list[Window]:
+    """Windows covering a recording of `samples`; one window when it fits in one chunk."""
+    total = frame_count(samples)
+    window_samples = int(round(chunk_seconds * sample_rate))
+    if samples <= window_samples or total == 0:
+        return [Window(0, samples, 0, total, 0)]
+    window_frames = frame_count(window_samples)
+    overlap_frames = max(0, int(round(overlap_seconds * sample_rate)) // SAMPLES_PER_FRAME)
+    step = max(1, window_frames - overlap_frames)
+    starts = list(range(0, max(total - window_frames, 0) + 1, step))
+    if starts[-1] + window_frames < total:
+        starts.append(total - window_frames)  # a last full-length window aligned to the end
+    windows = []
+    for index, first in enumerate(starts):
+        last = min(first + window_frames, total)
+        cut_before = 0 if index == 0 else (first + min(starts[index - 1] + window_frames, total)) // 2
+        cut_after = total if index == len(starts) - 1 else (starts[index + 1] + last) // 2
+        start_sample = first * SAMPLES_PER_FRAME
+        end_sample = min(samples, start_sample + (last - first - 1) * SAMPLES_PER_FRAME + RECEPTIVE_FIELD)
+        windows.append(Window(start_sample, end_sample, cut_before - first, cut_after - first, first))
+    return windows
+
+
+def stitch(windows: list[Window], states: list[dict]) -> dict:
+    """Concatenate each window's kept frames: {layer: [total_frames, width]}."""
+    return {
+        layer: np.concatenate([s[layer][w.keep_from:w.keep_to] for w, s in zip(windows, states)], axis=0)
+        for layer in states[0]
+    }

@@ -1,0 +1,569 @@
+"""`lebench extract`: paths -> waveforms -> batches -> hidden states -> shards.
+
+The stages live in their own modules (inputs, audio, batching, chunking, encoder, storage);
+this one wires them: decoding in worker processes ahead of the model, the model on the main
+thread, writing on a background thread, and bookkeeping (resume, failures, progress)."""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+from .errors import AudioError, InputError, LebenchError
+
+SAMPLE_RATE = 16000
+FRAME_SECONDS = 0.02
+SHORT_FLAG = "padded"
+
+
+@dataclass
+class ExtractOptions:
+    """Everything `lebench extract` was asked; written into the output's metadata."""
+
+    inputs: list
+    output: str
+    model: str
+    layers: str = "last"
+    pool: str = "none"  # "none" or "mean"
+    store_frames: Optional[bool] = None  # default: frames unless pooling
+    extensions: tuple = ()
+    channel: Optional[int] = None
+    batch_seconds: float = 120.0
+    chunk_seconds: float = 30.0
+    overlap_seconds: float = 5.0
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    save_dtype: str = "float16"
+    shard_size: int = 2 * 1024**3
+    compression: Optional[str] = None
+    commit_seconds: float = 300.0
+    workers: int = 2
+    shard: tuple = (1, 1)
+    overwrite: bool = False
+    strict: bool = False
+    trust_checkpoint: bool = False
+
+    def resolved(self) -> "ExtractOptions":
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = self.dtype or ("float16" if device.startswith("cuda") else "float32")
+        frames = (self.pool == "none") if self.store_frames is None else self.store_frames
+        return ExtractOptions(**{**asdict(self), "device": device, "dtype": dtype, "store_frames": frames})
+
+
+@dataclass
+class ExtractSummary:
+    files: int = 0
+    already_stored: int = 0
+    extracted: int = 0
+    failed: int = 0
+    padded: int = 0
+    chunked: int = 0
+    recomputed_float32: int = 0
+    audio_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    failures_path: Optional[str] = None
+    first_failure: Optional[str] = None
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.audio_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def line(self) -> str:
+        text = (
+            f"extracted {_count(self.extracted, 'file')} ({_human_duration(self.audio_seconds)} of audio) in "
+            f"{self.elapsed_seconds:.1f} s ({self.real_time_factor:.0f}x real time)"
+        )
+        extras = [
+            f"{self.already_stored} already stored" if self.already_stored else "",
+            f"{self.padded} padded to one frame" if self.padded else "",
+            f"{self.chunked} chunked" if self.chunked else "",
+            f"{_count(self.recomputed_float32, 'batch', 'batches')} recomputed in float32" if self.recomputed_float32 else "",
+            f"{self.failed} failed (see {self.failures_path})" if self.failed else "",
+        ]
+        return "; ".join([text] + [e for e in extras if e])
+
+
+@dataclass
+class DryRunReport:
+    files: int
+    already_stored: int
+    unreadable: int
+    audio_seconds: float
+    estimated_bytes: int
+
+    def line(self) -> str:
+        return (
+            f"{_count(self.files, 'file')} to extract ({_human_duration(self.audio_seconds)} of audio), "
+            f"{self.already_stored} already stored, {self.unreadable} unreadable; "
+            f"estimated output {_human_bytes(self.estimated_bytes)}"
+        )
+
+
+@dataclass
+class _Item:
+    """One source on its way through the pipeline."""
+
+    source: object
+    seconds: float = 0.0
+    waveform: Optional[np.ndarray] = field(default=None, repr=False)
+    samples: int = 0  # as computed (short files padded)
+    original_samples: int = 0  # as decoded
+    flags: str = ""
+
+
+def select_part(sources: list, part: tuple) -> list:
+    """The K-th of N parts, stable across runs and machines (hash of the utterance id)."""
+    k, n = part
+    if n == 1:
+        return sources
+    return [s for s in sources if zlib.crc32(s.utt_id.encode("utf-8")) % n == k - 1]
+
+
+def parse_part(text: str) -> tuple:
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise InputError(f"invalid --shard '{text}': expected K/N, e.g. 3/8") from None
+    if not 1 <= k <= n:
+        raise InputError(f"invalid --shard '{text}': K must be between 1 and N")
+    return k, n
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
+             "T": 1024**4, "TB": 1024**4}
+    value = str(text).strip().upper()
+    number = value.rstrip("KMGTB")
+    try:
+        size = int(float(number) * units[value[len(number):]])
+    except (ValueError, KeyError):
+        raise InputError(f"invalid size '{text}': expected e.g. 500MB or 2GB") from None
+    if size <= 0:
+        raise InputError(f"invalid size '{text}': must be positive")
+    return size
+
+
+def _count(number: int, singular: str, plural: str = "") -> str:
+    return f"{number} {singular if number == 1 else (plural or singular + 's')}"
+
+
+def _human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1024 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+# ---- planning ---------------------------------------------------------------------------
+
+def discover_sources(options: ExtractOptions, stdin=None) -> list:
+    from .inputs import AUDIO_EXTENSIONS, discover
+
+    sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=stdin)
+    if not sources:
+        raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
+    return select_part(sources, options.shard)
+
+
+def _probe(item: _Item) -> Optional[str]:
+    """Fill item.seconds; the failure reason when the file cannot be probed."""
+    from .audio import probe
+
+    if item.source.num_samples is not None:
+        item.seconds = item.source.num_samples / SAMPLE_RATE
+        return None
+    try:
+        item.seconds = probe(item.source.path).duration_seconds
+    except AudioError as error:
+        return error.reason
+    return None
+
+
+def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
+    """What a run would do: file count, duration and estimated output size; writes nothing."""
+    from .layers import parse_layers
+    from .models import load_checkpoint
+    from .storage import stored_ids
+
+    options = options.resolved()
+    sources = discover_sources(options, stdin)
+    done = stored_ids(Path(options.output)) if Path(options.output, "lebench.json").exists() else set()
+    todo = [_Item(s) for s in sources if s.utt_id not in done]
+    unreadable = sum(1 for item in todo if _probe(item) is not None)
+    seconds = sum(item.seconds for item in todo)
+    checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
+    layers = parse_layers(options.layers, checkpoint.layers)
+    widths = [_cnn_width(checkpoint) if layer == "cnn" else checkpoint.width for layer in layers]
+    itemsize = np.dtype(options.save_dtype).itemsize
+    frames = sum(max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in todo)
+    size = 0
+    if options.store_frames:
+        size += frames * sum(widths) * itemsize
+    if options.pool == "mean":
+        size += len(todo) * sum(widths) * itemsize
+    return DryRunReport(len(todo) - unreadable, len(sources) - len(todo), unreadable, seconds, size)
+
+
+def _cnn_width(checkpoint) -> int:
+    from .checkpoints import parse_conv_layers
+
+    return parse_conv_layers(checkpoint.weights_path, checkpoint.model_config["conv_feature_layers"])[-1][0]
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def build_metadata(options: ExtractOptions, checkpoint, sha256: str, layers: list, encoder) -> dict:
+    layer_names = [str(layer) for layer in layers]
+    identity = {
+        "model_sha256": sha256,
+        "layers": layer_names,
+        "store_frames": options.store_frames,
+        "pool": options.pool,
+        "save_dtype": options.save_dtype,
+        "chunk_seconds": options.chunk_seconds,
+        "overlap_seconds": options.overlap_seconds,
+        "channel": options.channel,
+    }
+    return {
+        "format": "lebench-features",
+        "format_version": 1,
+        "identity": identity,
+        "tool": "lebench",
+        "tool_version": __version__,
+        "model": {
+            "name": options.model,
+            "hub_id": checkpoint.hub_id,
+            "format": checkpoint.format,
+            "sha256": sha256,
+            "num_layers": encoder.num_layers,
+            "width": encoder.width,
+            "cnn_width": encoder.cnn_width,
+            "extractor_mode": checkpoint.model_config.get("extractor_mode", "default"),
+            "layer_norm_first": encoder.layer_norm_first,
+        },
+        "layers": layer_names,
+        "layer_numbering": (
+            "0 = transformer input (after the positional conv; post-LN models: after the encoder "
+            "LayerNorm); i = output of block i; L = encoder output (pre-LN models: with the final "
+            "LayerNorm); cnn = conv features after their LayerNorm, before the projection"
+        ),
+        "normalize": checkpoint.normalize,
+        "sample_rate": SAMPLE_RATE,
+        "frame_shift_seconds": FRAME_SECONDS,
+        "receptive_field_samples": encoder.min_samples,
+        "short_files": f"fewer than {encoder.min_samples} samples: zero-padded to one frame, flag '{SHORT_FLAG}'",
+        "compute_dtype": options.dtype,
+        "save_dtype": options.save_dtype,
+        "options": _jsonable(asdict(options)),
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class _BackgroundWriter:
+    """Writes on a thread of its own so that the model never waits for the disk."""
+
+    def __init__(self, writer, depth: int = 8):
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="lebench-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            utterance = self.queue.get()
+            if utterance is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.add(utterance)
+                except BaseException as error:  # re-raised on the main thread
+                    self.error = error
+
+    def put(self, utterance):
+        self._raise_if_failed()
+        self.queue.put(utterance)
+
+    def finish(self):
+        self.queue.put(None)
+        self.thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self):
+        if self.error is not None:
+            raise self.error
+
+
+def _decode(source, channel):
+    """Worker-process task: (waveform, samples, flags) or the failure reason."""
+    from .audio import MIN_SAMPLES, load_audio
+
+    try:
+        waveform = load_audio(source.path, channel=channel)
+    except AudioError as error:
+        return None, error.reason
+    flags, samples = "", len(waveform)
+    if samples < MIN_SAMPLES:
+        # Shorter than the receptive field gives no frame: zero-pad to exactly one frame.
+        waveform = np.pad(waveform, (0, MIN_SAMPLES - samples))
+        flags = SHORT_FLAG
+    return (waveform, flags, samples), None
+
+
+def _ignore_interrupts():
+    """Workers leave Ctrl-C to the main process, which stops them after committing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decoded_stream(items: list, options: ExtractOptions, ahead: int):
+    """Yield (item, reason) in order, decoding up to `ahead` files in worker processes."""
+    if options.workers <= 0:
+        for item in items:
+            yield item, _decode(item.source, options.channel)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with context.Pool(options.workers, initializer=_ignore_interrupts) as pool:
+        pending: deque = deque()
+        iterator = iter(items)
+        for item in iterator:
+            pending.append((item, pool.apply_async(_decode, (item.source, options.channel))))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            item, result = pending.popleft()
+            yield item, result.get()
+            following = next(iterator, None)
+            if following is not None:
+                pending.append((following, pool.apply_async(_decode, (following.source, options.channel))))
+
+
+class Extraction:
+    """One run of `lebench extract`; `run()` returns an ExtractSummary."""
+
+    def __init__(self, options: ExtractOptions, stdin=None, progress: bool = False, log=None):
+        self.options = options.resolved()
+        self.stdin = stdin
+        self.show_progress = progress
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.summary = ExtractSummary()
+        self._float32_encoder = None
+
+    def run(self) -> ExtractSummary:
+        from .checkpoints import sha256_file
+        from .encoder import Encoder
+        from .layers import parse_layers
+        from .models import load_checkpoint
+        from .storage import FailureLog, PartLock, ShardWriter, WriterOptions, prepare_output, stored_ids
+
+        options = self.options
+        started = time.monotonic()
+        sources = discover_sources(options, self.stdin)
+        output = Path(options.output)
+        checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
+        layers = parse_layers(options.layers, checkpoint.layers)
+        encoder = Encoder(checkpoint, device=options.device, dtype=options.dtype)
+        self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
+        metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
+        prepare_output(output, metadata, overwrite=options.overwrite)
+        part, parts = options.shard
+        with PartLock(output, part, parts):
+            done = stored_ids(output)
+            todo = [_Item(s) for s in sources if s.utt_id not in done]
+            self.summary.files = len(sources)
+            self.summary.already_stored = len(sources) - len(todo)
+            failures = FailureLog(output, part, parts)
+            self.summary.failures_path = str(failures.path)
+            writer_options = WriterOptions(
+                layers=[str(layer) for layer in layers], store_frames=options.store_frames,
+                store_mean=options.pool == "mean", save_dtype=options.save_dtype,
+                shard_size_bytes=options.shard_size, compression=options.compression,
+                commit_seconds=options.commit_seconds, part=part, num_parts=parts,
+            )
+            with ShardWriter(output, writer_options) as writer:
+                background = _BackgroundWriter(writer)
+                try:
+                    self._process(todo, failures, background)
+                finally:
+                    background.finish()
+        self.summary.elapsed_seconds = time.monotonic() - started
+        return self.summary
+
+    # -- stages
+
+    def _process(self, todo: list, failures, background):
+        from .batching import length_batches
+
+        readable = []
+        for item in todo:
+            reason = _probe(item)
+            if reason is None:
+                readable.append(item)
+            else:
+                self._fail(failures, item, reason)
+        # Longest first: a batch that does not fit in memory shows up at the start.
+        readable.sort(key=lambda item: (-item.seconds, item.source.utt_id))
+        progress = self._progress(len(todo), len(todo) - len(readable))
+        try:
+            decoded = self._decoded_items(readable, failures, progress)
+            chunk_samples = self.options.chunk_seconds * SAMPLE_RATE
+            short, long_items = [], []
+            for group in length_batches(decoded, lambda item: item.samples, self.options.batch_seconds):
+                for item in group:
+                    (long_items if item.samples > chunk_samples else short).append(item)
+                for item in long_items:
+                    self._encode_long(item, background)
+                    self._done(progress, item)
+                if short:
+                    self._encode_batch(short, background)
+                    for item in short:
+                        self._done(progress, item)
+                short, long_items = [], []
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _decoded_items(self, items: list, failures, progress):
+        ahead = max(4, 4 * max(1, self.options.workers))
+        for item, (value, reason) in _decoded_stream(items, self.options, ahead):
+            if reason is not None:
+                self._fail(failures, item, reason)
+                if progress is not None:
+                    progress.update(1)
+                continue
+            item.waveform, item.flags, item.original_samples = value
+            item.samples = len(item.waveform)
+            yield item
+
+    def _fail(self, failures, item: _Item, reason: str):
+        failures.record(item.source.utt_id, item.source.path, reason)
+        self.summary.failed += 1
+        if self.summary.first_failure is None:
+            self.summary.first_failure = f"{item.source.path}: {reason}"
+        if self.options.strict:
+            raise AudioError(item.source.path, reason)
+
+    def _encode_batch(self, items: list, background):
+        from .batching import pad_batch
+
+        waveforms, lengths = pad_batch([item.waveform for item in items])
+        states = self._forward(waveforms, lengths)
+        for index, item in enumerate(items):
+            self._store(item, {layer: value[index] for layer, value in states.items()}, background)
+
+    def _encode_long(self, item: _Item, background):
+        from .batching import pad_batch
+        from .chunking import plan_windows, stitch
+
+        windows = plan_windows(item.samples, self.options.chunk_seconds, self.options.overlap_seconds)
+        # Normalisation is over the whole recording, as for any utterance, not per window.
+        waveform = self.encoder.normalize_waveform(item.waveform)
+        per_batch = max(1, int(self.options.batch_seconds // self.options.chunk_seconds))
+        window_states = []
+        for first in range(0, len(windows), per_batch):
+            group = windows[first: first + per_batch]
+            waveforms, lengths = pad_batch([waveform[w.start_sample: w.end_sample] for w in group])
+            states = self._forward(waveforms, lengths, normalize=False)
+            window_states += [{layer: value[i] for layer, value in states.items()} for i in range(len(group))]
+        self.summary.chunked += 1
+        self._store(item, stitch(windows, window_states), background)
+
+    def _forward(self, waveforms: np.ndarray, lengths: np.ndarray, normalize: Optional[bool] = None) -> dict:
+        """{layer: list of [frames, width] float32 arrays}; half-precision batches whose output
+        is not finite are recomputed in float32."""
+        import torch
+
+        inputs = (torch.from_numpy(waveforms), torch.from_numpy(lengths), self.layers)
+        batch = self.encoder.forward(*inputs, normalize=normalize)
+        if self.encoder.dtype != torch.float32 and not all(bool(torch.isfinite(v).all()) for v in batch.states.values()):
+            self.summary.recomputed_float32 += 1
+            batch = self._float32().forward(*inputs, normalize=normalize)
+        frames = batch.frames.tolist()
+        return {
+            layer: [value[i, : frames[i]].float().cpu().numpy() for i in range(len(frames))]
+            for layer, value in batch.states.items()
+        }
+
+    def _float32(self):
+        from .encoder import Encoder
+
+        if self._float32_encoder is None:
+            self._float32_encoder = Encoder(self.checkpoint, device=self.options.device, dtype="float32")
+        return self._float32_encoder
+
+    def _store(self, item: _Item, states: dict, background):
+        from .storage import StoredUtterance
+
+        frames = len(next(iter(states.values())))
+        utterance = StoredUtterance(
+            utt_id=item.source.utt_id, source=str(item.source.path), duration=item.original_samples / SAMPLE_RATE,
+            frames=frames, flags=item.flags,
+            states={str(layer): value for layer, value in states.items()},
+        )
+        if item.flags == SHORT_FLAG:
+            self.summary.padded += 1
+        item.waveform = None  # free the audio before the next batch is decoded
+        background.put(utterance)
+        self.summary.extracted += 1
+        self.summary.audio_seconds += utterance.duration
+
+    # -- progress
+
+    def _progress(self, total: int, already: int):
+        if not self.show_progress:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        bar.update(already)
+        self._started = time.monotonic()
+        return bar
+
+    def _done(self, progress, item: _Item):
+        if progress is None:
+            return
+        elapsed = max(1e-9, time.monotonic() - self._started)
+        progress.set_postfix_str(
+            f"{_human_duration(self.summary.audio_seconds)} audio, {self.summary.audio_seconds / elapsed:.0f}x real time",
+            refresh=False,
+        )
+        progress.update(1)
+
+
+def run_extract(options: ExtractOptions, stdin=None, progress: bool = False) -> ExtractSummary:
+    return Extraction(options, stdin=stdin, progress=progress).run()

@@ -1,0 +1,153 @@
+"""Finding audio: folders, single files, path lists on stdin and fairseq .tsv manifests."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Sequence, TextIO
+
+from .errors import InputError
+
+# What libsndfile decodes. No "raw" (headerless: the rate is unknown) and no "wv"
+# (WavPack, which libsndfile does not read).
+AUDIO_EXTENSIONS: tuple[str, ...] = (
+    "wav", "flac", "ogg", "oga", "opus", "mp3", "wave", "aiff", "aif", "aifc",
+    "au", "snd", "caf", "w64", "rf64", "sph", "nist", "mat", "sd2", "voc",
+    "htk", "avr", "paf", "pvf", "sds", "sf", "ircam", "xi", "iff", "svx", "wve",
+)
+
+STDIN = "-"
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """One utterance to extract: the id its features are stored under, and the file to decode.
+
+    `num_samples` is the count a .tsv manifest gives (fairseq writes frames at the file's
+    own rate), else None.
+    """
+
+    utt_id: str
+    path: str
+    num_samples: int | None = None
+
+
+def discover(
+    inputs: Sequence[str],
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+    stdin: TextIO | None = None,
+) -> list[AudioSource]:
+    """Expand folders, audio files, `-` (paths on stdin) and .tsv manifests into sources.
+
+    Sources come in the order of `inputs`, each folder's files sorted by relative path.
+    Ids are `/`-separated and without extension: relative to the folder for a folder,
+    the path as given for a file or a stdin line, the manifest's relative path for a .tsv.
+    Paths listed on stdin or in a manifest are not checked here: a missing one fails
+    later, when it is decoded. Raises InputError on unusable inputs and duplicate ids.
+    """
+    inputs = [os.fspath(item) for item in inputs]
+    if inputs.count(STDIN) > 1:
+        raise InputError("'-' (paths on standard input) given more than once")
+    wanted = tuple(dict.fromkeys(ext.lower().lstrip(".") for ext in extensions))
+    sources = []
+    for item in inputs:
+        sources.extend(_expand(item, wanted, stdin if stdin is not None else sys.stdin))
+    _check_unique(sources)
+    return sources
+
+
+def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSource]:
+    if item == STDIN:
+        return _from_list(stdin)
+    if os.path.isdir(item):
+        return _from_folder(item, wanted)
+    if not os.path.exists(item):
+        raise InputError(f"no such file or folder: {item}")
+    if _extension(item) == "tsv":
+        return _from_manifest(item)
+    if _extension(item) in wanted:
+        return [AudioSource(_file_id(item), item)]
+    listing = ", ".join(wanted[:6]) + (", ..." if len(wanted) > 6 else "")
+    raise InputError(f"{item}: not an audio file or .tsv manifest (extensions: {listing})")
+
+
+def _from_folder(folder: str, wanted: tuple[str, ...]) -> list[AudioSource]:
+    found = []
+    # followlinks=False: a symlink to a parent folder must not make the walk loop.
+    for dirpath, _, filenames in os.walk(folder, onerror=_unreadable_folder, followlinks=False):
+        reldir = _slashes(os.path.relpath(dirpath, folder))
+        for name in filenames:
+            if _extension(name) in wanted:
+                relpath = name if reldir == "." else f"{reldir}/{name}"
+                found.append((relpath, os.path.join(dirpath, name)))
+    return [AudioSource(os.path.splitext(relpath)[0], path) for relpath, path in sorted(found)]
+
+
+def _unreadable_folder(error: OSError):
+    # os.walk skips unreadable folders silently; missing files are worse than stopping.
+    reason = (error.strerror or str(error)).lower()
+    raise InputError(f"cannot read folder {error.filename}: {reason}")
+
+
+def _from_list(stream: TextIO) -> list[AudioSource]:
+    # Every non-blank line is a path, even one that starts with '#'.
+    paths = [line.strip() for line in stream]
+    return [AudioSource(_file_id(path), path) for path in paths if path]
+
+
+def _from_manifest(manifest: str) -> list[AudioSource]:
+    lines = _read_lines(manifest)
+    root = lines[0].strip()
+    return [
+        _manifest_entry(manifest, number, line, root)
+        for number, line in enumerate(lines[1:], start=2)
+        if line.strip()
+    ]
+
+
+def _read_lines(manifest: str) -> list[str]:
+    try:
+        with open(manifest, encoding="utf-8") as file:
+            return file.read().split("\n")
+    except UnicodeDecodeError:
+        raise InputError(f"{manifest}: not a UTF-8 text manifest") from None
+    except OSError as error:
+        raise InputError(f"cannot read {manifest}: {(error.strerror or str(error)).lower()}") from None
+
+
+def _manifest_entry(manifest: str, number: int, line: str, root: str) -> AudioSource:
+    fields = [field.strip() for field in line.split("\t")]
+    where = f"{manifest}:{number}"
+    if len(fields) > 2:
+        raise InputError(f"{where}: expected 'path<TAB>samples', found {len(fields)} tab-separated fields")
+    relpath = fields[0]
+    if not relpath:
+        raise InputError(f"{where}: empty path")
+    num_samples = None
+    if len(fields) == 2:
+        if not re.fullmatch(r"[0-9]+", fields[1]):
+            raise InputError(f"{where}: bad sample count '{fields[1]}' (expected a whole number)")
+        num_samples = int(fields[1])
+    return AudioSource(_file_id(relpath), os.path.join(root, relpath), num_samples)
+
+
+def _check_unique(sources: list[AudioSource]):
+    first = {}
+    for source in sources:
+        seen = first.setdefault(source.utt_id, source)
+        if seen is not source:
+            raise InputError(f"duplicate utterance id '{source.utt_id}': {seen.path} and {source.path}")
+
+
+def _file_id(path: str) -> str:
+    return os.path.splitext(_slashes(os.path.normpath(path)))[0]
+
+
+def _slashes(path: str) -> str:
+    return path.replace(os.sep, "/") if os.sep != "/" else path
+
+
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1][1:].lower()

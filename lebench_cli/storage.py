@@ -1,0 +1,729 @@
+"""Writing features into an output folder of HDF5 shards; docs/format.md specifies the format.
+
+One writer per job-array part (K of N) holds `.lock-KofN`, writes `shards/part-KofN-S.h5.tmp`
+and renames it once closed and synced: only renamed shards count, so a crash at any point
+leaves readable shards and loses at most the shard being written.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from .errors import InputError, OutputError
+
+FORMAT = "lebench-shard"
+FORMAT_VERSION = 1
+METADATA_FILE = "lebench.json"
+SHARDS_DIR = "shards"
+INDEX_HEADER = ("id", "shard", "position", "frames", "duration", "flags", "source")
+SAVE_DTYPES = ("float16", "float32")
+CNN_LAYER = "cnn"
+# What prepare_output(overwrite=True) removes: lebench's own files, never the user's.
+STORE_FILES = (
+    METADATA_FILE,
+    "index-*of*.tsv",
+    "failures-*of*.jsonl",
+    f"{SHARDS_DIR}/part-*of*-*.h5",
+    f"{SHARDS_DIR}/part-*of*-*.h5.tmp",
+)
+
+_SHARD_NAME = re.compile(r"^part-(\d+)of(\d+)-(\d+)\.h5$")
+_PART_FILE = re.compile(r"^(?:index|failures)-(\d+)of(\d+)\.")
+_LAYER_NAME = re.compile(r"^(0|[1-9]\d*|cnn)$")
+_CHUNK_BYTES = 256 * 1024
+_FLUSH_BYTES = 64 * 1024**2  # utterances are buffered and written to HDF5 in blocks this large
+_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
+_MISSING = object()
+
+
+@dataclass
+class StoredUtterance:
+    """What the pipeline hands over per utterance."""
+
+    utt_id: str
+    source: str
+    duration: float  # seconds
+    frames: int
+    states: dict  # layer ("12" or 12, "cnn") -> [frames, width] array
+    means: Optional[dict] = None  # layer -> [width]; computed from states when None
+    flags: str = ""  # "" or comma-separated, e.g. "padded"
+
+
+@dataclass
+class WriterOptions:
+    """How features are stored; the caller also writes these into lebench.json."""
+
+    layers: list[str]  # layer names: "0".."48" or "cnn"
+    store_frames: bool = True  # layers/NAME/frames: every frame
+    store_mean: bool = False  # layers/NAME/mean: one utterance-mean vector
+    save_dtype: str = "float16"  # or "float32"
+    shard_size_bytes: int = 2 * 1024**3  # uncompressed payload; compressed shards are smaller
+    compression: Optional[str] = None  # None/"none", "gzip", "gzip:LEVEL" (0-9) or "lzf"
+    commit_seconds: float = 300.0  # commit a shard this long after its first utterance
+    part: int = 1  # job-array part K of num_parts N
+    num_parts: int = 1
+
+
+@dataclass
+class WriterStats:
+    utterances: int = 0
+    frames: int = 0
+    bytes: int = 0  # committed shard files, on disk
+    shards: int = 0
+
+
+@dataclass(frozen=True, order=True)
+class ShardName:
+    part: int
+    num_parts: int
+    sequence: int
+
+    @property
+    def file_name(self) -> str:
+        return f"part-{self.part}of{self.num_parts}-{self.sequence:05d}.h5"
+
+
+@dataclass
+class ShardTable:
+    """The per-utterance datasets of one shard, and which layer datasets it holds."""
+
+    ids: list
+    offsets: np.ndarray
+    frames: np.ndarray
+    durations: np.ndarray
+    sources: list
+    flags: list
+    layers: dict  # layer name -> {"frames", "mean"} subset
+
+
+def part_tag(part: int, num_parts: int) -> str:
+    if not 1 <= part <= num_parts:
+        raise InputError(f"part {part}/{num_parts} does not exist: use K/N with 1 <= K <= N")
+    return f"{part}of{num_parts}"
+
+
+def open_h5(path, mode: str = "r", **options) -> h5py.File:
+    # A shard is never open for writing once renamed, so HDF5's own file locking adds
+    # nothing and fails on NFS/Lustre, where job arrays usually run.
+    return h5py.File(path, mode, locking=False, **options)
+
+
+def committed_shards(out: Path) -> list:
+    """(ShardName, path) of every committed shard of OUT, in storage order."""
+    folder = Path(out) / SHARDS_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _SHARD_NAME.match(path.name)
+        if match:
+            found.append((ShardName(*map(int, match.groups())), path))
+    return sorted(found)
+
+
+def read_shard_table(path: Path) -> ShardTable:
+    with open_h5(path) as shard:
+        _check_shard(shard, path)
+        layers = {name: set(group) for name, group in shard.get("layers", {}).items()}
+        return ShardTable(
+            ids=list(shard["ids"].asstr()[:]),
+            offsets=shard["offsets"][:],
+            frames=shard["frames"][:],
+            durations=shard["durations"][:],
+            sources=list(shard["sources"].asstr()[:]),
+            flags=list(shard["flags"].asstr()[:]),
+            layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
+        )
+
+
+def _check_shard(shard: h5py.File, path: Path) -> None:
+    if shard.attrs.get("format") != FORMAT:
+        raise InputError(f"{path} is not a lebench shard")
+    if int(shard.attrs.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer lebench (format version "
+                         f"{shard.attrs['format_version']}); upgrade lebench to read it")
+
+
+def stored_ids(out: Path) -> set:
+    """Ids in every committed shard of every part of OUT."""
+    ids = set()
+    for _, path in committed_shards(out):
+        ids.update(_ids_of(path))
+    return ids
+
+
+# -- the output folder ------------------------------------------------------------------
+
+
+def prepare_output(out: Path, metadata: dict, overwrite: bool) -> None:
+    """Creates OUT and writes lebench.json, or checks that OUT holds the same run (resume).
+
+    metadata["identity"] decides whether two runs may share OUT. With overwrite, lebench's
+    files are removed first (with a job array every part would remove the others' shards:
+    clear OUT before launching the array instead). Parts of one array may call this
+    concurrently with equal metadata.
+    """
+    out = Path(out)
+    identity = _identity_of(metadata)
+    _require_writable_folder(out)
+    if overwrite:
+        remove_store(out)
+    else:
+        _require_same_run(out, identity)
+    if not (out / METADATA_FILE).exists():
+        text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+        try:
+            write_atomic(out / METADATA_FILE, text)
+        except OSError as error:
+            raise OutputError(f"cannot write {out / METADATA_FILE}: {_reason(error)}") from error
+
+
+def remove_store(out: Path) -> None:
+    """Removes lebench's files from OUT; lock files stay (removing a held one breaks it)."""
+    for pattern in STORE_FILES:
+        for path in Path(out).glob(pattern):
+            try:
+                path.unlink()
+            except OSError as error:
+                raise OutputError(f"cannot remove {path}: {_reason(error)}") from error
+
+
+def _identity_of(metadata: dict) -> dict:
+    identity = metadata.get("identity")
+    if not isinstance(identity, dict):
+        raise ValueError("metadata needs an 'identity' dict")
+    return json.loads(json.dumps(identity))  # compare as it will read back from JSON
+
+
+def _require_writable_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    probe = out / f".lebench-probe-{os.getpid()}"
+    try:
+        (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
+
+
+def _require_same_run(out: Path, identity: dict) -> None:
+    path = out / METADATA_FILE
+    if not path.exists():
+        return
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError) as error:
+        raise OutputError(f"{path} is not lebench metadata ({error}); "
+                          "use --overwrite to replace it") from error
+    if stored != identity:
+        difference = _first_difference(stored if isinstance(stored, dict) else {}, identity)
+        raise OutputError(f"{out} holds features of a different run ({difference}); "
+                          "use --overwrite to replace them")
+
+
+def _first_difference(stored: dict, new: dict) -> str:
+    for key in [*new, *(key for key in stored if key not in new)]:
+        old_value, new_value = stored.get(key, _MISSING), new.get(key, _MISSING)
+        if old_value != new_value:
+            return f"{key}: {_show(old_value)} != {_show(new_value)}"
+    return "unknown difference"
+
+
+def _show(value) -> str:
+    if value is _MISSING:
+        return "(none)"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes a whole file so that readers see the old or the new content, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reason(error: OSError) -> str:
+    if _is_disk_full(error):
+        return os.strerror(errno.ENOSPC)
+    return error.strerror or str(error).splitlines()[0]
+
+
+def _is_disk_full(error: OSError) -> bool:
+    # h5py reports a failed write as OSError without errno, the cause only in its text.
+    return error.errno == errno.ENOSPC or "errno = 28" in str(error) or "No space left" in str(error)
+
+
+# -- the part lock ----------------------------------------------------------------------
+
+_HELD_LOCKS: set = set()
+
+
+class PartLock:
+    """Exclusive right to write part K/N of OUT, held by flock on OUT/.lock-KofN.
+
+    The kernel drops a flock when its holder dies (kill -9 included), so a lock file left
+    behind never blocks a later run. The file is never deleted: a new file would be a
+    different lock.
+    """
+
+    def __init__(self, out: Path, part: int = 1, num_parts: int = 1):
+        self.out = Path(out)
+        self.part, self.num_parts = part, num_parts
+        self.path = self.out / f".lock-{part_tag(part, num_parts)}"
+        self._fd = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"cannot create {self.path}: {_reason(error)}") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(f"another lebench extract is writing part {self.part}/"
+                              f"{self.num_parts} of {self.out} (pid {holder})") from None
+        except OSError as error:
+            os.close(fd)
+            raise OutputError(f"cannot lock {self.path}: {_reason(error)} "
+                              "(the filesystem must support flock)") from error
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        _HELD_LOCKS.add(self._key())
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        _HELD_LOCKS.discard(self._key())
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def _key(self) -> tuple:
+        return lock_key(self.out, self.part, self.num_parts)
+
+    def __enter__(self) -> "PartLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def lock_key(out: Path, part: int, num_parts: int) -> tuple:
+    return (str(Path(out).resolve()), part, num_parts)
+
+
+# -- the shard writer -------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One utterance of the open shard; arrays wait in memory until flushed."""
+
+    utt_id: str
+    source: str
+    duration: float
+    frames: int
+    flags: str
+    offset: int  # first row in the layers/NAME/frames matrices
+    arrays: Optional[dict] = field(repr=False)  # dataset path -> array in the save dtype
+
+
+class ShardWriter:
+    """Writes utterances of one part into shards; the caller holds that part's PartLock.
+
+    A shard is committed when the next utterance would take it past shard_size_bytes,
+    commit_seconds after its first utterance (checked on add), and on close. Leaving the
+    `with` block on an exception (KeyboardInterrupt included) commits the finished
+    utterances first.
+    """
+
+    def __init__(self, out: Path, options: WriterOptions):
+        self.out = Path(out)
+        self.options = options
+        self.stats = WriterStats()
+        self._tag = part_tag(options.part, options.num_parts)
+        self._layers = _checked_layers(options)
+        self._compression = compression_options(options.compression)
+        if lock_key(self.out, options.part, options.num_parts) not in _HELD_LOCKS:
+            raise RuntimeError(f"hold PartLock({self.out}, {options.part}, "
+                               f"{options.num_parts}) while writing")
+        self._shards = self.out / SHARDS_DIR
+        self._widths = {}
+        self._start_part()
+        self._reset_shard()
+
+    def _start_part(self) -> None:
+        try:
+            self._shards.mkdir(parents=True, exist_ok=True)
+            for leftover in self._shards.glob(f"part-{self._tag}-*.h5.tmp"):
+                leftover.unlink()
+        except OSError as error:
+            raise OutputError(f"cannot write to {self._shards}: {_reason(error)}") from error
+        self._known, self._index_lines, last_sequence = set(), [], -1
+        for name, path in committed_shards(self.out):
+            if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
+                self._known.update(_ids_of(path))
+                continue
+            table = read_shard_table(path)
+            self._known.update(table.ids)
+            self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
+            last_sequence = name.sequence
+        self._next_sequence = last_sequence + 1
+        self._write_index()  # an index lost by a crash after a rename is rebuilt here
+
+    def add(self, utt: StoredUtterance) -> None:
+        if utt.utt_id in self._known:
+            raise OutputError(f"utterance {utt.utt_id} is already stored in {self.out}")
+        arrays = self._arrays_of(utt)
+        size = _ROW_BYTES + len(utt.utt_id) + len(utt.source) + len(utt.flags)
+        size += sum(array.nbytes for array in arrays.values())
+        if self._rows and self._size + size > self.options.shard_size_bytes:
+            self.commit()
+        self._append(utt, arrays, size)
+        if self._pending_bytes >= _FLUSH_BYTES:
+            self._flush()
+        elapsed = time.monotonic() - self._started
+        if self._size >= self.options.shard_size_bytes or elapsed >= self.options.commit_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        """Closes, syncs and renames the open shard, then rewrites index-KofN.tsv."""
+        if not self._rows:
+            self._discard_shard()
+            return
+        self._flush()
+        try:
+            self._write_table()
+            self._file.close()
+            fsync_path(self._tmp)
+            os.replace(self._tmp, self._final)
+            fsync_path(self._shards)
+        except OSError as error:
+            self._fail(error)
+        rows, final = self._rows, self._final
+        self._reset_shard()
+        self._next_sequence += 1
+        self._record_commit(rows, final)
+
+    def close(self) -> None:
+        self.commit()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as error:  # the original error is the one to report
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"lebench could not commit the pending shard: {error}")
+
+    # -- one utterance ------------------------------------------------------------------
+
+    def _arrays_of(self, utt: StoredUtterance) -> dict:
+        if not utt.utt_id:
+            raise ValueError("an utterance needs a non-empty id")
+        if utt.frames < 1:
+            raise ValueError(f"{utt.utt_id}: no frames to store")
+        arrays = {}
+        for name in self._layers:
+            if self.options.store_frames:
+                arrays[f"layers/{name}/frames"] = _frames_of(utt, name)
+            if self.options.store_mean:
+                arrays[f"layers/{name}/mean"] = _mean_of(utt, name)[None]
+        for key, array in arrays.items():
+            if self._widths.setdefault(key, array.shape[1]) != array.shape[1]:
+                raise ValueError(f"{utt.utt_id}: {key} is {array.shape[1]} wide, "
+                                 f"earlier utterances {self._widths[key]}")
+            arrays[key] = self._converted(utt.utt_id, key, array)
+        return arrays
+
+    def _converted(self, utt_id: str, key: str, array: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self.options.save_dtype)
+        # float16 turns values past 65504 into inf without a warning.
+        limit = np.finfo(dtype).max
+        if dtype.itemsize < array.dtype.itemsize and array.size and np.abs(array).max() > limit:
+            raise OutputError(f"{utt_id}: {key} holds values beyond the {dtype} range "
+                              f"(max {limit:.0f}); use --save-dtype float32")
+        return array.astype(dtype)  # a copy: the caller may reuse its buffers
+
+    def _append(self, utt: StoredUtterance, arrays: dict, size: int) -> None:
+        if self._file is None:
+            self._open_shard()
+        offset = self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames),
+                   utt.flags, offset, arrays)
+        self._rows.append(row)
+        self._known.add(utt.utt_id)
+        self._size += size
+        self._pending_bytes += size
+
+    # -- the open shard -----------------------------------------------------------------
+
+    def _reset_shard(self) -> None:
+        self._file = None
+        self._tmp = self._final = None
+        self._rows = []
+        self._flushed = 0  # rows whose arrays are in the file
+        self._size = 0
+        self._pending_bytes = 0
+        self._started = 0.0
+
+    def _open_shard(self) -> None:
+        name = ShardName(self.options.part, self.options.num_parts, self._next_sequence)
+        self._final = self._shards / name.file_name
+        self._tmp = self._shards / f"{name.file_name}.tmp"
+        try:
+            self._file = open_h5(self._tmp, "w", rdcc_nbytes=4 * _CHUNK_BYTES)
+            self._file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                     "part": name.part, "num_parts": name.num_parts,
+                                     "sequence": name.sequence})
+        except OSError as error:
+            self._fail(error)
+        self._started = time.monotonic()
+
+    def _flush(self) -> None:
+        """Writes the buffered rows' arrays; safe to repeat after an interruption."""
+        todo = self._rows[self._flushed:]
+        if not todo:
+            return
+        try:
+            for key in todo[0].arrays:
+                start = todo[0].offset if key.endswith("/frames") else self._flushed
+                self._write_block(key, start, np.concatenate([row.arrays[key] for row in todo]))
+        except OSError as error:
+            self._fail(error)
+        self._flushed += len(todo)
+        for row in todo:
+            row.arrays = None
+        self._pending_bytes = 0
+
+    def _write_block(self, key: str, start: int, block: np.ndarray) -> None:
+        if key in self._file:
+            dataset = self._file[key]
+        else:
+            width = block.shape[1]
+            rows = max(1, _CHUNK_BYTES // (width * block.itemsize))
+            dataset = self._file.create_dataset(key, shape=(0, width), maxshape=(None, width),
+                                                dtype=block.dtype, chunks=(rows, width),
+                                                **self._compression)
+        end = start + len(block)
+        if dataset.shape[0] < end:
+            dataset.resize(end, axis=0)
+        dataset[start:end] = block
+
+    def _write_table(self) -> None:
+        strings = h5py.string_dtype()
+        rows = self._rows
+        self._file["ids"] = np.array([row.utt_id for row in rows], dtype=strings)
+        self._file["offsets"] = np.array([row.offset for row in rows], dtype=np.int64)
+        self._file["frames"] = np.array([row.frames for row in rows], dtype=np.int64)
+        self._file["durations"] = np.array([row.duration for row in rows], dtype=np.float64)
+        self._file["sources"] = np.array([row.source for row in rows], dtype=strings)
+        self._file["flags"] = np.array([row.flags for row in rows], dtype=strings)
+
+    def _record_commit(self, rows: list, final: Path) -> None:
+        self.stats.utterances += len(rows)
+        self.stats.frames += sum(row.frames for row in rows)
+        self.stats.bytes += final.stat().st_size
+        self.stats.shards += 1
+        shard = final.relative_to(self.out)
+        self._index_lines.extend(
+            _index_line(row.utt_id, shard, position, row.frames, row.duration, row.flags,
+                        row.source)
+            for position, row in enumerate(rows))
+        self._write_index()
+
+    def _write_index(self) -> None:
+        path = self.out / f"index-{self._tag}.tsv"
+        try:
+            write_atomic(path, "".join(["\t".join(INDEX_HEADER) + "\n", *self._index_lines]))
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {_reason(error)}") from error
+
+    def _fail(self, error: OSError):
+        """Drops the open shard after a failed write; committed shards stay as they are."""
+        shard = self._final.relative_to(self.out) if self._final else self._shards
+        self._known.difference_update(row.utt_id for row in self._rows)
+        self._discard_shard()
+        what = "disk full while writing" if _is_disk_full(error) else "cannot write"
+        raise OutputError(f"{what} {shard}: {_reason(error)}") from error
+
+    def _discard_shard(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # a file that failed to write may fail to close: it goes anyway
+                pass
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # removed on the next start of this part
+        self._reset_shard()
+
+
+def _ids_of(path: Path) -> list:
+    with open_h5(path) as shard:
+        _check_shard(shard, path)
+        return list(shard["ids"].asstr()[:])
+
+
+def _frames_of(utt: StoredUtterance, name: str) -> np.ndarray:
+    states = _layer_value(utt.states, name)
+    if states is None:
+        raise ValueError(f"{utt.utt_id}: no hidden states for layer {name}")
+    states = np.asarray(states)
+    if states.ndim != 2 or states.shape[0] != utt.frames:
+        raise ValueError(f"{utt.utt_id}: layer {name} states are {states.shape}, "
+                         f"expected [{utt.frames}, width]")
+    return states
+
+
+def _mean_of(utt: StoredUtterance, name: str) -> np.ndarray:
+    if utt.means is None:
+        return _frames_of(utt, name).mean(axis=0, dtype=np.float64).astype(np.float32)
+    mean = _layer_value(utt.means, name)
+    if mean is None:
+        raise ValueError(f"{utt.utt_id}: no mean vector for layer {name}")
+    mean = np.asarray(mean)
+    if mean.ndim != 1:
+        raise ValueError(f"{utt.utt_id}: layer {name} mean is {mean.shape}, expected [width]")
+    return mean
+
+
+def _layer_value(values: dict, name: str):
+    """values[name], or values[int(name)]: the encoder keys numbered layers by int."""
+    if name in values:
+        return values[name]
+    return values.get(int(name)) if name.isdigit() else None
+
+
+def _checked_layers(options: WriterOptions) -> list:
+    if options.save_dtype not in SAVE_DTYPES:
+        raise InputError(f"cannot save as {options.save_dtype!r}: use float16 or float32")
+    if not (options.store_frames or options.store_mean):
+        raise InputError("nothing to store: store frames, utterance means or both")
+    if options.shard_size_bytes <= 0 or options.commit_seconds < 0:
+        raise InputError("shard size must be positive and commit seconds not negative")
+    layers = list(dict.fromkeys(str(layer) for layer in options.layers))
+    if not layers:
+        raise InputError("no layers to store")
+    for name in layers:
+        if not _LAYER_NAME.match(name):
+            raise InputError(f"{name!r} is not a layer: use 0..L or cnn")
+    return layers
+
+
+def compression_options(spec: Optional[str]) -> dict:
+    """h5py create_dataset arguments for "gzip", "gzip:LEVEL", "lzf", "none" or None."""
+    if spec in (None, "", "none"):
+        return {}
+    # Shuffling the bytes of floats first makes them compress markedly better.
+    if spec == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    name, _, level = spec.partition(":")
+    if name == "gzip" and (level == "" or (level.isdigit() and int(level) <= 9)):
+        return {"compression": "gzip", "compression_opts": int(level or 4), "shuffle": True}
+    raise InputError(f"unknown compression {spec!r}: use gzip, gzip:LEVEL (0-9), lzf or none")
+
+
+def _index_lines(shard: Path, table: ShardTable) -> list:
+    return [
+        _index_line(utt_id, shard, position, table.frames[position], table.durations[position],
+                    table.flags[position], table.sources[position])
+        for position, utt_id in enumerate(table.ids)
+    ]
+
+
+def _index_line(utt_id, shard, position, frames, duration, flags, source) -> str:
+    fields = (utt_id, shard.as_posix(), position, int(frames), repr(float(duration)), flags,
+              source)
+    return "\t".join(_tsv_field(value) for value in fields) + "\n"
+
+
+def _tsv_field(value) -> str:
+    text = str(value).replace("\\", "\\\\")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+class FailureLog:
+    """failures-KofN.jsonl: one {"id", "path", "reason"} per file this run could not use."""
+
+    def __init__(self, out: Path, part: int = 1, num_parts: int = 1):
+        self.path = Path(out) / f"failures-{part_tag(part, num_parts)}.jsonl"
+        self.count = 0
+        try:
+            self._file = open(self.path, "w", encoding="utf-8")  # a new run starts it afresh
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {_reason(error)}") from error
+
+    def record(self, utt_id: str, path, reason: str) -> None:
+        entry = {"id": utt_id, "path": str(path), "reason": reason}
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "FailureLog":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def read_failures(out: Path) -> list:
+    """The failures of the last run of every part, in part order."""
+    files = []
+    for path in Path(out).glob("failures-*of*.jsonl"):
+        match = _PART_FILE.match(path.name)
+        if match:
+            files.append(((int(match[1]), int(match[2])), path))
+    failures = []
+    for _, path in sorted(files):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                failures.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash
+    return failures

@@ -1,0 +1,51 @@
+"""Length batching and long-recording windows."""
+
+import numpy as np
+import pytest
+
+from lebench_cli.batching import length_batches, pad_batch
+from lebench_cli.chunking import frame_count, plan_windows, stitch
+
+
+def test_batches_respect_the_padded_seconds_cap():
+    lengths = sorted([16_000 * s for s in (1, 2, 2, 3, 5, 8, 9, 20, 40)], reverse=True)
+    batches = list(length_batches(lengths, lambda n: n, batch_seconds=20))
+    assert [len(b) for b in batches] == [1, 1, 2, 4, 1]
+    assert batches[0] == [640_000]  # longer than the cap: alone
+    for batch in batches[1:]:
+        assert max(batch) * len(batch) <= 20 * 16_000
+    assert sorted(n for b in batches for n in b) == sorted(lengths)
+
+
+def test_pad_batch():
+    padded, lengths = pad_batch([np.ones(3, np.float32), np.ones(5, np.float32)])
+    assert padded.shape == (2, 5) and lengths.tolist() == [3, 5]
+    assert padded[0].tolist() == [1, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("samples", [400, 16_000 * 30, 16_000 * 30 + 1, 16_000 * 31, 16_000 * 75 + 123, 16_000 * 3_600])
+def test_windows_cover_every_frame_once(samples):
+    windows = plan_windows(samples, chunk_seconds=30, overlap_seconds=5)
+    covered = []
+    for window in windows:
+        assert frame_count(window.end_sample - window.start_sample) >= window.keep_to
+        assert window.start_sample % 320 == 0
+        covered.extend(range(window.first_frame + window.keep_from, window.first_frame + window.keep_to))
+    assert covered == list(range(frame_count(samples)))
+    if len(windows) > 1:
+        lengths = {w.end_sample - w.start_sample for w in windows}
+        assert len(lengths) == 1  # equal windows batch without padding
+        # cuts sit inside overlaps, away from both windows' edges
+        for window in windows[1:-1]:
+            assert window.keep_from >= 100 and window.keep_to <= frame_count(480_000) - 100
+
+
+def test_stitch_takes_the_kept_frames():
+    windows = plan_windows(16_000 * 70, chunk_seconds=30, overlap_seconds=5)
+    states = []
+    for window in windows:
+        frames = frame_count(window.end_sample - window.start_sample)
+        global_index = np.arange(window.first_frame, window.first_frame + frames, dtype=np.float32)
+        states.append({1: global_index[:, None]})
+    stitched = stitch(windows, states)
+    assert stitched[1][:, 0].tolist() == list(range(frame_count(16_000 * 70)))
