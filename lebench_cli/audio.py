@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import soundfile
@@ -67,6 +68,38 @@ def load_audio(path, channel: int | None = None) -> np.ndarray:
     if not len(waveform):
         raise AudioError(path, "no samples")
     return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0) -> Iterator[np.ndarray]:
+    """The 16 kHz float32 mono waveform of `path` as consecutive blocks, decoded and
+    resampled (soxr HQ, streaming) a block at a time: memory does not grow with the
+    recording's length. Same checks and reasons as load_audio."""
+    with _open(path) as file:
+        _check_channel(path, file.channels, channel)
+        rate = file.samplerate
+        resampler = None
+        if rate != SAMPLE_RATE:
+            resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        block_frames = max(1, int(block_seconds * rate))
+        produced = 0
+        while True:
+            try:
+                samples = file.read(block_frames, dtype="float32", always_2d=True)
+            except RuntimeError as error:
+                raise AudioError(path, f"decoding failed ({_libsndfile_message(error)})") from None
+            last = len(samples) < block_frames
+            waveform = samples[:, channel] if channel is not None else _mono(samples)
+            if not np.isfinite(waveform).all():
+                raise AudioError(path, "contains NaN or infinite samples")
+            if resampler is not None:
+                waveform = resampler.resample_chunk(waveform, last=last)
+            if len(waveform):
+                produced += len(waveform)
+                yield np.ascontiguousarray(waveform, dtype=np.float32)
+            if last:
+                break
+    if not produced:
+        raise AudioError(path, "no samples")
 
 
 def _open(path) -> soundfile.SoundFile:

@@ -1,4 +1,4 @@
-"""Long recordings as overlapping windows, stitched back to the unchunked frame count.
+"""Long recordings as overlapping windows whose kept frames add up to the unchunked ones.
 
 Windows start on frame boundaries (multiples of 320 samples), so window frames line up with
 the frames of the whole recording. Each frame is taken from the window where it sits
@@ -54,11 +54,3 @@ def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sam
         end_sample = min(samples, start_sample + (last - first - 1) * SAMPLES_PER_FRAME + RECEPTIVE_FIELD)
         windows.append(Window(start_sample, end_sample, cut_before - first, cut_after - first, first))
     return windows
-
-
-def stitch(windows: list[Window], states: list[dict]) -> dict:
-    """Concatenate each window's kept frames: {layer: [total_frames, width]}."""
-    return {
-        layer: np.concatenate([s[layer][w.keep_from:w.keep_to] for w, s in zip(windows, states)], axis=0)
-        for layer in states[0]
-    }

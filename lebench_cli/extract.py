@@ -26,6 +26,7 @@ from .errors import AudioError, InputError, LebenchError
 SAMPLE_RATE = 16000
 FRAME_SECONDS = 0.02
 SHORT_FLAG = "padded"
+CHUNKED_FLAG = "chunked"
 
 
 @dataclass
@@ -292,7 +293,8 @@ def _jsonable(value):
 
 
 class _BackgroundWriter:
-    """Writes on a thread of its own so that the model never waits for the disk."""
+    """Calls the shard writer on a thread of its own, in order, so that the model never
+    waits for the disk: put("add", utterance), put("append_frames", states), ..."""
 
     def __init__(self, writer, depth: int = 8):
         self.writer = writer
@@ -303,18 +305,19 @@ class _BackgroundWriter:
 
     def _run(self):
         while True:
-            utterance = self.queue.get()
-            if utterance is None:
+            call = self.queue.get()
+            if call is None:
                 return
             if self.error is None:
+                method, args, kwargs = call
                 try:
-                    self.writer.add(utterance)
+                    getattr(self.writer, method)(*args, **kwargs)
                 except BaseException as error:  # re-raised on the main thread
                     self.error = error
 
-    def put(self, utterance):
+    def put(self, method: str, *args, **kwargs):
         self._raise_if_failed()
-        self.queue.put(utterance)
+        self.queue.put((method, args, kwargs))
 
     def finish(self):
         self.queue.put(None)
@@ -438,16 +441,22 @@ class Extraction:
                 self._fail(failures, item, reason)
         # Longest first: a batch that does not fit in memory shows up at the start.
         readable.sort(key=lambda item: (-item.seconds, item.source.utt_id))
-        progress = self._progress(len(todo), len(todo) - len(readable))
+        long_files = [item for item in readable if item.seconds > self.options.chunk_seconds]
+        readable = readable[len(long_files):]
+        progress = self._progress(len(todo), len(todo) - len(readable) - len(long_files))
         try:
+            for item in long_files:
+                self._encode_streamed(item, failures, background)
+                self._done(progress, item)
             decoded = self._decoded_items(readable, failures, progress)
             chunk_samples = self.options.chunk_seconds * SAMPLE_RATE
             short, long_items = [], []
             for group in length_batches(decoded, lambda item: item.samples, self.options.batch_seconds):
                 for item in group:
                     (long_items if item.samples > chunk_samples else short).append(item)
-                for item in long_items:
-                    self._encode_long(item, background)
+                for item in long_items:  # longer than its header or manifest said
+                    item.waveform = None
+                    self._encode_streamed(item, failures, background)
                     self._done(progress, item)
                 if short:
                     self._encode_batch(short, background)
@@ -486,22 +495,69 @@ class Extraction:
         for index, item in enumerate(items):
             self._store(item, {layer: value[index] for layer, value in states.items()}, background)
 
-    def _encode_long(self, item: _Item, background):
+    def _encode_streamed(self, item: _Item, failures, background):
+        """A long recording, decoded twice a block at a time (statistics, then windows), its
+        frames written as they come: memory is bounded by the window, not the recording."""
         from .batching import pad_batch
-        from .chunking import plan_windows, stitch
+        from .chunking import frame_count, plan_windows
+        from .audio import stream_audio
 
-        windows = plan_windows(item.samples, self.options.chunk_seconds, self.options.overlap_seconds)
-        # Normalisation is over the whole recording, as for any utterance, not per window.
-        waveform = self.encoder.normalize_waveform(item.waveform)
+        try:
+            samples, mean, std = self._stream_statistics(item)
+        except AudioError as error:
+            self._fail(failures, item, error.reason)
+            return
+        windows = plan_windows(samples, self.options.chunk_seconds, self.options.overlap_seconds)
         per_batch = max(1, int(self.options.batch_seconds // self.options.chunk_seconds))
-        window_states = []
-        for first in range(0, len(windows), per_batch):
-            group = windows[first: first + per_batch]
-            waveforms, lengths = pad_batch([waveform[w.start_sample: w.end_sample] for w in group])
-            states = self._forward(waveforms, lengths, normalize=False)
-            window_states += [{layer: value[i] for layer, value in states.items()} for i in range(len(group))]
-        self.summary.chunked += 1
-        self._store(item, stitch(windows, window_states), background)
+        source = item.source
+        background.put("begin_utterance", source.utt_id, str(source.path), samples / SAMPLE_RATE,
+                       frame_count(samples), flags=CHUNKED_FLAG if len(windows) > 1 else "")
+        blocks = stream_audio(source.path, channel=self.options.channel)
+        buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
+        try:
+            for first in range(0, len(windows), per_batch):
+                group = windows[first: first + per_batch]
+                while buffer_start + len(buffer) < group[-1].end_sample:
+                    buffer = np.concatenate([buffer, next(blocks)])
+                waves = [(buffer[w.start_sample - buffer_start: w.end_sample - buffer_start] - mean) / std for w in group]
+                states = self._forward(*pad_batch(waves), normalize=False)
+                for index, window in enumerate(group):
+                    background.put("append_frames", {
+                        str(layer): value[index][window.keep_from: window.keep_to] for layer, value in states.items()
+                    })
+                following = windows[first + per_batch].start_sample if first + per_batch < len(windows) else buffer_start
+                buffer, buffer_start = buffer[following - buffer_start:], following
+        except (AudioError, StopIteration) as error:
+            background.put("abort_utterance")
+            reason = error.reason if isinstance(error, AudioError) else "changed while being read"
+            self._fail(failures, item, reason)
+            return
+        except BaseException:
+            background.put("abort_utterance")
+            raise
+        background.put("end_utterance")
+        self.summary.chunked += int(len(windows) > 1)
+        self.summary.extracted += 1
+        self.summary.audio_seconds += samples / SAMPLE_RATE
+
+    def _stream_statistics(self, item: _Item) -> tuple:
+        """(samples, mean, std) of the whole recording; (n, 0, 1) when the model does not
+        normalise (the waveform is used as it is)."""
+        from .audio import stream_audio
+        from .encoder import NORMALIZE_EPS
+
+        count, total, squares = 0, 0.0, 0.0
+        for block in stream_audio(item.source.path, channel=self.options.channel):
+            count += len(block)
+            if self.encoder.normalize:
+                block = block.astype(np.float64)
+                total += float(block.sum())
+                squares += float(np.dot(block, block))
+        if not self.encoder.normalize:
+            return count, np.float32(0.0), np.float32(1.0)
+        mean = total / count
+        variance = max(squares / count - mean * mean, 0.0)
+        return count, np.float32(mean), np.float32(np.sqrt(variance + NORMALIZE_EPS))
 
     def _forward(self, waveforms: np.ndarray, lengths: np.ndarray, normalize: Optional[bool] = None) -> dict:
         """{layer: list of [frames, width] float32 arrays}; half-precision batches whose output
@@ -538,7 +594,7 @@ class Extraction:
         if item.flags == SHORT_FLAG:
             self.summary.padded += 1
         item.waveform = None  # free the audio before the next batch is decoded
-        background.put(utterance)
+        background.put("add", utterance)
         self.summary.extracted += 1
         self.summary.audio_seconds += utterance.duration
 

@@ -360,6 +360,16 @@ class _Row:
     arrays: Optional[dict] = field(repr=False)  # dataset path -> array in the save dtype
 
 
+@dataclass
+class _Stream:
+    """An utterance being written in pieces."""
+
+    row: _Row
+    size: int
+    written: int = 0
+    sums: dict = field(default_factory=dict)  # layer name -> float64 sum, for the mean
+
+
 class ShardWriter:
     """Writes utterances of one part into shards; the caller holds that part's PartLock.
 
@@ -381,6 +391,7 @@ class ShardWriter:
                                f"{options.num_parts}) while writing")
         self._shards = self.out / SHARDS_DIR
         self._widths = {}
+        self._stream = None
         self._start_part()
         self._reset_shard()
 
@@ -418,13 +429,104 @@ class ShardWriter:
         if self._size >= self.options.shard_size_bytes or elapsed >= self.options.commit_seconds:
             self.commit()
 
+    # -- an utterance in pieces (long recordings) ------------------------------------------
+
+    def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "") -> None:
+        """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
+        not the recording: append_frames() each piece in order, then end_utterance()."""
+        if utt_id in self._known:
+            raise OutputError(f"utterance {utt_id} is already stored in {self.out}")
+        if frames < 1:
+            raise ValueError(f"{utt_id}: no frames to store")
+        size = _ROW_BYTES + len(utt_id) + len(source) + len(flags) + frames * self._frame_bytes()
+        if self._rows and self._size + size > self.options.shard_size_bytes:
+            self.commit()
+        self._flush()
+        if self._file is None:
+            self._open_shard()
+        offset = self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+        self._stream = _Stream(_Row(utt_id, str(source), float(duration), int(frames), flags, offset, None), size)
+
+    def append_frames(self, states: dict) -> None:
+        """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
+        stream = self._stream
+        if stream is None:
+            raise RuntimeError("append_frames() without begin_utterance()")
+        row = stream.row
+        count = None
+        try:
+            for name in self._layers:
+                piece = _layer_value(states, name)
+                piece = None if piece is None else np.asarray(piece)
+                if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
+                    raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
+                count = len(piece)
+                if stream.written + count > row.frames:
+                    raise ValueError(f"{row.utt_id}: more than the announced {row.frames} frames")
+                if self.options.store_frames:
+                    key = f"layers/{name}/frames"
+                    self._check_width(row.utt_id, key, piece.shape[1])
+                    self._write_block(key, row.offset + stream.written, self._converted(row.utt_id, key, piece))
+                if self.options.store_mean:
+                    stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
+        except OSError as error:
+            self._fail(error)
+        stream.written += count or 0
+
+    def end_utterance(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            raise RuntimeError("end_utterance() without begin_utterance()")
+        row = stream.row
+        if stream.written != row.frames:
+            raise ValueError(f"{row.utt_id}: {stream.written} frames written, {row.frames} announced")
+        try:
+            if self.options.store_mean:
+                for name in self._layers:
+                    key = f"layers/{name}/mean"
+                    mean = (stream.sums[name] / row.frames).astype(np.float32)[None]
+                    self._check_width(row.utt_id, key, mean.shape[1])
+                    self._write_block(key, len(self._rows), self._converted(row.utt_id, key, mean))
+        except OSError as error:
+            self._fail(error)
+        self._rows.append(row)
+        self._flushed = len(self._rows)
+        self._known.add(row.utt_id)
+        self._size += stream.size
+        if self._size >= self.options.shard_size_bytes or time.monotonic() - self._started >= self.options.commit_seconds:
+            self.commit()
+
+    def abort_utterance(self) -> None:
+        """Give up the utterance being streamed: what it wrote is overwritten or trimmed."""
+        self._stream = None
+
+    def _frame_bytes(self) -> int:
+        """Bytes per stored frame across layers, once widths are known (0 before)."""
+        itemsize = np.dtype(self.options.save_dtype).itemsize
+        return sum(width for key, width in self._widths.items() if key.endswith("/frames")) * itemsize
+
+    def _check_width(self, utt_id: str, key: str, width: int) -> None:
+        if self._widths.setdefault(key, width) != width:
+            raise ValueError(f"{utt_id}: {key} is {width} wide, earlier utterances {self._widths[key]}")
+
+    def _trim_to_rows(self) -> None:
+        """Drop what an unfinished streamed utterance wrote past the last row."""
+        frames_end = self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+        for name in self._layers:
+            for key, end in ((f"layers/{name}/frames", frames_end), (f"layers/{name}/mean", len(self._rows))):
+                if key in self._file and self._file[key].shape[0] > end:
+                    self._file[key].resize(end, axis=0)
+
     def commit(self) -> None:
-        """Closes, syncs and renames the open shard, then rewrites index-KofN.tsv."""
+        """Closes, syncs and renames the open shard, then rewrites index-KofN.tsv. An
+        utterance still being streamed is dropped (it is not finished)."""
+        self._stream = None
         if not self._rows:
             self._discard_shard()
             return
         self._flush()
         try:
+            self._trim_to_rows()
             self._write_table()
             self._file.close()
             fsync_path(self._tmp)
@@ -579,6 +681,7 @@ class ShardWriter:
     def _fail(self, error: OSError):
         """Drops the open shard after a failed write; committed shards stay as they are."""
         shard = self._final.relative_to(self.out) if self._final else self._shards
+        self._stream = None
         self._known.difference_update(row.utt_id for row in self._rows)
         self._discard_shard()
         what = "disk full while writing" if _is_disk_full(error) else "cannot write"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lebench_cli.batching import length_batches, pad_batch
-from lebench_cli.chunking import frame_count, plan_windows, stitch
+from lebench_cli.chunking import frame_count, plan_windows
 
 
 def test_batches_respect_the_padded_seconds_cap():
@@ -38,14 +38,3 @@ def test_windows_cover_every_frame_once(samples):
         # cuts sit inside overlaps, away from both windows' edges
         for window in windows[1:-1]:
             assert window.keep_from >= 100 and window.keep_to <= frame_count(480_000) - 100
-
-
-def test_stitch_takes_the_kept_frames():
-    windows = plan_windows(16_000 * 70, chunk_seconds=30, overlap_seconds=5)
-    states = []
-    for window in windows:
-        frames = frame_count(window.end_sample - window.start_sample)
-        global_index = np.arange(window.first_frame, window.first_frame + frames, dtype=np.float32)
-        states.append({1: global_index[:, None]})
-    stitched = stitch(windows, states)
-    assert stitched[1][:, 0].tolist() == list(range(frame_count(16_000 * 70)))

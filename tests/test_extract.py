@@ -258,6 +258,33 @@ def test_long_recording_is_chunked_to_the_unchunked_frame_count(checkpoints, tmp
           f"middle frames {np.abs(last[middle] - full[3][middle]).max() / np.abs(full[3]).max():.3g}")
 
 
+def test_long_stereo_recording_with_means_and_a_misleading_manifest(checkpoints, tmp_path):
+    audio = write_audio(tmp_path / "in" / "long.wav", 6.2, rate=44_100, channels=2, seed=9)
+    out = tmp_path / "out"
+    result = extract(audio, *base_args(checkpoints("base"), out, "--chunk-seconds", "2", "--overlap-seconds", "0.5",
+                                       "--layers", "2,cnn", "--pool", "mean", "--frames", "--save-dtype", "float32"))
+    assert result.exit_code == 0, result.output
+    samples = len(load_audio(audio))
+    with open_features(out) as store:
+        (utt_id,) = store.ids
+        info = store.info(utt_id)
+        assert info["flags"] == "chunked" and info["frames"] == (samples - 400) // 320 + 1
+        assert info["duration"] == pytest.approx(6.2, abs=1e-3)
+        for layer in (2, "cnn"):
+            np.testing.assert_allclose(store.read_mean(utt_id, layer), store.read(utt_id, layer).mean(axis=0),
+                                       rtol=1e-5, atol=1e-6)
+    # A manifest that says the file is short: decoded whole, found long, then streamed all the same.
+    manifest = tmp_path / "short.tsv"
+    manifest.write_text(f"{audio.parent}\nlong.wav\t16000\n")
+    out2 = tmp_path / "out2"
+    result = extract(manifest, *base_args(checkpoints("base"), out2, "--chunk-seconds", "2", "--overlap-seconds", "0.5",
+                                          "--layers", "2", "--save-dtype", "float32"))
+    assert result.exit_code == 0, result.output
+    with open_features(out) as first, open_features(out2) as second:
+        np.testing.assert_array_equal(first.read(utt_id, 2), second.read("long", 2))
+        assert second.info("long")["flags"] == "chunked"
+
+
 def test_non_finite_half_precision_batches_are_recomputed_in_float32(checkpoints, corpus, tmp_path, monkeypatch):
     from lebench_cli import extract as extract_module
     from lebench_cli.encoder import EncodedBatch
