@@ -392,3 +392,31 @@ def test_bad_option_values_are_one_line_errors(checkpoints, corpus, tmp_path):
         assert (result.exit_code, result.output) == (1, message), extra
     result = extract(tmp_path / "missing", *args[1:])
     assert (result.exit_code, result.output) == (1, f"Error: no such file or folder: {tmp_path / 'missing'}\n")
+
+
+def test_extension_filter_channel_and_compression(checkpoints, corpus, tmp_path):
+    out = tmp_path / "out"
+    result = extract(corpus, *base_args(checkpoints("base"), out, "--ext", "FLAC", "--compression", "gzip"))
+    assert result.exit_code == 0, result.output
+    with open_features(out) as store:
+        assert store.ids == ["spk1/b"]
+        (shard,) = (out / "shards").glob("*.h5")
+    with h5py.File(shard, "r") as opened:
+        assert opened["layers/3/frames"].compression == "gzip"
+    stereo = tmp_path / "stereo.wav"
+    left, right = np.sin(np.arange(16_000) * 0.05), np.random.default_rng(0).standard_normal(16_000) * 0.1
+    sf.write(stereo, np.stack([left, right], axis=1).astype(np.float32), RATE, subtype="FLOAT")
+    out2 = tmp_path / "out2"
+    assert extract(stereo, *base_args(checkpoints("base"), out2, "--channel", "1", "--save-dtype", "float32")).exit_code == 0
+    (expected,) = Encoder(load_local(checkpoints("base"))).encode([right.astype(np.float32)], [3])
+    with open_features(out2) as store:
+        np.testing.assert_allclose(store.read(store.ids[0], 3), expected[3], atol=1e-4 * np.abs(expected[3]).max())
+
+
+def test_a_different_model_into_an_existing_output_is_refused(checkpoints, corpus, tmp_path):
+    out = tmp_path / "out"
+    assert extract(corpus, *base_args(checkpoints("base"), out)).exit_code == 0
+    result = extract(corpus, *base_args(checkpoints("large"), out))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {out} holds features of a different run (model_sha256: ")
+    assert result.output.endswith("; use --overwrite to replace them\n")
