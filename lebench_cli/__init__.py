@@ -7,9 +7,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Checkpoint",
     "Encoder",
+    "ExtractOptions",
+    "FeatureDataset",
     "LebenchError",
     "load_checkpoint",
     "open_features",
+    "run_extract",
     "__version__",
 ]
 
@@ -18,6 +21,9 @@ _LAZY = {
     "Encoder": ("encoder", "Encoder"),
     "load_checkpoint": ("models", "load_checkpoint"),
     "open_features": ("reader", "open_features"),
+    "FeatureDataset": ("dataset", "FeatureDataset"),
+    "ExtractOptions": ("extract", "ExtractOptions"),
+    "run_extract": ("extract", "run_extract"),
     "LebenchError": ("errors", "LebenchError"),
 }
 

@@ -127,3 +127,10 @@ def test_help_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in result.stdout
+
+
+def test_public_api_resolves():
+    import lebench_cli
+
+    for name in lebench_cli.__all__:
+        assert getattr(lebench_cli, name) is not None, name

@@ -147,12 +147,16 @@ def test_too_short_and_unknown_layers_are_input_errors(checkpoints):
         encoder.encode([torch.zeros(400)], [4])
 
 
-def test_bfloat16_on_cpu_stays_close_to_float32(checkpoints):
-    checkpoint = load_local(checkpoints("large"))
-    inputs = waveforms([3_000, 6_000])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("dtype, tolerance", [("float16", 1e-2), ("bfloat16", 5e-2)])
+def test_half_precision_stays_close_to_float32(checkpoints, family, dtype, tolerance):
+    """Half precision (CUDA's default; the CPU runs it too) within `tolerance` of float32,
+    relative to each layer's scale, on every layer."""
+    checkpoint = load_local(checkpoints(family))
+    inputs = waveforms([3_000, 6_000, 11_000])
     exact = Encoder(checkpoint).encode(inputs, LAYERS)
-    approximate = Encoder(checkpoint, dtype="bfloat16").encode(inputs, LAYERS)
+    approximate = Encoder(checkpoint, dtype=dtype).encode(inputs, LAYERS)
     for ours, reference in zip(approximate, exact):
         for layer in LAYERS:
             error = np.abs(ours[layer] - reference[layer]).max() / np.abs(reference[layer]).max()
-            assert error < 0.05, f"layer {layer}: relative error {error}"
+            assert error < tolerance, f"{family} {dtype} layer {layer}: relative error {error:.3g}"
