@@ -564,16 +564,22 @@ class Extraction:
         is not finite are recomputed in float32."""
         import torch
 
-        inputs = (torch.from_numpy(waveforms), torch.from_numpy(lengths), self.layers)
+        waveforms = torch.from_numpy(waveforms)
+        if self.encoder.device.type == "cuda":
+            waveforms = waveforms.pin_memory()  # lets the host-to-device copy run asynchronously
+        inputs = (waveforms, torch.from_numpy(lengths), self.layers)
         batch = self.encoder.forward(*inputs, normalize=normalize)
         if self.encoder.dtype != torch.float32 and not all(bool(torch.isfinite(v).all()) for v in batch.states.values()):
             self.summary.recomputed_float32 += 1
             batch = self._float32().forward(*inputs, normalize=normalize)
         frames = batch.frames.tolist()
-        return {
-            layer: [value[i, : frames[i]].float().cpu().numpy() for i in range(len(frames))]
-            for layer, value in batch.states.items()
-        }
+        states = {}
+        for layer, value in batch.states.items():
+            # One device-to-host copy per layer, not one per utterance; float16 stays float16
+            # (numpy has no bfloat16: that one becomes float32).
+            host = (value if value.dtype in (torch.float16, torch.float32) else value.float()).cpu().numpy()
+            states[layer] = [host[i, : frames[i]] for i in range(len(frames))]
+        return states
 
     def _float32(self):
         from .encoder import Encoder
