@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 SAMPLES_PER_FRAME = 320
 RECEPTIVE_FIELD = 400

@@ -15,7 +15,6 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only

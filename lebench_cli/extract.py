@@ -6,8 +6,6 @@ thread, writing on a background thread, and bookkeeping (resume, failures, progr
 
 from __future__ import annotations
 
-import math
-import os
 import queue
 import sys
 import threading
@@ -21,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from .errors import AudioError, InputError, LebenchError
+from .errors import AudioError, InputError
 
 SAMPLE_RATE = 16000
 FRAME_SECONDS = 0.02
@@ -379,11 +377,10 @@ def _decoded_stream(items: list, options: ExtractOptions, ahead: int):
 class Extraction:
     """One run of `lebench extract`; `run()` returns an ExtractSummary."""
 
-    def __init__(self, options: ExtractOptions, stdin=None, progress: bool = False, log=None):
+    def __init__(self, options: ExtractOptions, stdin=None, progress: bool = False):
         self.options = options.resolved()
         self.stdin = stdin
         self.show_progress = progress
-        self.log = log or (lambda message: print(message, file=sys.stderr))
         self.summary = ExtractSummary()
         self._float32_encoder = None
 

@@ -1,7 +1,6 @@
 """`lebench extract` end to end on tiny models and generated audio."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -165,8 +164,6 @@ def test_different_layers_refused_unless_overwrite(checkpoints, corpus, tmp_path
 
 
 def test_second_concurrent_run_is_refused(checkpoints, corpus, tmp_path):
-    from lebench_cli.storage import PartLock
-
     out = tmp_path / "out"
     assert extract(corpus, *base_args(checkpoints("base"), out)).exit_code == 0
     holder = subprocess.Popen([sys.executable, "-c", (
