@@ -389,12 +389,14 @@ class Extraction:
         from .encoder import Encoder
         from .layers import parse_layers
         from .models import load_checkpoint
-        from .storage import FailureLog, PartLock, ShardWriter, WriterOptions, prepare_output, stored_ids
+        from .storage import (FailureLog, PartLock, ShardWriter, WriterOptions, prepare_output,
+                              require_writable_folder, stored_ids)
 
         options = self.options
         started = time.monotonic()
         sources = discover_sources(options, self.stdin)
         output = Path(options.output)
+        require_writable_folder(output)  # before the model loads: fail in a second, not a minute
         checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
         layers = parse_layers(options.layers, checkpoint.layers)
         encoder = Encoder(checkpoint, device=options.device, dtype=options.dtype)

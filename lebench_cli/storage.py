@@ -176,7 +176,7 @@ def prepare_output(out: Path, metadata: dict, overwrite: bool) -> None:
     """
     out = Path(out)
     identity = _identity_of(metadata)
-    _require_writable_folder(out)
+    require_writable_folder(out)
     if overwrite:
         remove_store(out)
     else:
@@ -206,7 +206,7 @@ def _identity_of(metadata: dict) -> dict:
     return json.loads(json.dumps(identity))  # compare as it will read back from JSON
 
 
-def _require_writable_folder(out: Path) -> None:
+def require_writable_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
     probe = out / f".lebench-probe-{os.getpid()}"
