@@ -129,13 +129,15 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     if dry_run:
         click.echo(plan_extract(options, stdin=stdin).line())
         return
-    extraction = Extraction(options, stdin=stdin, progress=not quiet and sys.stderr.isatty())
+    extraction = None
     try:
         with _sigterm_as_interrupt():
+            extraction = Extraction(options, stdin=stdin, progress=not quiet and sys.stderr.isatty())
             summary = extraction.run()
     except KeyboardInterrupt:
+        done = extraction.summary.extracted if extraction is not None else 0
         click.echo(
-            f"Error: interrupted after {extraction.summary.extracted} files; finished work is committed: "
+            f"Error: interrupted after {done} files; finished work is committed: "
             "rerun the same command to resume", err=True,
         )
         sys.exit(EXIT_INTERRUPTED)

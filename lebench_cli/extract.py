@@ -351,27 +351,65 @@ def _ignore_interrupts():
 
 
 def _decoded_stream(items: list, options: ExtractOptions, ahead: int):
-    """Yield (item, reason) in order, decoding up to `ahead` files in worker processes."""
+    """Yield (item, (value, reason)) decoding up to `ahead` files ahead in worker processes.
+
+    A worker that dies (a decoder crash, the OOM killer, kill -9) breaks the pool and every
+    file in flight with it: those files are decoded again one at a time in a fresh pool, so
+    that the one that kills its worker again is failed alone and the run goes on."""
     if options.workers <= 0:
         for item in items:
             yield item, _decode(item.source, options.channel)
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with context.Pool(options.workers, initializer=_ignore_interrupts) as pool:
-        pending: deque = deque()
-        iterator = iter(items)
-        for item in iterator:
-            pending.append((item, pool.apply_async(_decode, (item.source, options.channel))))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            item, result = pending.popleft()
-            yield item, result.get()
-            following = next(iterator, None)
-            if following is not None:
-                pending.append((following, pool.apply_async(_decode, (following.source, options.channel))))
+
+    def start_pool():
+        import signal
+
+        # Ignored signals stay ignored across exec: workers are born deaf to Ctrl-C, even
+        # before their initializer runs. All are started here, inside that window.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_ignore_interrupts)
+            for started in [pool.submit(int) for _ in range(options.workers)]:
+                started.result()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return pool
+
+    pool = start_pool()
+    iterator = iter(items)
+    pending: deque = deque()  # (item, future, alone)
+    suspects: deque = deque()  # in flight when a worker died
+    try:
+        while True:
+            if suspects:
+                if not pending:
+                    item = suspects.popleft()
+                    pending.append((item, pool.submit(_decode, item.source, options.channel), True))
+            else:
+                while len(pending) < ahead and (item := next(iterator, None)) is not None:
+                    pending.append((item, pool.submit(_decode, item.source, options.channel), False))
+            if not pending:
+                return
+            item, future, alone = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = start_pool()
+                if alone:
+                    yield item, (None, "the decoding process died while reading it")
+                else:
+                    suspects.extendleft(reversed([item] + [entry[0] for entry in pending]))
+                pending.clear()
+                continue
+            yield item, result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Extraction:
