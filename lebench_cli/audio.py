@@ -107,18 +107,37 @@ def _open(path) -> soundfile.SoundFile:
     try:
         return soundfile.SoundFile(path)
     except RuntimeError as error:
-        raise AudioError(path, f"not a readable audio file ({_libsndfile_message(error)})") from None
+        message = _libsndfile_message(error)
+        if message.startswith("file does not exist or is not a regular file"):
+            # _check_file has just opened it as a regular file: this is what libsndfile's
+            # MPEG decoder says of data it cannot parse.
+            message = "corrupt or unsupported data"
+        raise AudioError(path, f"not a readable audio file ({message})") from None
+
+
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device"}
 
 
 def _check_file(path):
     # libsndfile reports every OS failure as "System error."; ask the OS for the reason.
+    # O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever.
     try:
-        with open(path, "rb") as file:
+        with open(path, "rb", opener=_open_nonblocking) as file:
             status = os.fstat(file.fileno())
     except OSError as error:
         raise AudioError(path, _OS_REASONS.get(error.errno) or _lower(error.strerror or str(error))) from None
-    if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+    if stat.S_ISDIR(status.st_mode):
+        raise AudioError(path, "is a directory")
+    if not stat.S_ISREG(status.st_mode):
+        kind = _NOT_REGULAR.get(stat.S_IFMT(status.st_mode), "not a regular file")
+        raise AudioError(path, f"not a regular file ({kind})")
+    if status.st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+
+
+def _open_nonblocking(path, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _check_channel(path, channels: int, channel: int | None):

@@ -45,6 +45,10 @@ _CHUNK_BYTES = 256 * 1024
 _FLUSH_BYTES = 64 * 1024**2  # utterances are buffered and written to HDF5 in blocks this large
 _ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 _MISSING = object()
+# What h5py raises when HDF5 cannot write: OSError from the call that failed, RuntimeError
+# from HDF5's own flushes (closing a file, releasing an object).
+_WRITE_ERRORS = (OSError, RuntimeError)
+_ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
 
 
 @dataclass
@@ -133,18 +137,29 @@ def committed_shards(out: Path) -> list:
 
 
 def read_shard_table(path: Path) -> ShardTable:
-    with open_h5(path) as shard:
-        _check_shard(shard, path)
-        layers = {name: set(group) for name, group in shard.get("layers", {}).items()}
-        return ShardTable(
-            ids=list(shard["ids"].asstr()[:]),
-            offsets=shard["offsets"][:],
-            frames=shard["frames"][:],
-            durations=shard["durations"][:],
-            sources=list(shard["sources"].asstr()[:]),
-            flags=list(shard["flags"].asstr()[:]),
-            layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
-        )
+    try:
+        with open_h5(path) as shard:
+            _check_shard(shard, path)
+            layers = {name: set(group) for name, group in shard.get("layers", {}).items()}
+            return ShardTable(
+                ids=list(shard["ids"].asstr()[:]),
+                offsets=shard["offsets"][:],
+                frames=shard["frames"][:],
+                durations=shard["durations"][:],
+                sources=list(shard["sources"].asstr()[:]),
+                flags=list(shard["flags"].asstr()[:]),
+                layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
+            )
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        raise _unreadable_shard(path, error) from None
+
+
+def _unreadable_shard(path: Path, error: Exception) -> InputError:
+    # Committed shards are complete by construction: one that does not open was damaged
+    # after the fact (a partial copy, a failing disk), and only the user can decide its fate.
+    reason = _reason(error) if isinstance(error, _WRITE_ERRORS) else _one_line(error)
+    return InputError(f"{path} is not a readable lebench shard ({reason}): "
+                      "move it out of the folder, then rerun to extract its utterances again")
 
 
 def _check_shard(shard: h5py.File, path: Path) -> None:
@@ -270,15 +285,33 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _reason(error: OSError) -> str:
-    if _is_disk_full(error):
-        return os.strerror(errno.ENOSPC)
-    return error.strerror or str(error).splitlines()[0]
+def _reason(error: Exception) -> str:
+    """The OS's words for a failed file operation ("No space left on device"), whether it
+    comes from Python, or from h5py, whose text is HDF5's whole error record on many lines."""
+    code = _errno_of(error)
+    if code:
+        reason = os.strerror(code)
+        if code == errno.EFBIG:
+            reason += " (a file size limit, see ulimit -f; a smaller --shard-size stays under it)"
+        return reason
+    text = getattr(error, "strerror", None) or str(error)
+    return _one_line(text.splitlines()[0] if text.strip() else type(error).__name__)
 
 
-def _is_disk_full(error: OSError) -> bool:
-    # h5py reports a failed write as OSError without errno, the cause only in its text.
-    return error.errno == errno.ENOSPC or "errno = 28" in str(error) or "No space left" in str(error)
+def _errno_of(error: Exception):
+    code = getattr(error, "errno", None)
+    if code:
+        return code
+    match = _ERRNO_IN_TEXT.search(str(error))
+    return int(match[1]) if match else None
+
+
+def _is_disk_full(error: Exception) -> bool:
+    return _errno_of(error) in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())[:300]
 
 
 # -- the part lock ----------------------------------------------------------------------
@@ -469,7 +502,7 @@ class ShardWriter:
                     self._write_block(key, row.offset + stream.written, self._converted(row.utt_id, key, piece))
                 if self.options.store_mean:
                     stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
-        except OSError as error:
+        except _WRITE_ERRORS as error:
             self._fail(error)
         stream.written += count or 0
 
@@ -487,7 +520,7 @@ class ShardWriter:
                     mean = (stream.sums[name] / row.frames).astype(np.float32)[None]
                     self._check_width(row.utt_id, key, mean.shape[1])
                     self._write_block(key, len(self._rows), self._converted(row.utt_id, key, mean))
-        except OSError as error:
+        except _WRITE_ERRORS as error:
             self._fail(error)
         self._rows.append(row)
         self._flushed = len(self._rows)
@@ -532,7 +565,7 @@ class ShardWriter:
             fsync_path(self._tmp)
             os.replace(self._tmp, self._final)
             fsync_path(self._shards)
-        except OSError as error:
+        except _WRITE_ERRORS as error:
             self._fail(error)
         rows, final = self._rows, self._final
         self._reset_shard()
@@ -611,11 +644,14 @@ class ShardWriter:
         self._final = self._shards / name.file_name
         self._tmp = self._shards / f"{name.file_name}.tmp"
         try:
-            self._file = open_h5(self._tmp, "w", rdcc_nbytes=4 * _CHUNK_BYTES)
+            # No raw-data chunk cache: a write that fails (disk full, quota, file size limit)
+            # then fails in the call that made it, as an OSError. With a cache it fails later,
+            # inside HDF5's own flush, and h5py crashes (SIGSEGV) releasing the file.
+            self._file = open_h5(self._tmp, "w", rdcc_nbytes=0)
             self._file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                                      "part": name.part, "num_parts": name.num_parts,
                                      "sequence": name.sequence})
-        except OSError as error:
+        except _WRITE_ERRORS as error:
             self._fail(error)
         self._started = time.monotonic()
 
@@ -628,7 +664,7 @@ class ShardWriter:
             for key in todo[0].arrays:
                 start = todo[0].offset if key.endswith("/frames") else self._flushed
                 self._write_block(key, start, np.concatenate([row.arrays[key] for row in todo]))
-        except OSError as error:
+        except _WRITE_ERRORS as error:
             self._fail(error)
         self._flushed += len(todo)
         for row in todo:
@@ -678,7 +714,7 @@ class ShardWriter:
         except OSError as error:
             raise OutputError(f"cannot write {path}: {_reason(error)}") from error
 
-    def _fail(self, error: OSError):
+    def _fail(self, error: Exception):
         """Drops the open shard after a failed write; committed shards stay as they are."""
         shard = self._final.relative_to(self.out) if self._final else self._shards
         self._stream = None
@@ -702,9 +738,12 @@ class ShardWriter:
 
 
 def _ids_of(path: Path) -> list:
-    with open_h5(path) as shard:
-        _check_shard(shard, path)
-        return list(shard["ids"].asstr()[:])
+    try:
+        with open_h5(path) as shard:
+            _check_shard(shard, path)
+            return list(shard["ids"].asstr()[:])
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        raise _unreadable_shard(path, error) from None
 
 
 def _frames_of(utt: StoredUtterance, name: str) -> np.ndarray:
@@ -801,8 +840,11 @@ class FailureLog:
 
     def record(self, utt_id: str, path, reason: str) -> None:
         entry = {"id": utt_id, "path": str(path), "reason": reason}
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {_reason(error)}") from error
         self.count += 1
 
     def close(self) -> None:
