@@ -721,10 +721,14 @@ def summarise(rows: list, audio_seconds: float, flops: float):
             medians[method] = statistics.median(speeds)
     for row in rows:
         row["audio_s"] = audio_seconds
+        row["cpu_s"] = row["user_cpu_s"] + row["system_cpu_s"]
+        if row["exit_code"] != 0:  # a failed run has no throughput
+            row.update(x_real_time=None, steady_x_real_time=None, tflops=None, write_mb_s=None,
+                       vs_fairseq=None, vs_transformers=None)
+            continue
         row["x_real_time"] = audio_seconds / row["wall_s"]
         startup = row.get("startup_s")
         row["steady_x_real_time"] = audio_seconds / (row["wall_s"] - startup) if startup and row["wall_s"] > startup else None
-        row["cpu_s"] = row["user_cpu_s"] + row["system_cpu_s"]
         row["tflops"] = flops / row["wall_s"] / 1e12
         row["write_mb_s"] = row["output_bytes"] / 1024**2 / row["wall_s"]
         for naive in NAIVE:
@@ -738,7 +742,7 @@ def format_table(rows: list) -> str:
         ("audio s", lambda r: f"{r['audio_s']:.0f}"),
         ("wall s", lambda r: f"{r['wall_s']:.1f}"),
         ("startup s", lambda r: "-" if r.get("startup_s") is None else f"{r['startup_s']:.1f}"),
-        ("x RT", lambda r: f"{r['x_real_time']:.2f}"),
+        ("x RT", lambda r: "FAILED" if r["x_real_time"] is None else f"{r['x_real_time']:.2f}"),
         ("steady x RT", lambda r: "-" if r["steady_x_real_time"] is None else f"{r['steady_x_real_time']:.2f}"),
         ("vs fairseq", lambda r: "-" if r["vs_fairseq"] is None else f"{r['vs_fairseq']:.2f}"),
         ("vs transformers", lambda r: "-" if r["vs_transformers"] is None else f"{r['vs_transformers']:.2f}"),
@@ -746,8 +750,8 @@ def format_table(rows: list) -> str:
         ("peak RSS MB", lambda r: f"{r['peak_rss_mb']:.0f}"),
         ("tree PSS MB", lambda r: f"{r['peak_tree_pss_mb']:.0f}"),
         ("GPU MB", lambda r: "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"),
-        ("TFLOP/s", lambda r: f"{r['tflops']:.3f}"),
-        ("write MB/s", lambda r: f"{r['write_mb_s']:.2f}"),
+        ("TFLOP/s", lambda r: "-" if r["tflops"] is None else f"{r['tflops']:.3f}"),
+        ("write MB/s", lambda r: "-" if r["write_mb_s"] is None else f"{r['write_mb_s']:.2f}"),
         ("exit", lambda r: str(r["exit_code"])),
     ]
     cells = [[name for name, _ in columns]] + [[value(row) for _, value in columns] for row in rows]
