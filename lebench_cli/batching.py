@@ -32,21 +32,28 @@ def pad_batch(waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def length_batches(
-    items: Iterable, length_of, batch_seconds: float, max_batch_size: int = 256
+    items: Iterable, length_of, batch_seconds: float, max_batch_size: int = 256, max_padding: float = 0.1
 ) -> Iterator[list]:
     """Group `items`, given in length order (either direction), into lists whose padded size
-    (longest length x count) stays within `batch_seconds`; an item longer than the cap
-    alone makes a batch of one."""
+    (longest length x count) stays within `batch_seconds`, of which padding is at most
+    `max_padding`; an item longer than the cap alone makes a batch of one.
+
+    The padding cap matters where lengths are sparse (small corpora, the long tail): there
+    a batch would spend more on padding than it saves. On a CPU, where one utterance already
+    keeps every core busy, padding is all loss."""
     cap = batch_seconds * SAMPLE_RATE
     group: list = []
-    longest = 0
+    longest = total = 0
     for item in items:
         length = length_of(item)
         candidate = max(longest, length)
-        if group and (candidate * (len(group) + 1) > cap or len(group) >= max_batch_size):
+        padded = candidate * (len(group) + 1)
+        if group and (padded > cap or len(group) >= max_batch_size
+                      or padded - total - length > max_padding * padded):
             yield group
-            group, candidate = [], length
+            group, candidate, total = [], length, 0
         group.append(item)
         longest = candidate
+        total += length
     if group:
         yield group

@@ -33,23 +33,28 @@ class Window:
 
 
 def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sample_rate: int = 16000) -> list[Window]:
-    """Windows covering a recording of `samples`; one window when it fits in one chunk."""
+    """Windows covering a recording of `samples`; one window when it fits in one chunk.
+
+    As few windows as cover the recording with at least `overlap_seconds` between
+    neighbours, all of one length (at most `chunk_seconds`), spread evenly: the overlap is
+    all the extra computation, with no tail window mostly re-running the one before."""
     total = frame_count(samples)
     window_samples = int(round(chunk_seconds * sample_rate))
     if samples <= window_samples or total == 0:
         return [Window(0, samples, 0, total, 0)]
-    window_frames = frame_count(window_samples)
-    overlap_frames = max(0, int(round(overlap_seconds * sample_rate)) // SAMPLES_PER_FRAME)
-    step = max(1, window_frames - overlap_frames)
-    starts = list(range(0, max(total - window_frames, 0) + 1, step))
-    if starts[-1] + window_frames < total:
-        starts.append(total - window_frames)  # a last full-length window aligned to the end
+    most_frames = frame_count(window_samples)
+    overlap_frames = min(max(0, int(round(overlap_seconds * sample_rate)) // SAMPLES_PER_FRAME), most_frames - 1)
+    count = -(-(total - overlap_frames) // (most_frames - overlap_frames))
+    if count == 1:  # a few samples over the window, none of them a frame
+        return [Window(0, samples, 0, total, 0)]
+    window_frames = min(most_frames, -(-(total + (count - 1) * overlap_frames) // count))
+    starts = [index * (total - window_frames) // (count - 1) for index in range(count)]
     windows = []
     for index, first in enumerate(starts):
-        last = min(first + window_frames, total)
-        cut_before = 0 if index == 0 else (first + min(starts[index - 1] + window_frames, total)) // 2
-        cut_after = total if index == len(starts) - 1 else (starts[index + 1] + last) // 2
+        last = first + window_frames
+        cut_before = 0 if index == 0 else (first + starts[index - 1] + window_frames) // 2
+        cut_after = total if index == count - 1 else (starts[index + 1] + last) // 2
         start_sample = first * SAMPLES_PER_FRAME
-        end_sample = min(samples, start_sample + (last - first - 1) * SAMPLES_PER_FRAME + RECEPTIVE_FIELD)
+        end_sample = start_sample + (window_frames - 1) * SAMPLES_PER_FRAME + RECEPTIVE_FIELD
         windows.append(Window(start_sample, end_sample, cut_before - first, cut_after - first, first))
     return windows

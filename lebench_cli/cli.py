@@ -68,12 +68,6 @@ EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
-def _default_workers() -> int:
-    import os
-
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -84,7 +78,8 @@ def _default_workers() -> int:
 @click.option("--frames/--no-frames", "store_frames", default=None, help="Store frame-level states (default: unless --pool mean).")
 @click.option("--ext", "extensions", default=None, help="Comma-separated audio extensions to walk (default: what libsndfile reads).")
 @click.option("--channel", type=click.IntRange(min=0), default=None, help="Use this channel (0-based) instead of averaging to mono.")
-@click.option("--batch-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Padded audio seconds per batch.")
+@click.option("--batch-seconds", type=click.FloatRange(min=1), default=None,
+              help="Padded audio seconds per batch (default: 120 on CUDA, 20 on CPU).")
 @click.option("--chunk-seconds", type=click.FloatRange(min=2), default=30.0, show_default=True, help="Longer recordings run in windows of this length.")
 @click.option("--overlap-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Overlap between windows.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available).")
@@ -95,7 +90,7 @@ def _default_workers() -> int:
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="HDF5 compression.")
 @click.option("--commit-seconds", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Commit the open shard at least this often: the most work a crash can lose.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (0: decode in the main process).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (0: decode in the main process; default: cores - 1, at most 4, on CUDA; 0 on CPU).")
 @click.option("--shard", "part", default="1/1", show_default=True, help="Process part K of N (job arrays), e.g. 3/8.")
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
@@ -122,7 +117,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         channel=channel, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
         device=device, dtype=dtype, save_dtype=save_dtype, shard_size=parse_size(shard_size),
         compression=None if compression == "none" else compression, commit_seconds=commit_seconds,
-        workers=_default_workers() if workers is None else workers, shard=parse_part(part),
+        workers=workers, shard=parse_part(part),
         overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint,
     )
     stdin = click.get_text_stream("stdin") if "-" in inputs else None

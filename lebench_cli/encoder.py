@@ -5,7 +5,7 @@ input, i the output of block i, L the encoder output (with the final LayerNorm f
 models), and "cnn" the convolutional features after their LayerNorm, before the projection.
 
 Batched output equals one-at-a-time output for every model: padding never reaches a valid
-frame's computation (see `_masked_group_norm` for the one place where it would).
+frame's computation (see `_group_norm_per_utterance` for the one place where it would).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class Encoder:
                 conv, _, group_norm, activation = block
                 x = conv(x)
                 valid = frames_for_samples(lengths, self.conv_layers[:1])
-                x = activation(_masked_group_norm(x, valid, group_norm))
+                x = activation(_group_norm_per_utterance(x, valid, group_norm))
             else:
                 x = block(x)
         return x
@@ -239,21 +239,15 @@ def _normalize_valid(waveforms, sample_mask, lengths):
     return centred / torch.sqrt(variance + NORMALIZE_EPS)
 
 
-def _masked_group_norm(x, valid_frames, group_norm):
-    """fairseq's first-conv GroupNorm, with statistics over each utterance's valid frames only.
+def _group_norm_per_utterance(x, valid_frames, group_norm):
+    """fairseq's first-conv GroupNorm, applied to each utterance's valid frames alone.
 
-    A plain GroupNorm normalises over the whole time axis: in a padded batch the padding would
-    change every frame of a short utterance (the base models' batching pitfall)."""
-    batch, channels, time = x.shape
-    groups = group_norm.num_groups
-    mask = (torch.arange(time, device=x.device)[None, :] < valid_frames[:, None]).to(torch.float32)
-    values = x.float().reshape(batch, groups, channels // groups, time)
-    mask = mask[:, None, None, :]
-    count = mask.sum(dim=(2, 3), keepdim=True) * (channels // groups)
-    mean = (values * mask).sum(dim=(2, 3), keepdim=True) / count
-    centred = (values - mean) * mask
-    variance = (centred * centred).sum(dim=(2, 3), keepdim=True) / count
-    normed = (centred / torch.sqrt(variance + group_norm.eps)).reshape(batch, channels, time)
-    if group_norm.affine:
-        normed = normed * group_norm.weight.float()[None, :, None] + group_norm.bias.float()[None, :, None]
-    return normed.to(x.dtype)
+    A GroupNorm over the padded batch would take its statistics over the whole time axis:
+    the padding would change every frame of a shorter utterance (the base models' batching
+    pitfall). Running the fused kernel on each valid slice gives exactly the one-at-a-time
+    values, without the batch-sized temporaries of a masked formula. No valid output frame
+    of the next convolutions reaches the padding: it is zeroed only to keep it finite."""
+    for index, count in enumerate(valid_frames.tolist()):
+        x[index : index + 1, :, :count] = group_norm(x[index : index + 1, :, :count])
+        x[index, :, count:] = 0
+    return x

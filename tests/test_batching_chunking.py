@@ -9,12 +9,26 @@ from lebench_cli.chunking import frame_count, plan_windows
 
 def test_batches_respect_the_padded_seconds_cap():
     lengths = sorted([16_000 * s for s in (1, 2, 2, 3, 5, 8, 9, 20, 40)], reverse=True)
-    batches = list(length_batches(lengths, lambda n: n, batch_seconds=20))
+    batches = list(length_batches(lengths, lambda n: n, batch_seconds=20, max_padding=1.0))
     assert [len(b) for b in batches] == [1, 1, 2, 4, 1]
     assert batches[0] == [640_000]  # longer than the cap: alone
     for batch in batches[1:]:
         assert max(batch) * len(batch) <= 20 * 16_000
     assert sorted(n for b in batches for n in b) == sorted(lengths)
+
+
+@pytest.mark.parametrize("order", [-1, 1])
+def test_batches_cap_their_padding(order):
+    seconds = (1, 2, 2, 3, 5, 8, 9, 20, 40, 0.5, 0.5, 0.52, 0.55, 0.6)
+    lengths = sorted((int(16_000 * s) for s in seconds), reverse=order < 0)
+    batches = list(length_batches(lengths, lambda n: n, batch_seconds=20))
+    for batch in batches:
+        padded = max(batch) * len(batch)
+        assert padded - sum(batch) <= 0.1 * padded
+    assert sorted(n for b in batches for n in b) == sorted(lengths)
+    if order < 0:  # the extractor's order: longest first
+        assert batches == [[640_000], [320_000], [144_000, 128_000], [80_000], [48_000], [32_000, 32_000], [16_000],
+                           [9_600, 8_800, 8_320, 8_000], [8_000]]
 
 
 def test_pad_batch():
@@ -34,7 +48,11 @@ def test_windows_cover_every_frame_once(samples):
     assert covered == list(range(frame_count(samples)))
     if len(windows) > 1:
         lengths = {w.end_sample - w.start_sample for w in windows}
-        assert len(lengths) == 1  # equal windows batch without padding
+        assert len(lengths) == 1 and lengths.pop() <= 480_000  # equal windows batch without padding
+        # as few windows as leave 5 s (250 frames) of overlap, less one frame of rounding
+        assert len(windows) == -(-(frame_count(samples) - 250) // (frame_count(480_000) - 250))
+        for before, after in zip(windows, windows[1:]):
+            assert before.first_frame + frame_count(before.end_sample - before.start_sample) - after.first_frame >= 249
         # cuts sit inside overlaps, away from both windows' edges
         for window in windows[1:-1]:
             assert window.keep_from >= 100 and window.keep_to <= frame_count(480_000) - 100

@@ -214,7 +214,7 @@ def test_ls_and_show(checkpoints, corpus, tmp_path):
     assert shown["utterances"] == 5
     assert shown["layers"] == ["3"] and shown["frame_shift_seconds"] == 0.02 and shown["sample_rate"] == 16000
     assert shown["model"]["sha256"] == shown["identity"]["model_sha256"]
-    assert shown["options"]["batch_seconds"] == 120.0
+    assert shown["options"]["batch_seconds"] == 20.0  # the CPU default
 
 
 def test_plain_h5py_reads_what_extract_wrote(checkpoints, corpus, tmp_path):
