@@ -614,7 +614,6 @@ def _fairseq_runner(model_path: str, device: str, dtype):
 
 
 def _transformers_runner(folder: str, device: str, dtype):
-    import torch
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
     from transformers.utils import logging as hf_logging
 

@@ -388,14 +388,18 @@ def _decoded_stream(items: list, options: ExtractOptions, ahead: int):
         # on demand: every worker starts in the first loop below, in a window of
         # milliseconds. There this thread also blocks SIGINT, so that a Ctrl-C it takes
         # then is kept pending and delivered once the handler is back.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Only the main thread may change signal handlers (a library caller may not be it).
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_ignore_interrupts)
             started = [pool.submit(int) for _ in range(options.workers)]
         finally:
-            signal.signal(signal.SIGINT, previous)
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             for future in started:
                 future.result()

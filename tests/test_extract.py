@@ -314,6 +314,21 @@ def test_decoding_in_worker_processes(checkpoints, corpus, tmp_path):
         assert sorted(store.ids) == IDS
 
 
+def test_decoding_workers_from_a_library_caller_off_the_main_thread(checkpoints, corpus, tmp_path):
+    """Signal handlers can only be set on the main thread: a caller's thread must still work."""
+    import threading
+
+    from lebench_cli import ExtractOptions, run_extract
+
+    options = ExtractOptions(inputs=[str(corpus)], output=str(tmp_path / "out"), model=str(checkpoints("base")),
+                             device="cpu", workers=2)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=run_extract(options)))
+    thread.start()
+    thread.join(120)
+    assert outcome["summary"].extracted == len(IDS)
+
+
 def test_killed_run_resumes_to_the_same_dataset(checkpoints, tmp_path):
     corpus = tmp_path / "many"
     for index in range(60):
@@ -339,6 +354,12 @@ def test_killed_run_resumes_to_the_same_dataset(checkpoints, tmp_path):
             np.testing.assert_array_equal(store.read(utt_id, 3), expected.read(utt_id, 3))
 
 
+def default_sigint() -> None:
+    """A shell's background job inherits SIGINT ignored, and lebench rightly keeps ignoring
+    it: tests that send SIGINT must not depend on how pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_commits_finished_work_and_exits_130(checkpoints, tmp_path, signum):
     corpus = tmp_path / "many"
@@ -348,7 +369,7 @@ def test_interrupt_commits_finished_work_and_exits_130(checkpoints, tmp_path, si
     command = [sys.executable, "-m", "lebench_cli", "extract", str(corpus), "-o", str(out), "--model",
                str(checkpoints("base")), "--device", "cpu", "--workers", "1", "-q", "--shard-size", "8KB",
                "--batch-seconds", "2"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((out / "shards").glob("*.h5")):
         time.sleep(0.02)

@@ -37,7 +37,7 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.reader import open_features
-from test_extract import write_audio
+from test_extract import default_sigint, write_audio
 
 SOAK = os.environ.get("LEBENCH_SOAK") == "1"
 SEED = int(os.environ.get("LEBENCH_RELIABILITY_SEED") or random.SystemRandom().randrange(10**6))
@@ -458,7 +458,7 @@ def lebench_process(args: list) -> subprocess.Popen:
     """`python -m lebench_cli` in a process group of its own: signals go to the whole group,
     worker processes included, as a terminal's Ctrl-C or a job scheduler's SIGTERM do."""
     return subprocess.Popen([sys.executable, "-m", "lebench_cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
 
 
 def children(pid: int) -> list:
