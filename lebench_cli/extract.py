@@ -62,7 +62,8 @@ class ExtractOptions:
         dtype = self.dtype or ("float16" if on_gpu else "float32")
         frames = (self.pool == "none") if self.store_frames is None else self.store_frames
         # On a CPU, big batches buy nothing (one utterance already keeps every core busy)
-        # and cost memory bandwidth: 120 s batches measured 1.5x slower than 20 s ones.
+        # and cost memory bandwidth: on 2 cores, 60 s batches ran 18% slower than 10-30 s
+        # ones (docs/performance.md).
         batch_seconds = self.batch_seconds or (120.0 if on_gpu else 20.0)
         workers = default_workers(on_gpu) if self.workers is None else self.workers
         return ExtractOptions(**{**asdict(self), "device": device, "dtype": dtype, "store_frames": frames,
