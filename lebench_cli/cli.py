@@ -80,7 +80,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--channel", type=click.IntRange(min=0), default=None, help="Use this channel (0-based) instead of averaging to mono.")
 @click.option("--batch-seconds", type=click.FloatRange(min=1), default=None,
               help="Padded audio seconds per batch (default: 120 on CUDA, 20 on CPU).")
-@click.option("--chunk-seconds", type=click.FloatRange(min=2), default=30.0, show_default=True, help="Longer recordings run in windows of this length.")
+@click.option("--chunk-seconds", type=click.FloatRange(min=2), default=30.0, show_default=True, help="Longer recordings run in windows of at most this length.")
 @click.option("--overlap-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Overlap between windows.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
