@@ -81,7 +81,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--batch-seconds", type=click.FloatRange(min=1), default=None,
               help="Padded audio seconds per batch (default: 120 on CUDA, 20 on CPU).")
 @click.option("--chunk-seconds", type=click.FloatRange(min=2), default=30.0, show_default=True, help="Longer recordings run in windows of at most this length.")
-@click.option("--overlap-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Overlap between windows.")
+@click.option("--overlap-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Least overlap between windows.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Compute precision (default: float16 on CUDA, float32 on CPU).")

@@ -49,6 +49,8 @@ _MISSING = object()
 # from HDF5's own flushes (closing a file, releasing an object).
 _WRITE_ERRORS = (OSError, RuntimeError)
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
+# What reading a damaged shard raises: h5py's errors, and missing or malformed datasets.
+_SHARD_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 
 
 @dataclass
@@ -150,7 +152,7 @@ def read_shard_table(path: Path) -> ShardTable:
                 flags=list(shard["flags"].asstr()[:]),
                 layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
             )
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
+    except _SHARD_READ_ERRORS as error:
         raise _unreadable_shard(path, error) from None
 
 
@@ -742,7 +744,7 @@ def _ids_of(path: Path) -> list:
         with open_h5(path) as shard:
             _check_shard(shard, path)
             return list(shard["ids"].asstr()[:])
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
+    except _SHARD_READ_ERRORS as error:
         raise _unreadable_shard(path, error) from None
 
 

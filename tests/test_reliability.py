@@ -511,11 +511,17 @@ INTERRUPTED = re.compile(r"Error: interrupted after \d+ files; finished work is 
 WORKER_ARGS = ("--workers", "2")
 
 
-def test_ctrl_c_to_the_process_group_while_workers_decode(zygote, corpus, model, reference, tmp_path):
-    out = tmp_path / "out"
+def decoding_with_workers(corpus, out: Path, model) -> subprocess.Popen:
+    """A run with worker processes, past its first commit (skipped if it finished first)."""
     process = lebench_process(extract_args(corpus, out, model, *WORKER_ARGS, batch_seconds=2))
     if not wait_until(lambda: shard_files(out), process):
         pytest.skip("the run finished before the signal")
+    return process
+
+
+def test_ctrl_c_to_the_process_group_while_workers_decode(zygote, corpus, model, reference, tmp_path):
+    out = tmp_path / "out"
+    process = decoding_with_workers(corpus, out, model)
     os.killpg(process.pid, signal.SIGINT)
     stderr = finish(process, 30, "Ctrl-C")
     assert process.returncode == 130, stderr
@@ -528,9 +534,7 @@ def test_ctrl_c_to_the_process_group_while_workers_decode(zygote, corpus, model,
 
 def test_sigterm_to_the_process_group_while_workers_decode(zygote, corpus, model, reference, tmp_path):
     out = tmp_path / "out"
-    process = lebench_process(extract_args(corpus, out, model, *WORKER_ARGS, batch_seconds=2))
-    if not wait_until(lambda: shard_files(out), process):
-        pytest.skip("the run finished before the signal")
+    process = decoding_with_workers(corpus, out, model)
     os.killpg(process.pid, signal.SIGTERM)
     committed = check_shards(out, reference)
     stderr = finish(process, 6, "SIGTERM to the process group")
