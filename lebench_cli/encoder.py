@@ -31,7 +31,7 @@ class EncodedBatch:
     """Hidden states of a padded batch: states[layer] is [batch, frames_max, width]."""
 
     states: dict
-    frames: torch.Tensor  # valid frames per utterance
+    frames: torch.Tensor  # valid frames per utterance, on the CPU
 
     def utterance(self, index: int) -> dict:
         count = int(self.frames[index])
@@ -140,27 +140,30 @@ class Encoder:
         `normalize=False` skips the checkpoint's waveform normalisation: for windows of a
         long recording, normalised as a whole beforehand (`normalize_waveform`)."""
         layers = self.check_layers(layers)
-        waveforms = waveforms.to(self.device, dtype=torch.float32, non_blocking=True)
-        lengths = torch.as_tensor(lengths, device=self.device, dtype=torch.long)
-        if int(lengths.min()) < self.min_samples:
-            raise InputError(f"an utterance has {int(lengths.min())} samples; the model needs at least {self.min_samples}")
-        if int(lengths.max()) > waveforms.shape[1]:
+        # Sizes are worked out on the host: reading one back from a GPU would stall the
+        # host until the GPU caught up, and it could not queue the next kernels meanwhile.
+        host_lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+        if int(host_lengths.min()) < self.min_samples:
+            raise InputError(f"an utterance has {int(host_lengths.min())} samples; the model needs at least {self.min_samples}")
+        if int(host_lengths.max()) > waveforms.shape[1]:
             raise InputError("a length exceeds the padded batch")
+        host_frames = self.frames_for(host_lengths)
+        waveforms = waveforms.to(self.device, dtype=torch.float32, non_blocking=True)
+        lengths = host_lengths.to(self.device, non_blocking=True)
         sample_mask = torch.arange(waveforms.shape[1], device=self.device)[None, :] < lengths[:, None]
         waveforms = torch.where(sample_mask, waveforms, 0.0)
         if self.normalize if normalize is None else normalize:
             waveforms = _normalize_valid(waveforms, sample_mask, lengths)
-        frames = self.frames_for(lengths)
-        features = self._conv_features(waveforms.to(self.dtype), lengths)
-        features = features[:, :, : int(frames.max())].transpose(1, 2)
+        features = self._conv_features(waveforms.to(self.dtype), host_lengths)
+        features = features[:, :, : int(host_frames.max())].transpose(1, 2)
         features = self.model.layer_norm(features)
         states = {}
         if CNN in layers:
             states[CNN] = features
         numbered = [layer for layer in layers if layer != CNN]
         if numbered:
-            states.update(self._transformer_states(features, frames, numbered))
-        return EncodedBatch({layer: states[layer] for layer in layers}, frames)
+            states.update(self._transformer_states(features, host_frames, numbered))
+        return EncodedBatch({layer: states[layer] for layer in layers}, host_frames)
 
     def encode(self, waveforms: Sequence, layers: Sequence[Layer]) -> list[dict]:
         """Waveforms (1-D arrays or tensors, 16 kHz) -> one {layer: [frames, width]} each."""
@@ -179,24 +182,25 @@ class Encoder:
         mask = torch.ones_like(tensor, dtype=torch.bool)
         return _normalize_valid(tensor, mask, torch.tensor([tensor.shape[1]]))[0].numpy()
 
-    def _conv_features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _conv_features(self, x: torch.Tensor, host_lengths: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)
         blocks = self.model.feature_extractor.conv_layers
         for index, block in enumerate(blocks):
             if index == 0 and self.group_norm:
                 conv, _, group_norm, activation = block
                 x = conv(x)
-                valid = frames_for_samples(lengths, self.conv_layers[:1])
+                valid = frames_for_samples(host_lengths, self.conv_layers[:1])
                 x = activation(_group_norm_per_utterance(x, valid, group_norm))
             else:
                 x = block(x)
         return x
 
-    def _transformer_states(self, features, frames, layers) -> dict:
+    def _transformer_states(self, features, host_frames, layers) -> dict:
         encoder = self.model.encoder
         x = features
         if self.model.post_extract_proj is not None:
             x = self.model.post_extract_proj(x)
+        frames = host_frames.to(x.device, non_blocking=True)
         padding_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= frames[:, None]
         # One utterance alone is zero-padded by the positional conv itself: zeros here too.
         x = x.masked_fill(padding_mask[:, :, None], 0.0)
@@ -204,7 +208,7 @@ class Encoder:
         if not self.layer_norm_first:
             x = encoder.layer_norm(x)
         states = {0: x} if 0 in layers else {}
-        attention_mask = padding_mask if bool(padding_mask.any()) else None
+        attention_mask = padding_mask if bool((host_frames < x.shape[1]).any()) else None
         x = x.transpose(0, 1)
         for index in range(max(layers)):
             x, _ = encoder.layers[index](x, self_attn_padding_mask=attention_mask, need_weights=False)

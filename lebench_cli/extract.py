@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import zlib
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,11 +18,11 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
+from .decoding import SHORT_FLAG
 from .errors import AudioError, InputError
 
 SAMPLE_RATE = 16000
 FRAME_SECONDS = 0.02
-SHORT_FLAG = "padded"
 CHUNKED_FLAG = "chunked"
 
 
@@ -342,113 +341,6 @@ class _BackgroundWriter:
             raise self.error
 
 
-def _decode(source, channel):
-    """Worker-process task: (waveform, samples, flags) or the failure reason."""
-    from .audio import MIN_SAMPLES, load_audio
-
-    try:
-        waveform = load_audio(source.path, channel=channel)
-    except AudioError as error:
-        return None, error.reason
-    flags, samples = "", len(waveform)
-    if samples < MIN_SAMPLES:
-        # Shorter than the receptive field gives no frame: zero-pad to exactly one frame.
-        waveform = np.pad(waveform, (0, MIN_SAMPLES - samples))
-        flags = SHORT_FLAG
-    return (waveform, flags, samples), None
-
-
-def _ignore_interrupts():
-    """Workers leave Ctrl-C to the main process, which stops them after committing."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _decoded_stream(items: list, options: ExtractOptions, ahead: int):
-    """Yield (item, (value, reason)) decoding up to `ahead` files ahead in worker processes.
-
-    A worker that dies (a decoder crash, the OOM killer, kill -9) breaks the pool and every
-    file in flight with it: those files are decoded again one at a time in a fresh pool, so
-    that the one that kills its worker again is failed alone and the run goes on."""
-    if options.workers <= 0:
-        for item in items:
-            yield item, _decode(item.source, options.channel)
-        return
-    import multiprocessing
-    from concurrent.futures import Future, ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-
-    def start_pool():
-        import signal
-
-        # An ignored signal stays ignored across exec: workers are born deaf to Ctrl-C,
-        # before their initializer makes it for good. With spawn, submit() starts a worker
-        # on demand: every worker starts in the first loop below, in a window of
-        # milliseconds. There this thread also blocks SIGINT, so that a Ctrl-C it takes
-        # then is kept pending and delivered once the handler is back.
-        # Only the main thread may change signal handlers (a library caller may not be it).
-        main_thread = threading.current_thread() is threading.main_thread()
-        if main_thread:
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_ignore_interrupts)
-            started = [pool.submit(int) for _ in range(options.workers)]
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGINT, previous)
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        try:
-            for future in started:
-                future.result()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        return pool
-
-    def submit(item, alone: bool) -> None:
-        try:
-            future = pool.submit(_decode, item.source, options.channel)
-        except BrokenProcessPool:  # the pool broke before any result said so
-            future = Future()
-            future.set_exception(BrokenProcessPool("the pool broke before this file was sent"))
-            alone = False  # never sent: it cannot be to blame
-        pending.append((item, future, alone))
-
-    pool = start_pool()
-    iterator = iter(items)
-    pending: deque = deque()  # (item, future, alone)
-    suspects: deque = deque()  # in flight when a worker died
-    try:
-        while True:
-            if suspects:
-                if not pending:
-                    submit(suspects.popleft(), alone=True)
-            else:
-                while len(pending) < ahead and (item := next(iterator, None)) is not None:
-                    submit(item, alone=False)
-            if not pending:
-                return
-            item, future, alone = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = start_pool()
-                if alone:
-                    yield item, (None, "the decoding process died while reading it")
-                else:
-                    suspects.extendleft(reversed([item] + [entry[0] for entry in pending]))
-                pending.clear()
-                continue
-            yield item, result
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 class Extraction:
     """One run of `lebench extract`; `run()` returns an ExtractSummary."""
 
@@ -542,8 +434,12 @@ class Extraction:
                 progress.close()
 
     def _decoded_items(self, items: list, failures, progress):
+        from .decoding import decoded_stream
+
         ahead = max(4, 4 * max(1, self.options.workers))
-        for item, (value, reason) in _decoded_stream(items, self.options, ahead):
+        longest = max((int(np.ceil(item.seconds * SAMPLE_RATE)) for item in items), default=0)
+        stream = decoded_stream(items, self.options.workers, self.options.channel, ahead, longest)
+        for item, (value, reason) in stream:
             if reason is not None:
                 self._fail(failures, item, reason)
                 if progress is not None:
@@ -643,7 +539,7 @@ class Extraction:
             waveforms = waveforms.pin_memory()  # lets the host-to-device copy run asynchronously
         inputs = (waveforms, torch.from_numpy(lengths), self.layers)
         batch = self.encoder.forward(*inputs, normalize=normalize)
-        if self.encoder.dtype != torch.float32 and not all(bool(torch.isfinite(v).all()) for v in batch.states.values()):
+        if self.encoder.dtype != torch.float32 and not _all_finite(batch.states.values()):
             self.summary.recomputed_float32 += 1
             batch = self._float32().forward(*inputs, normalize=normalize)
         frames = batch.frames.tolist()
@@ -699,6 +595,12 @@ class Extraction:
             refresh=False,
         )
         progress.update(1)
+
+
+def _all_finite(tensors) -> bool:
+    import torch
+
+    return bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())  # one read back, not one per layer
 
 
 def run_extract(options: ExtractOptions, stdin=None, progress: bool = False) -> ExtractSummary:

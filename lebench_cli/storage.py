@@ -343,7 +343,7 @@ class PartLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = _lock_holder(fd)
             os.close(fd)
             raise OutputError(f"another lebench extract is writing part {self.part}/"
                               f"{self.num_parts} of {self.out} (pid {holder})") from None
@@ -375,6 +375,17 @@ class PartLock:
         self.release()
 
 
+def _lock_holder(fd: int, patience: float = 1.0) -> str:
+    """The pid in a lock file; its holder writes it just after taking the lock, so a
+    run that started at the same moment may find it empty for a moment."""
+    deadline = time.monotonic() + patience
+    while True:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() >= deadline:
+            return holder or "unknown"
+        time.sleep(0.01)
+
+
 def lock_key(out: Path, part: int, num_parts: int) -> tuple:
     return (str(Path(out).resolve()), part, num_parts)
 
@@ -384,7 +395,7 @@ def lock_key(out: Path, part: int, num_parts: int) -> tuple:
 
 @dataclass
 class _Row:
-    """One utterance of the open shard; arrays wait in memory until flushed."""
+    """One utterance of the open shard (its arrays: in the file, or in ShardWriter._pending)."""
 
     utt_id: str
     source: str
@@ -392,7 +403,6 @@ class _Row:
     frames: int
     flags: str
     offset: int  # first row in the layers/NAME/frames matrices
-    arrays: Optional[dict] = field(repr=False)  # dataset path -> array in the save dtype
 
 
 @dataclass
@@ -403,6 +413,44 @@ class _Stream:
     size: int
     written: int = 0
     sums: dict = field(default_factory=dict)  # layer name -> float64 sum, for the mean
+
+
+class _Pending:
+    """The open shard's rows that are not in the file yet: one buffer per dataset, reused
+    from flush to flush. Each utterance is copied in once, converted to the save dtype on
+    the way, and each dataset goes to HDF5 in one write (a copy per utterance and another
+    to join them had cost as much as HDF5's own write)."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self.itemsize = dtype.itemsize
+        self.buffers: dict = {}  # dataset path -> [capacity, width] in the save dtype
+        self.used = 0  # utterances in the buffers
+        self._rows: dict = {}  # dataset path -> rows used
+
+    def fits(self, arrays: dict) -> bool:
+        if not self.buffers:
+            share = _FLUSH_BYTES // (len(arrays) * self.itemsize)
+            self.buffers = {key: np.empty((max(1, share // array.shape[1]), array.shape[1]), self.dtype)
+                            for key, array in arrays.items()}
+        return all(self._rows.get(key, 0) + len(array) <= len(self.buffers[key]) for key, array in arrays.items())
+
+    def put(self, arrays: dict, check) -> None:
+        """Copies the arrays in (the caller may reuse its own); check(key, array, copy) may
+        refuse one, and then none is kept."""
+        for key, array in arrays.items():
+            start = self._rows.get(key, 0)
+            target = self.buffers[key][start: start + len(array)]
+            with np.errstate(over="ignore"):  # check() reports it
+                np.copyto(target, array, casting="unsafe")
+            check(key, array, target)
+        for key, array in arrays.items():
+            self._rows[key] = self._rows.get(key, 0) + len(array)
+        self.used += 1
+
+    def clear(self) -> None:
+        self._rows = {}
+        self.used = 0
 
 
 class ShardWriter:
@@ -426,6 +474,7 @@ class ShardWriter:
                                f"{options.num_parts}) while writing")
         self._shards = self.out / SHARDS_DIR
         self._widths = {}
+        self._pending = _Pending(np.dtype(options.save_dtype))
         self._stream = None
         self._start_part()
         self._reset_shard()
@@ -454,12 +503,20 @@ class ShardWriter:
             raise OutputError(f"utterance {utt.utt_id} is already stored in {self.out}")
         arrays = self._arrays_of(utt)
         size = _ROW_BYTES + len(utt.utt_id) + len(utt.source) + len(utt.flags)
-        size += sum(array.nbytes for array in arrays.values())
+        size += sum(len(array) * array.shape[1] for array in arrays.values()) * self._pending.itemsize
         if self._rows and self._size + size > self.options.shard_size_bytes:
             self.commit()
-        self._append(utt, arrays, size)
-        if self._pending_bytes >= _FLUSH_BYTES:
+        if self._file is None:
+            self._open_shard()
+        if not self._pending.fits(arrays):
             self._flush()
+        if self._pending.fits(arrays):
+            self._pending.put(arrays, self._range_check(utt.utt_id))
+        else:  # larger than the buffers: straight to the file
+            self._write_rows(utt.utt_id, arrays)
+        self._append(utt, size)
+        if not self._pending.used:
+            self._flushed = len(self._rows)
         elapsed = time.monotonic() - self._started
         if self._size >= self.options.shard_size_bytes or elapsed >= self.options.commit_seconds:
             self.commit()
@@ -479,8 +536,8 @@ class ShardWriter:
         self._flush()
         if self._file is None:
             self._open_shard()
-        offset = self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
-        self._stream = _Stream(_Row(utt_id, str(source), float(duration), int(frames), flags, offset, None), size)
+        offset = self._next_offset()
+        self._stream = _Stream(_Row(utt_id, str(source), float(duration), int(frames), flags, offset), size)
 
     def append_frames(self, states: dict) -> None:
         """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
@@ -544,9 +601,13 @@ class ShardWriter:
         if self._widths.setdefault(key, width) != width:
             raise ValueError(f"{utt_id}: {key} is {width} wide, earlier utterances {self._widths[key]}")
 
+    def _next_offset(self) -> int:
+        """The first row of the frames matrices after the open shard's utterances."""
+        return self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+
     def _trim_to_rows(self) -> None:
         """Drop what an unfinished streamed utterance wrote past the last row."""
-        frames_end = self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+        frames_end = self._next_offset()
         for name in self._layers:
             for key, end in ((f"layers/{name}/frames", frames_end), (f"layers/{name}/mean", len(self._rows))):
                 if key in self._file and self._file[key].shape[0] > end:
@@ -607,28 +668,41 @@ class ShardWriter:
             if self._widths.setdefault(key, array.shape[1]) != array.shape[1]:
                 raise ValueError(f"{utt.utt_id}: {key} is {array.shape[1]} wide, "
                                  f"earlier utterances {self._widths[key]}")
-            arrays[key] = self._converted(utt.utt_id, key, array)
         return arrays
 
     def _converted(self, utt_id: str, key: str, array: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self.options.save_dtype)
-        # float16 turns values past 65504 into inf without a warning.
-        limit = np.finfo(dtype).max
-        if dtype.itemsize < array.dtype.itemsize and array.size and np.abs(array).max() > limit:
-            raise OutputError(f"{utt_id}: {key} holds values beyond the {dtype} range "
-                              f"(max {limit:.0f}); use --save-dtype float32")
-        return array.astype(dtype)  # a copy: the caller may reuse its buffers
+        with np.errstate(over="ignore"):  # the check reports it
+            converted = array.astype(self._pending.dtype)
+        self._range_check(utt_id)(key, array, converted)
+        return converted
 
-    def _append(self, utt: StoredUtterance, arrays: dict, size: int) -> None:
-        if self._file is None:
-            self._open_shard()
-        offset = self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
-        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames),
-                   utt.flags, offset, arrays)
+    def _range_check(self, utt_id: str):
+        """check(key, source, converted): float16 turns values past 65504 into inf without
+        a warning; this makes that an error."""
+        dtype = self._pending.dtype
+
+        def check(key: str, source: np.ndarray, converted: np.ndarray) -> None:
+            if dtype.itemsize < source.dtype.itemsize and np.isinf(converted).any():
+                raise OutputError(f"{utt_id}: {key} holds values beyond the {dtype} range "
+                                  f"(max {np.finfo(dtype).max:.0f}); use --save-dtype float32")
+        return check
+
+    def _write_rows(self, utt_id: str, arrays: dict) -> None:
+        """One utterance written at once, after the buffered ones (the buffers are empty)."""
+        offset = self._next_offset()
+        converted = {key: self._converted(utt_id, key, array) for key, array in arrays.items()}
+        try:
+            for key, block in converted.items():
+                self._write_block(key, offset if key.endswith("/frames") else len(self._rows), block)
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+
+    def _append(self, utt: StoredUtterance, size: int) -> None:
+        offset = self._next_offset()
+        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset)
         self._rows.append(row)
         self._known.add(utt.utt_id)
         self._size += size
-        self._pending_bytes += size
 
     # -- the open shard -----------------------------------------------------------------
 
@@ -636,9 +710,9 @@ class ShardWriter:
         self._file = None
         self._tmp = self._final = None
         self._rows = []
-        self._flushed = 0  # rows whose arrays are in the file
+        self._flushed = 0  # rows whose arrays are in the file; the others' are in self._pending
+        self._pending.clear()
         self._size = 0
-        self._pending_bytes = 0
         self._started = 0.0
 
     def _open_shard(self) -> None:
@@ -662,16 +736,17 @@ class ShardWriter:
         todo = self._rows[self._flushed:]
         if not todo:
             return
+        frames = sum(row.frames for row in todo)
         try:
-            for key in todo[0].arrays:
-                start = todo[0].offset if key.endswith("/frames") else self._flushed
-                self._write_block(key, start, np.concatenate([row.arrays[key] for row in todo]))
+            for key, buffer in self._pending.buffers.items():
+                if key.endswith("/frames"):
+                    self._write_block(key, todo[0].offset, buffer[:frames])
+                else:
+                    self._write_block(key, self._flushed, buffer[: len(todo)])
         except _WRITE_ERRORS as error:
             self._fail(error)
         self._flushed += len(todo)
-        for row in todo:
-            row.arrays = None
-        self._pending_bytes = 0
+        self._pending.clear()
 
     def _write_block(self, key: str, start: int, block: np.ndarray) -> None:
         if key in self._file:

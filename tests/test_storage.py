@@ -195,6 +195,49 @@ def test_values_beyond_float16_are_refused(tmp_path):
     write(tmp_path / "wide", [utt], save_dtype="float32")
 
 
+@pytest.mark.parametrize("store_mean", [False, True])
+def test_buffered_flushed_and_oversized_utterances_read_back_exactly(tmp_path, monkeypatch, store_mean):
+    # Buffers of 600 bytes per dataset: 37 frames of 8 float16 values. Utterances fill them,
+    # overflow them (a flush first) and exceed them (written straight to the file).
+    monkeypatch.setattr(storage, "_FLUSH_BYTES", 2400 if store_mean else 1200)
+    frames = [5, 30, 2, 37, 1, 80, 3, 36, 40, 4]
+    utts = [utterance(f"u{i}", count, seed=i) for i, count in enumerate(frames)]
+    expected = {utt.utt_id: {name: states.copy() for name, states in utt.states.items()} for utt in utts}
+    out = tmp_path / "out"
+    prepare_output(out, {"identity": IDENTITY}, overwrite=False)
+    options = WriterOptions(layers=["12", "cnn"], store_mean=store_mean)
+    with PartLock(out), ShardWriter(out, options) as writer:
+        for utt in utts:
+            writer.add(utt)
+            for states in utt.states.values():
+                states[:] = 99.0  # the caller reuses its arrays: what was stored must not change
+    with open_features(out) as store:
+        assert store.ids == [utt.utt_id for utt in utts]
+        for utt_id, states in expected.items():
+            for name in ("12", "cnn"):
+                np.testing.assert_array_equal(store.read(utt_id, name), states[name].astype(np.float16))
+                if store_mean:
+                    mean = states[name].mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float16)
+                    np.testing.assert_array_equal(store.read_mean(utt_id, name), mean)
+
+
+def test_a_refused_utterance_leaves_the_others_intact(tmp_path):
+    bad = utterance("b", 3, seed=1)
+    bad.states["cnn"][2, 1] = -1e6  # the second dataset: the first one was already copied in
+    out = tmp_path / "out"
+    prepare_output(out, {"identity": IDENTITY}, overwrite=False)
+    good = [utterance("a", 4), utterance("c", 6, seed=2)]
+    with PartLock(out), ShardWriter(out, WriterOptions(layers=["12", "cnn"])) as writer:
+        writer.add(good[0])
+        with pytest.raises(OutputError, match="^b: layers/cnn/frames holds values beyond the float16"):
+            writer.add(bad)
+        writer.add(good[1])
+    with open_features(out) as store:
+        assert store.ids == ["a", "c"]
+        for utt in good:
+            np.testing.assert_array_equal(store.read(utt.utt_id, "12"), utt.states["12"].astype(np.float16))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"compression": "zstd"}, "unknown compression 'zstd': use gzip, gzip:LEVEL (0-9), lzf or none"),
     ({"save_dtype": "bfloat16"}, "cannot save as 'bfloat16': use float16 or float32"),
@@ -246,6 +289,22 @@ def test_a_lock_held_by_a_killed_process_is_recovered(tmp_path):
         holder.wait()
     with PartLock(tmp_path):
         assert (tmp_path / ".lock-1of1").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_lock_taken_a_moment_ago_names_its_holder(tmp_path):
+    """Two runs started together: the loser may look before the winner wrote its pid."""
+    import threading
+
+    path = tmp_path / ".lock-1of1"
+    path.write_text("")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        threading.Timer(0.05, lambda: os.pwrite(fd, b"4242\n", 0)).start()
+        assert storage._lock_holder(fd) == "4242"
+        os.ftruncate(fd, 0)
+        assert storage._lock_holder(fd, patience=0.05) == "unknown"
+    finally:
+        os.close(fd)
 
 
 WRITE_UNTIL_KILLED = textwrap.dedent("""

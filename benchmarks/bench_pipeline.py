@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""How fast lebench's pipeline runs without the model: the ceiling that decoding, batching
+and writing put on `lebench extract`, whatever the GPU.
+
+bench_extract.py times whole runs; on a GPU, where the model takes a few milliseconds per
+batch, what bounds a run is everything around it. This script times those parts alone, in
+one process, on the corpus bench_extract.py generates:
+
+  decode    the files through lebench's decoding stage (decoding.decoded_stream) with N
+            worker processes; recordings longer than a window are read the way extract
+            streams them (twice, in blocks, on the main thread);
+  write     the ShardWriter storing float16 frames of the given width and layers, as
+            lebench stores them (no model, no audio): the disk side alone;
+  pipeline  a whole `lebench extract` (Extraction.run: discovery, probing, decoding,
+            batching, windows, the background writer, resume bookkeeping) with the model
+            replaced by one that returns ready float16 states of the real shapes at no cost.
+
+x RT = audio seconds / wall seconds. "main CPU s" is the CPU time of the main process (all
+its threads): with a GPU, the main thread also launches the model, so this is the part
+that competes with it. Not included: the GPU's compute and its device-to-host copies.
+
+Run with the project's interpreter:  .venv/bin/python benchmarks/bench_pipeline.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_extract import make_corpus  # noqa: E402  (the same corpora as bench_extract.py)
+
+# Stored shapes of the real models (docs/models.md): encoder layers, width, cnn width.
+SHAPES = {"base": (12, 768, 512), "large": (24, 1024, 512)}
+SAMPLE_RATE = 16000
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--minutes", type=float, help="corpus to generate, in minutes (default 30)")
+    size.add_argument("--hours", type=float, help="corpus to generate, in hours")
+    parser.add_argument("--corpus", type=Path, help="use this folder of audio instead of generating one")
+    parser.add_argument("--no-long-files", action="store_true", help="generated corpus: utterances of 0.5-30 s only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", choices=sorted(SHAPES), default="large", help="stored shapes (default large)")
+    parser.add_argument("--layers", default="last",
+                        help="comma-separated layer specs, one run each: e.g. last;8,16,24;all (';' between runs)")
+    parser.add_argument("--stages", default="decode,write,pipeline", help="which stages (default all three)")
+    parser.add_argument("--workers", default="0,1", help="decode/pipeline: comma-separated worker counts (default 0,1)")
+    parser.add_argument("--batch-seconds", type=float, default=120.0, help="pipeline: lebench --batch-seconds (default 120, the CUDA default)")
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench",
+                        help="corpora, checkpoint and outputs (default $TMPDIR/lebench-bench)")
+    parser.add_argument("--out", type=Path, help="where the write and pipeline stages write (default under --work)")
+    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    args.seconds = 60 * (args.minutes or 30) if args.hours is None else 3600 * args.hours
+    args.single_file = False
+    args.work = args.work.resolve()
+    return args
+
+
+def corpus_items(folder: Path) -> list:
+    from lebench_cli.extract import _Item, _probe
+    from lebench_cli.inputs import AUDIO_EXTENSIONS, discover
+
+    items = [_Item(source) for source in discover([str(folder)], AUDIO_EXTENSIONS)]
+    for item in items:
+        if _probe(item) is not None:
+            raise SystemExit(f"error: cannot probe {item.source.path}")
+    return items
+
+
+# ---- decode ---------------------------------------------------------------------------------
+
+def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict:
+    from lebench_cli.audio import stream_audio
+
+    from lebench_cli import extract
+
+    if hasattr(extract, "_decoded_stream"):  # a commit before the decoding module, for "before" figures
+        def decoded_stream(items, workers, channel, ahead, longest):
+            return extract._decoded_stream(items, types.SimpleNamespace(workers=workers, channel=channel), ahead)
+    else:
+        from lebench_cli.decoding import decoded_stream
+
+    short = [item for item in items if item.seconds <= chunk_seconds]
+    long_files = [item for item in items if item.seconds > chunk_seconds]
+    longest = max((int(np.ceil(item.seconds * SAMPLE_RATE)) for item in short), default=0)
+    started, cpu = time.perf_counter(), time.process_time()
+    samples = 0
+    for item, (value, reason) in decoded_stream(short, workers, None, max(4, 4 * workers), longest):
+        if reason is not None:
+            raise SystemExit(f"error: {item.source.path}: {reason}")
+        samples += len(value[0])
+    short_wall, short_cpu = time.perf_counter() - started, time.process_time() - cpu
+    long_started = time.perf_counter()
+    for item in long_files:
+        for _ in range(2):  # statistics, then windows
+            for block in stream_audio(item.source.path):
+                samples += len(block) if _ == 0 else 0
+    long_wall = time.perf_counter() - long_started
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "main_cpu_s": time.process_time() - cpu, "files": len(items),
+            "audio_s": samples / SAMPLE_RATE,
+            "short_x_rt": sum(i.seconds for i in short) / short_wall if short else None, "short_main_cpu_s": short_cpu,
+            "long_x_rt": sum(i.seconds for i in long_files) / long_wall if long_files else None}
+
+
+# ---- write ----------------------------------------------------------------------------------
+
+def layer_names(spec: str, arch: str) -> list:
+    count = SHAPES[arch][0]
+    names = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part == "all":
+            names.extend(str(i) for i in range(count + 1))
+        elif part == "last":
+            names.append(str(count))
+        else:
+            names.append(part)
+    return list(dict.fromkeys(names))
+
+
+def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
+    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions
+
+    _, width, cnn_width = SHAPES[arch]
+    names = layer_names(spec, arch)
+    frames = [max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in items]
+    rng = np.random.default_rng(0)
+    pool = {name: rng.standard_normal((max(frames), cnn_width if name == "cnn" else width)).astype(np.float16)
+            for name in names}
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    options = WriterOptions(layers=names, store_frames=True, store_mean=False, save_dtype="float16",
+                            shard_size_bytes=2 * 1024**3, compression=None, commit_seconds=300.0)
+    started, cpu = time.perf_counter(), time.process_time()
+    with PartLock(out, 1, 1), ShardWriter(out, options) as writer:
+        for index, (item, count) in enumerate(zip(items, frames)):
+            writer.add(StoredUtterance(utt_id=f"u{index}", source=str(item.source.path), duration=item.seconds,
+                                       frames=count, flags="", states={n: pool[n][:count] for n in names}))
+    wall = time.perf_counter() - started
+    written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": wall, "main_cpu_s": time.process_time() - cpu, "files": len(items),
+            "audio_s": sum(i.seconds for i in items), "written_mb": written / 1e6,
+            "write_mb_s": written / 1e6 / wall}
+
+
+# ---- the whole pipeline without the model -------------------------------------------------
+
+def skinny_checkpoint(work: Path, arch: str) -> Path:
+    """A real fairseq checkpoint with the arch's layer count and tiny widths (only its layer
+    count and conv strides matter here: the null encoder claims the real widths)."""
+    import warnings
+
+    import torch
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import CONV, full_config
+
+    path = work / f"skinny-{arch}" / "checkpoint_best.pt"
+    if path.exists():
+        return path
+    config = Wav2Vec2Config(conv_feature_layers=CONV, encoder_layers=SHAPES[arch][0], encoder_embed_dim=16,
+                            encoder_ffn_embed_dim=32, encoder_attention_heads=2, conv_pos=4, conv_pos_groups=2,
+                            final_dim=16, extractor_mode="layer_norm" if arch == "large" else "default",
+                            layer_norm_first=arch == "large")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Wav2Vec2Model.build_model(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"args": None, "cfg": OmegaConf.create(full_config(config, arch == "large")),
+                "model": model.state_dict()}, path)
+    return path
+
+
+def null_encoder_class(arch: str):
+    import torch
+
+    from lebench_cli.encoder import Encoder, EncodedBatch
+
+    layers, width, cnn_width = SHAPES[arch]
+    # Random values, made once: the states are views of these (a GPU hands back new memory
+    # per batch; here that copy is left out with the model).
+    generator = torch.Generator().manual_seed(0)
+    ready = {}
+
+    class NullEncoder(Encoder):
+        def __init__(self, checkpoint, device="cpu", dtype="float32"):
+            super().__init__(checkpoint, device="cpu", dtype="float32")
+            self.width, self.cnn_width, self.num_layers = width, cnn_width, layers
+
+        def forward(self, waveforms, lengths, layers, normalize=None):
+            frames = self.frames_for(torch.as_tensor(lengths))
+            batch, longest = len(frames), int(frames.max())
+            states = {}
+            for layer in self.check_layers(layers):
+                wide = cnn_width if layer == "cnn" else width
+                needed = batch * longest * wide
+                if wide not in ready or ready[wide].numel() < needed:
+                    ready[wide] = torch.randn(2 * needed, generator=generator).to(torch.float16)
+                states[layer] = ready[wide][:needed].view(batch, longest, wide)
+            # Reported as float32 so that lebench skips its finite check: on a GPU that check
+            # runs on the device, not on the host this script measures.
+            return EncodedBatch(states, frames)
+
+    return NullEncoder
+
+
+def stage_pipeline(corpus: Path, checkpoint: Path, arch: str, spec: str, workers: int, batch_seconds: float,
+                   out: Path) -> dict:
+    from lebench_cli import encoder as encoder_module
+    from lebench_cli.extract import ExtractOptions, run_extract
+
+    original = encoder_module.Encoder
+    encoder_module.Encoder = null_encoder_class(arch)
+    shutil.rmtree(out, ignore_errors=True)
+    options = ExtractOptions(inputs=[str(corpus)], output=str(out), model=str(checkpoint), layers=spec,
+                             device="cpu", dtype="float32", workers=workers, batch_seconds=batch_seconds)
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        summary = run_extract(options)
+        wall = time.perf_counter() - started
+        main_cpu = time.process_time() - cpu
+    finally:
+        encoder_module.Encoder = original
+    written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    shutil.rmtree(out, ignore_errors=True)
+    if summary.failed:
+        raise SystemExit(f"error: {summary.failed} files failed: {summary.first_failure}")
+    return {"wall_s": wall, "main_cpu_s": main_cpu, "files": summary.extracted, "audio_s": summary.audio_seconds,
+            "written_mb": written / 1e6, "write_mb_s": written / 1e6 / wall}
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def format_rows(rows: list) -> str:
+    header = ["stage", "layers", "workers", "files", "audio s", "wall s", "x RT", "files/s", "main CPU s",
+              "written MB/s", "detail"]
+    lines = [header]
+    for row in rows:
+        detail = ""
+        if row["stage"] == "decode":
+            parts = []
+            if row.get("short_x_rt"):
+                parts.append(f"short files {row['short_x_rt']:.0f}x RT, main CPU {row['short_main_cpu_s']:.2f} s")
+            if row.get("long_x_rt"):
+                parts.append(f"long files (read twice) {row['long_x_rt']:.0f}x RT")
+            detail = ", ".join(parts)
+        lines.append([row["stage"], row.get("layers", "-"), str(row.get("workers", "-")), str(row["files"]),
+                      f"{row['audio_s']:.0f}", f"{row['wall_s']:.2f}", f"{row['audio_s'] / row['wall_s']:.0f}",
+                      f"{row['files'] / row['wall_s']:.0f}", f"{row['main_cpu_s']:.2f}",
+                      f"{row['write_mb_s']:.0f}" if "write_mb_s" in row else "-", detail])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    corpus = args.corpus.resolve() if args.corpus else make_corpus(args)
+    items = corpus_items(corpus)
+    out = (args.out or args.work / "pipeline-out").resolve()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    workers_list = [int(w) for w in args.workers.split(",")]
+    specs = [s.strip() for s in args.layers.split(";") if s.strip()]
+    print(f"corpus {corpus}: {len(items)} files, {sum(i.seconds for i in items):.0f} s of audio; "
+          f"{args.arch} shapes; {os.cpu_count()} CPUs", file=sys.stderr)
+    rows = []
+    for stage in stages:
+        if stage == "decode":
+            for workers in workers_list:
+                rows.append({"stage": "decode", "workers": workers, **stage_decode(items, workers)})
+        elif stage == "write":
+            for spec in specs:
+                rows.append({"stage": "write", "layers": spec, **stage_write(items, args.arch, spec, out)})
+        elif stage == "pipeline":
+            checkpoint = skinny_checkpoint(args.work, args.arch)
+            for spec in specs:
+                for workers in workers_list:
+                    rows.append({"stage": "pipeline", "layers": spec, "workers": workers,
+                                 **stage_pipeline(corpus, checkpoint, args.arch, spec, workers, args.batch_seconds, out)})
+        else:
+            raise SystemExit(f"error: unknown stage '{stage}' (decode, write, pipeline)")
+        print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    print(format_rows(rows))
+    if args.json_out:
+        machine = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(),
+                   "processor": platform.processor(), "python": platform.python_version()}
+        args.json_out.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                                             "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

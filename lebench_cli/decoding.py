@@ -1,0 +1,223 @@
+"""Decoding ahead of the model: sources -> 16 kHz float32 waveforms, in worker processes.
+
+Workers keep the decoders apart from the run: a decoder that crashes, or the OOM killer,
+takes a worker, not the run. They hand the samples back through a ring of shared memory,
+not the result pipe: pickling each waveform through a pipe cost the main process as much
+CPU as decoding the WAV file itself (docs/performance.md), and on a GPU that main process
+is the one that keeps the model fed."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from .audio import MIN_SAMPLES, SAMPLE_RATE, load_audio
+from .errors import AudioError
+
+SHORT_FLAG = "padded"
+_RESERVE_MARGIN = 64  # samples beyond the header's length: resampling may round up
+
+
+def decode(source, channel: Optional[int] = None):
+    """(waveform, flags, samples as decoded) or (None, the failure reason).
+
+    A file shorter than the receptive field gives no frame: it is zero-padded to exactly
+    one frame and flagged."""
+    try:
+        waveform = load_audio(source.path, channel=channel)
+    except AudioError as error:
+        return None, error.reason
+    flags, samples = "", len(waveform)
+    if samples < MIN_SAMPLES:
+        waveform = np.pad(waveform, (0, MIN_SAMPLES - samples))
+        flags = SHORT_FLAG
+    return (waveform, flags, samples), None
+
+
+class SampleRing:
+    """float32 samples in shared memory, reserved and released first in, first out.
+
+    The main process reserves room for a file before sending it to a worker, the worker
+    writes the samples there, and the main process copies them out and releases the room
+    when the result arrives. A file that does not fit (the ring is full, or the file is
+    longer than its header said) comes back through the result pipe instead."""
+
+    def __init__(self, capacity: int):
+        from multiprocessing import shared_memory
+
+        self.memory = shared_memory.SharedMemory(create=True, size=max(1, capacity) * 4)
+        self.samples = np.ndarray((max(1, capacity),), dtype=np.float32, buffer=self.memory.buf)
+        self._reserved: deque = deque()  # (start, end), oldest first
+        self._head = 0
+
+    @property
+    def name(self) -> str:
+        return self.memory.name
+
+    def reserve(self, count: int) -> Optional[int]:
+        capacity = len(self.samples)
+        if not self._reserved:
+            self._head = 0
+        tail = self._reserved[0][0] if self._reserved else capacity
+        wrapped = bool(self._reserved) and self._head <= tail  # the newest room lies below the oldest
+        if not wrapped and capacity - self._head >= count:
+            start = self._head
+        elif not wrapped and self._reserved and tail >= count:
+            start = 0
+        elif wrapped and tail - self._head >= count:
+            start = self._head
+        else:
+            return None
+        self._reserved.append((start, start + count))
+        self._head = start + count
+        return start
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """A copy of `count` samples at `start`, whose room is then released."""
+        samples = self.samples[start: start + count].copy()
+        self.release(start)
+        return samples
+
+    def release(self, start: int) -> None:
+        if not self._reserved or self._reserved[0][0] != start:
+            raise RuntimeError("ring released out of order")
+        self._reserved.popleft()
+
+    def close(self) -> None:
+        if self.samples is None:
+            return
+        self.samples = None  # the buffer's export must go before the mapping can close
+        self.memory.close()
+        self.memory.unlink()
+
+
+_ATTACHED: dict = {}  # in a worker: ring name -> its samples
+
+
+def _decode_into_ring(source, channel, ring_name: str, start: Optional[int], room: int):
+    """Worker task: decode(), with the samples written into the ring when they fit."""
+    result, reason = decode(source, channel)
+    if reason is not None or start is None or len(result[0]) > room:
+        return result, reason
+    waveform, flags, samples = result
+    if ring_name not in _ATTACHED:
+        from multiprocessing import shared_memory
+
+        memory = shared_memory.SharedMemory(name=ring_name)
+        _ATTACHED[ring_name] = (memory, np.ndarray((memory.size // 4,), dtype=np.float32, buffer=memory.buf))
+    _ATTACHED[ring_name][1][start: start + len(waveform)] = waveform
+    return (len(waveform), flags, samples), None
+
+
+def _ignore_interrupts():
+    """Workers leave Ctrl-C to the main process, which stops them after committing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead: int,
+                   longest_samples: int) -> Iterator:
+    """Yield (item, (value, reason)) for items with .source and .seconds, in order, decoding
+    up to `ahead` files ahead in `workers` processes (none: in this process).
+
+    A worker that dies (a decoder crash, the OOM killer, kill -9) breaks the pool and every
+    file in flight with it: those files are decoded again one at a time in a fresh pool, so
+    that the one that kills its worker again is failed alone and the run goes on."""
+    if workers <= 0:
+        for item in items:
+            yield item, decode(item.source, channel)
+        return
+    items = list(items)
+    if not items:
+        return
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    room_per_file = min(longest_samples, 10**9) + _RESERVE_MARGIN
+
+    def start_pool():
+        import signal
+
+        # An ignored signal stays ignored across exec: workers are born deaf to Ctrl-C,
+        # before their initializer makes it for good. With spawn, submit() starts a worker
+        # on demand: every worker starts in the first loop below, in a window of
+        # milliseconds. There this thread also blocks SIGINT, so that a Ctrl-C it takes
+        # then is kept pending and delivered once the handler is back.
+        # Only the main thread may change signal handlers (a library caller may not be it).
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts)
+            started = [pool.submit(int) for _ in range(workers)]
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        try:
+            for future in started:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        # A fresh ring with each pool: workers of a broken pool may still be writing in the old one.
+        return pool, SampleRing((ahead + 1) * room_per_file)
+
+    def submit(item, alone: bool) -> None:
+        room = max(MIN_SAMPLES, int(np.ceil(item.seconds * SAMPLE_RATE)) + _RESERVE_MARGIN)
+        start = ring.reserve(room)
+        try:
+            future = pool.submit(_decode_into_ring, item.source, channel, ring.name, start, room)
+        except BrokenProcessPool:  # the pool broke before any result said so
+            future = Future()
+            future.set_exception(BrokenProcessPool("the pool broke before this file was sent"))
+            alone = False  # never sent: it cannot be to blame
+        pending.append((item, future, alone, start))
+
+    def received(result, start):
+        if start is not None:
+            value, reason = result
+            if reason is None and isinstance(value[0], int):  # the samples are in the ring
+                count, flags, samples = value
+                return (ring.take(start, count), flags, samples), None
+            ring.release(start)
+        return result
+
+    pool, ring = start_pool()
+    iterator = iter(items)
+    pending: deque = deque()  # (item, future, alone, ring start)
+    suspects: deque = deque()  # in flight when a worker died
+    try:
+        while True:
+            if suspects:
+                if not pending:
+                    submit(suspects.popleft(), alone=True)
+            else:
+                while len(pending) < ahead and (item := next(iterator, None)) is not None:
+                    submit(item, alone=False)
+            if not pending:
+                return
+            item, future, alone, start = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                ring.close()
+                pool, ring = start_pool()
+                if alone:
+                    yield item, (None, "the decoding process died while reading it")
+                else:
+                    suspects.extendleft(reversed([item] + [entry[0] for entry in pending]))
+                pending.clear()
+                continue
+            yield item, received(result, start)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        ring.close()
