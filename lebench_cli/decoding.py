@@ -8,6 +8,7 @@ is the one that keeps the model fed."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from typing import Iterable, Iterator, Optional
@@ -19,6 +20,8 @@ from .errors import AudioError
 
 SHORT_FLAG = "padded"
 _RESERVE_MARGIN = 64  # samples beyond the header's length: resampling may round up
+_RING_MAX_BYTES = 64 * 1024**2
+_SHM_FOLDER = "/dev/shm"  # where Linux keeps POSIX shared memory
 
 
 def decode(source, channel: Optional[int] = None):
@@ -94,6 +97,17 @@ class SampleRing:
         self.memory.unlink()
 
 
+def ring_capacity(wanted: int) -> int:
+    """Samples a ring may hold: what is wanted, within 64 MB and half the free space of
+    /dev/shm. Containers often give /dev/shm only 64 MB, and a worker that writes past
+    its end dies of SIGBUS."""
+    try:
+        stats = os.statvfs(_SHM_FOLDER)
+    except OSError:
+        return 0
+    return int(min(wanted * 4, stats.f_bavail * stats.f_frsize // 2, _RING_MAX_BYTES) // 4)
+
+
 _ATTACHED: dict = {}  # in a worker: ring name -> its samples
 
 
@@ -102,14 +116,29 @@ def _decode_into_ring(source, channel, ring_name: str, start: Optional[int], roo
     result, reason = decode(source, channel)
     if reason is not None or start is None or len(result[0]) > room:
         return result, reason
+    try:
+        ring = _attached(ring_name)
+    except OSError:  # gone: the run is ending or its pool broke; the pipe still works
+        return result, reason
     waveform, flags, samples = result
-    if ring_name not in _ATTACHED:
-        from multiprocessing import shared_memory
-
-        memory = shared_memory.SharedMemory(name=ring_name)
-        _ATTACHED[ring_name] = (memory, np.ndarray((memory.size // 4,), dtype=np.float32, buffer=memory.buf))
-    _ATTACHED[ring_name][1][start: start + len(waveform)] = waveform
+    ring[start: start + len(waveform)] = waveform
     return (len(waveform), flags, samples), None
+
+
+def _attached(ring_name: str) -> np.ndarray:
+    """The ring's samples, mapped in this worker once. Opened as a file, not as
+    SharedMemory: before Python 3.13 that registers it with the resource tracker again,
+    which then reports it leaked when a worker maps it after the run removed it."""
+    if ring_name not in _ATTACHED:
+        import mmap
+
+        descriptor = os.open(os.path.join(_SHM_FOLDER, ring_name.lstrip("/")), os.O_RDWR)
+        try:
+            mapping = mmap.mmap(descriptor, 0)
+        finally:
+            os.close(descriptor)
+        _ATTACHED[ring_name] = np.frombuffer(mapping, dtype=np.float32)
+    return _ATTACHED[ring_name]
 
 
 def _ignore_interrupts():
@@ -141,7 +170,7 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     room_per_file = min(longest_samples, 10**9) + _RESERVE_MARGIN
 
-    def start_pool():
+    def start_pool(with_ring: bool):
         import signal
 
         # An ignored signal stays ignored across exec: workers are born deaf to Ctrl-C,
@@ -167,14 +196,14 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-        # A fresh ring with each pool: workers of a broken pool may still be writing in the old one.
-        return pool, SampleRing((ahead + 1) * room_per_file)
+        capacity = ring_capacity((ahead + 1) * room_per_file) if with_ring else 0
+        return pool, (SampleRing(capacity) if capacity >= SAMPLE_RATE else None)
 
     def submit(item, alone: bool) -> None:
         room = max(MIN_SAMPLES, int(np.ceil(item.seconds * SAMPLE_RATE)) + _RESERVE_MARGIN)
-        start = ring.reserve(room)
+        start = ring.reserve(room) if ring is not None else None
         try:
-            future = pool.submit(_decode_into_ring, item.source, channel, ring.name, start, room)
+            future = pool.submit(_decode_into_ring, item.source, channel, ring.name if ring else "", start, room)
         except BrokenProcessPool:  # the pool broke before any result said so
             future = Future()
             future.set_exception(BrokenProcessPool("the pool broke before this file was sent"))
@@ -190,7 +219,7 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
             ring.release(start)
         return result
 
-    pool, ring = start_pool()
+    pool, ring = start_pool(with_ring=True)
     iterator = iter(items)
     pending: deque = deque()  # (item, future, alone, ring start)
     suspects: deque = deque()  # in flight when a worker died
@@ -209,8 +238,12 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
                 result = future.result()
             except BrokenProcessPool:
                 pool.shutdown(wait=False, cancel_futures=True)
-                ring.close()
-                pool, ring = start_pool()
+                if ring is not None:
+                    ring.close()
+                # Without the ring from here on: a worker of the broken pool may still be
+                # writing in the old one, and writing in a ring is one way to die (SIGBUS
+                # when /dev/shm fills up).
+                pool, ring = start_pool(with_ring=False)
                 if alone:
                     yield item, (None, "the decoding process died while reading it")
                 else:
@@ -220,4 +253,5 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
             yield item, received(result, start)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        ring.close()
+        if ring is not None:
+            ring.close()

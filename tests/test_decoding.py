@@ -5,7 +5,8 @@ import pytest
 import soundfile
 
 from lebench_cli.audio import MIN_SAMPLES, SAMPLE_RATE
-from lebench_cli.decoding import SHORT_FLAG, SampleRing, decoded_stream
+from lebench_cli import decoding
+from lebench_cli.decoding import SHORT_FLAG, SampleRing, decoded_stream, ring_capacity
 
 
 def test_ring_reserves_first_in_first_out_and_wraps():
@@ -48,7 +49,19 @@ def write_files(folder, seconds_list):
     return items
 
 
-@pytest.mark.parametrize("room, through_ring", [("fits", 6), ("ring too small", 0), ("header too short", 1)])
+def test_the_ring_leaves_half_of_dev_shm_free(monkeypatch):
+    def free(megabytes):
+        return lambda path: SimpleNamespace(f_bavail=megabytes * 256, f_frsize=4096)
+
+    monkeypatch.setattr(decoding.os, "statvfs", free(1000))
+    assert ring_capacity(10**6) == 10**6
+    assert ring_capacity(10**9) == 16 * 1024**2  # 64 MB at most
+    monkeypatch.setattr(decoding.os, "statvfs", free(8))  # a container's small /dev/shm
+    assert ring_capacity(10**9) == 1024**2  # 4 MB: half of it
+
+
+@pytest.mark.parametrize("room, through_ring", [("fits", 6), ("ring too small", 0), ("header too short", 1),
+                                                ("no /dev/shm", 0)])
 def test_workers_hand_back_the_same_samples_through_the_ring_or_the_pipe(tmp_path, monkeypatch, room, through_ring):
     taken = []
     original_take = SampleRing.take
@@ -57,6 +70,8 @@ def test_workers_hand_back_the_same_samples_through_the_ring_or_the_pipe(tmp_pat
     longest = int(3.0 * SAMPLE_RATE)
     if room == "ring too small":
         longest = 0  # a ring of 5 x 64 samples: every file comes back through the pipe
+    if room == "no /dev/shm":
+        monkeypatch.setattr(decoding, "_SHM_FOLDER", str(tmp_path / "missing"))
     if room == "header too short":
         for item in items:
             item.seconds = 0.001  # less room reserved than the file decodes to: only the 0.01 s file fits
