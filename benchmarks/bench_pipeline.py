@@ -93,17 +93,16 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
     from lebench_cli import extract
 
     if hasattr(extract, "_decoded_stream"):  # a commit before the decoding module, for "before" figures
-        def decoded_stream(items, workers, channel, ahead, longest):
+        def decoded_stream(items, workers, channel, ahead):
             return extract._decoded_stream(items, types.SimpleNamespace(workers=workers, channel=channel), ahead)
     else:
         from lebench_cli.decoding import decoded_stream
 
     short = [item for item in items if item.seconds <= chunk_seconds]
     long_files = [item for item in items if item.seconds > chunk_seconds]
-    longest = max((int(np.ceil(item.seconds * SAMPLE_RATE)) for item in short), default=0)
     started, cpu = time.perf_counter(), time.process_time()
     samples = 0
-    for item, (value, reason) in decoded_stream(short, workers, None, max(4, 4 * workers), longest):
+    for item, (value, reason) in decoded_stream(short, workers, None, max(4, 4 * workers)):
         if reason is not None:
             raise SystemExit(f"error: {item.source.path}: {reason}")
         samples += len(value[0])
@@ -123,26 +122,14 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
 
 # ---- write ----------------------------------------------------------------------------------
 
-def layer_names(spec: str, arch: str) -> list:
-    count = SHAPES[arch][0]
-    names = []
-    for part in spec.split(","):
-        part = part.strip()
-        if part == "all":
-            names.extend(str(i) for i in range(count + 1))
-        elif part == "last":
-            names.append(str(count))
-        else:
-            names.append(part)
-    return list(dict.fromkeys(names))
-
-
 def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
+    from lebench_cli.chunking import frame_count
+    from lebench_cli.layers import parse_layers
     from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions
 
-    _, width, cnn_width = SHAPES[arch]
-    names = layer_names(spec, arch)
-    frames = [max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in items]
+    layers, width, cnn_width = SHAPES[arch]
+    names = [str(layer) for layer in parse_layers(spec, layers)]
+    frames = [max(1, frame_count(round(item.seconds * SAMPLE_RATE))) for item in items]
     rng = np.random.default_rng(0)
     pool = {name: rng.standard_normal((max(frames), cnn_width if name == "cnn" else width)).astype(np.float16)
             for name in names}

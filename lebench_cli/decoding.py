@@ -51,8 +51,9 @@ class SampleRing:
     def __init__(self, capacity: int):
         from multiprocessing import shared_memory
 
-        self.memory = shared_memory.SharedMemory(create=True, size=max(1, capacity) * 4)
-        self.samples = np.ndarray((max(1, capacity),), dtype=np.float32, buffer=self.memory.buf)
+        capacity = max(1, capacity)
+        self.memory = shared_memory.SharedMemory(create=True, size=capacity * 4)
+        self.samples = np.ndarray((capacity,), dtype=np.float32, buffer=self.memory.buf)
         self._reserved: deque = deque()  # (start, end), oldest first
         self._head = 0
 
@@ -68,7 +69,7 @@ class SampleRing:
         wrapped = bool(self._reserved) and self._head <= tail  # the newest room lies below the oldest
         if not wrapped and capacity - self._head >= count:
             start = self._head
-        elif not wrapped and self._reserved and tail >= count:
+        elif not wrapped and tail >= count:
             start = 0
         elif wrapped and tail - self._head >= count:
             start = self._head
@@ -106,6 +107,11 @@ def ring_capacity(wanted: int) -> int:
     except OSError:
         return 0
     return int(min(wanted * 4, stats.f_bavail * stats.f_frsize // 2, _RING_MAX_BYTES) // 4)
+
+
+def _room(seconds: float) -> int:
+    """Samples reserved for a file of `seconds` by its header."""
+    return max(MIN_SAMPLES, int(np.ceil(seconds * SAMPLE_RATE)) + _RESERVE_MARGIN)
 
 
 _ATTACHED: dict = {}  # in a worker: ring name -> its samples
@@ -148,8 +154,7 @@ def _ignore_interrupts():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead: int,
-                   longest_samples: int) -> Iterator:
+def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead: int) -> Iterator:
     """Yield (item, (value, reason)) for items with .source and .seconds, in order, decoding
     up to `ahead` files ahead in `workers` processes (none: in this process).
 
@@ -168,7 +173,7 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    room_per_file = min(longest_samples, 10**9) + _RESERVE_MARGIN
+    largest_room = max(_room(item.seconds) for item in items)
 
     def start_pool(with_ring: bool):
         import signal
@@ -196,11 +201,11 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-        capacity = ring_capacity((ahead + 1) * room_per_file) if with_ring else 0
+        capacity = ring_capacity((ahead + 1) * largest_room) if with_ring else 0
         return pool, (SampleRing(capacity) if capacity >= SAMPLE_RATE else None)
 
     def submit(item, alone: bool) -> None:
-        room = max(MIN_SAMPLES, int(np.ceil(item.seconds * SAMPLE_RATE)) + _RESERVE_MARGIN)
+        room = _room(item.seconds)
         start = ring.reserve(room) if ring is not None else None
         try:
             future = pool.submit(_decode_into_ring, item.source, channel, ring.name if ring else "", start, room)

@@ -437,9 +437,7 @@ class Extraction:
         from .decoding import decoded_stream
 
         ahead = max(4, 4 * max(1, self.options.workers))
-        longest = max((int(np.ceil(item.seconds * SAMPLE_RATE)) for item in items), default=0)
-        stream = decoded_stream(items, self.options.workers, self.options.channel, ahead, longest)
-        for item, (value, reason) in stream:
+        for item, (value, reason) in decoded_stream(items, self.options.workers, self.options.channel, ahead):
             if reason is not None:
                 self._fail(failures, item, reason)
                 if progress is not None:

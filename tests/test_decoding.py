@@ -60,24 +60,23 @@ def test_the_ring_leaves_half_of_dev_shm_free(monkeypatch):
     assert ring_capacity(10**9) == 1024**2  # 4 MB: half of it
 
 
-@pytest.mark.parametrize("room, through_ring", [("fits", 6), ("ring too small", 0), ("header too short", 1),
+@pytest.mark.parametrize("room, through_ring", [("fits", 6), ("ring full", 0), ("header too short", 1),
                                                 ("no /dev/shm", 0)])
 def test_workers_hand_back_the_same_samples_through_the_ring_or_the_pipe(tmp_path, monkeypatch, room, through_ring):
     taken = []
     original_take = SampleRing.take
     monkeypatch.setattr(SampleRing, "take", lambda ring, start, count: taken.append(count) or original_take(ring, start, count))
     items = write_files(tmp_path, [0.5, 2.0, 0.01, 1.2, 3.0, 0.7])
-    longest = int(3.0 * SAMPLE_RATE)
-    if room == "ring too small":
-        longest = 0  # a ring of 5 x 64 samples: every file comes back through the pipe
+    if room == "ring full":
+        monkeypatch.setattr(SampleRing, "reserve", lambda ring, count: None)  # every file through the pipe
     if room == "no /dev/shm":
         monkeypatch.setattr(decoding, "_SHM_FOLDER", str(tmp_path / "missing"))
     if room == "header too short":
         for item in items:
-            item.seconds = 0.001  # less room reserved than the file decodes to: only the 0.01 s file fits
+            item.seconds /= 2  # less room reserved than the file decodes to: only the 0.01 s file (padded) fits
     (broken := tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEnot audio")
     items.insert(3, SimpleNamespace(source=SimpleNamespace(path=str(broken)), seconds=1.0))
-    results = list(decoded_stream(items, workers=2, channel=None, ahead=4, longest_samples=longest))
+    results = list(decoded_stream(items, workers=2, channel=None, ahead=4))
     assert [item for item, _ in results] == items
     for item, (value, reason) in results:
         if item.source.path == str(broken):
