@@ -16,6 +16,7 @@ from .errors import AudioError
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # wav2vec2's receptive field: fewer samples give no frame
+NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
 
 _OS_REASONS = {
     errno.ENOENT: "no such file",

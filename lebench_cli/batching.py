@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 SAMPLE_RATE = 16000
 
 
-@dataclass
-class Batch:
-    """Utterances of similar length, padded together: waveforms [B, max_len] float32."""
-
-    items: list  # the caller's objects, one per row
-    waveforms: np.ndarray
-    lengths: np.ndarray  # int64 [B]
-
-    @property
-    def padded_seconds(self) -> float:
-        return self.waveforms.size / SAMPLE_RATE
+def padded_shape(waveforms: Sequence[np.ndarray]) -> tuple[int, int]:
+    return len(waveforms), max(len(w) for w in waveforms)
 
 
-def pad_batch(waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(waveforms: Sequence[np.ndarray], out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(padded [B, longest] float32, lengths [B]); into `out` (zeros of `padded_shape`) if given."""
     lengths = np.array([len(w) for w in waveforms], dtype=np.int64)
-    padded = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
+    padded = np.zeros(padded_shape(waveforms), dtype=np.float32) if out is None else out
     for row, waveform in enumerate(waveforms):
         padded[row, : len(waveform)] = waveform
     return padded, lengths

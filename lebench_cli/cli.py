@@ -104,7 +104,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from .errors import InputError
-    from .extract import ExtractOptions, Extraction, parse_part, parse_size, plan_extract
+    from .extract import ExtractOptions, Extraction, parse_part, parse_size, plan_extract, return_large_blocks_to_the_os
 
     if overwrite and part != "1/1":
         raise InputError("--overwrite cannot be combined with --shard: each part would delete the others' "
@@ -124,6 +124,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     if dry_run:
         click.echo(plan_extract(options, stdin=stdin).line())
         return
+    return_large_blocks_to_the_os()
     extraction = None
     try:
         with _sigterm_as_interrupt():

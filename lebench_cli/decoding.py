@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE, load_audio
+from .audio import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, load_audio
 from .errors import AudioError
 
 SHORT_FLAG = "padded"
@@ -38,6 +39,38 @@ def decode(source, channel: Optional[int] = None):
         waveform = np.pad(waveform, (0, MIN_SAMPLES - samples))
         flags = SHORT_FLAG
     return (waveform, flags, samples), None
+
+
+@dataclass(frozen=True)
+class RecordingStatistics:
+    """What streaming a long recording needs before its first window: its length, and the
+    mean and standard deviation of the whole recording the checkpoint normalises it with
+    (0 and 1 when it does not normalise)."""
+
+    samples: int
+    mean: np.float32
+    std: np.float32
+
+
+def recording_statistics(source, channel: Optional[int], normalize: bool):
+    """(RecordingStatistics, None) or (None, the failure reason), from one block-wise pass."""
+    from . import audio
+
+    count, total, squares = 0, 0.0, 0.0
+    try:
+        for block in audio.stream_audio(source.path, channel=channel):
+            count += len(block)
+            if normalize:
+                block = block.astype(np.float64)
+                total += float(block.sum())
+                squares += float(np.dot(block, block))
+    except AudioError as error:
+        return None, error.reason
+    if not normalize:
+        return RecordingStatistics(count, np.float32(0.0), np.float32(1.0)), None
+    mean = total / count
+    variance = max(squares / count - mean * mean, 0.0)
+    return RecordingStatistics(count, np.float32(mean), np.float32(np.sqrt(variance + NORMALIZE_EPS))), None
 
 
 class SampleRing:
@@ -154,16 +187,25 @@ def _ignore_interrupts():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead: int) -> Iterator:
+def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead: int,
+                   streamed_over: float = float("inf"), normalize: bool = True) -> Iterator:
     """Yield (item, (value, reason)) for items with .source and .seconds, in order, decoding
     up to `ahead` files ahead in `workers` processes (none: in this process).
+
+    Items longer than `streamed_over` seconds are not decoded whole: their value is their
+    RecordingStatistics (`normalize`: the checkpoint's), the pass over the whole recording
+    that must come before its first window; the windows are then read by the caller.
 
     A worker that dies (a decoder crash, the OOM killer, kill -9) breaks the pool and every
     file in flight with it: those files are decoded again one at a time in a fresh pool, so
     that the one that kills its worker again is failed alone and the run goes on."""
+    def streamed(item) -> bool:
+        return item.seconds > streamed_over
+
     if workers <= 0:
         for item in items:
-            yield item, decode(item.source, channel)
+            yield item, (recording_statistics(item.source, channel, normalize) if streamed(item)
+                         else decode(item.source, channel))
         return
     items = list(items)
     if not items:
@@ -173,7 +215,7 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    largest_room = max(_room(item.seconds) for item in items)
+    largest_room = max((_room(item.seconds) for item in items if not streamed(item)), default=0)
 
     def start_pool(with_ring: bool):
         import signal
@@ -201,14 +243,18 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-        capacity = ring_capacity((ahead + 1) * largest_room) if with_ring else 0
+        capacity = ring_capacity((ahead + 1) * largest_room) if with_ring and largest_room else 0
         return pool, (SampleRing(capacity) if capacity >= SAMPLE_RATE else None)
 
     def submit(item, alone: bool) -> None:
-        room = _room(item.seconds)
-        start = ring.reserve(room) if ring is not None else None
+        start = None
         try:
-            future = pool.submit(_decode_into_ring, item.source, channel, ring.name if ring else "", start, room)
+            if streamed(item):
+                future = pool.submit(recording_statistics, item.source, channel, normalize)
+            else:
+                room = _room(item.seconds)
+                start = ring.reserve(room) if ring is not None else None
+                future = pool.submit(_decode_into_ring, item.source, channel, ring.name if ring else "", start, room)
         except BrokenProcessPool:  # the pool broke before any result said so
             future = Future()
             future.set_exception(BrokenProcessPool("the pool broke before this file was sent"))

@@ -16,6 +16,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from .audio import NORMALIZE_EPS
 from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
 from .errors import CheckpointError, InputError
@@ -23,7 +24,6 @@ from .errors import CheckpointError, InputError
 Layer = Union[int, str]
 CNN = "cnn"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
 
 
 @dataclass

@@ -1,16 +1,19 @@
 """`lebench extract`: paths -> waveforms -> batches -> hidden states -> shards.
 
-The stages live in their own modules (inputs, audio, batching, chunking, encoder, storage);
-this one wires them: decoding in worker processes ahead of the model, the model on the main
-thread, writing on a background thread, and bookkeeping (resume, failures, progress)."""
+The stages live in their own modules (inputs, decoding, batching, chunking, encoder,
+readback, storage); this one wires them: decoding in worker processes ahead of the model, the
+model on the main thread (on a GPU, one batch launched ahead of the one being read back),
+writing on a background thread, and bookkeeping (resume, failures, progress)."""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import sys
 import threading
 import time
 import zlib
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -77,6 +80,32 @@ def default_workers(on_gpu: bool) -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1)) if on_gpu else 0
 
 
+def return_large_blocks_to_the_os(threshold: int = 8 * 1024**2) -> bool:
+    """Have glibc serve every allocation of `threshold` bytes or more with a mapping of its
+    own, unmapped when freed. By default glibc raises that threshold (up to 32 MB) each time
+    such a block is freed and then serves blocks that size from its heap, which fragments as
+    batch shapes vary: a CPU run's peak RSS grew with the corpus (1.8 GB for 5 minutes of
+    audio, 2.4 GB for 60; docs/performance.md). A process-wide setting, so the command sets
+    it, not the library; MALLOC_MMAP_THRESHOLD_, when set, is left alone. True when set."""
+    import ctypes
+    import os
+    import platform
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(-3, threshold) == 1  # -3: M_MMAP_THRESHOLD in malloc.h
+
+
+def batches_in_flight(device) -> int:
+    """Batches launched before the oldest one's states are read back: on a GPU one, so that it
+    computes the next batch while the host stores the last; on a CPU none (nothing to overlap)."""
+    return 1 if device.type == "cuda" else 0
+
+
 @dataclass
 class ExtractSummary:
     files: int = 0
@@ -136,6 +165,7 @@ class _Item:
     samples: int = 0  # as computed (short files padded)
     original_samples: int = 0  # as decoded
     flags: str = ""
+    statistics: object = None  # a long recording's RecordingStatistics, measured ahead
 
 
 def select_part(sources: list, part: tuple) -> list:
@@ -350,6 +380,8 @@ class Extraction:
         self.show_progress = progress
         self.summary = ExtractSummary()
         self._float32_encoder = None
+        self._in_flight: deque = deque()  # (Readback, inputs, normalize, on_ready), oldest first
+        self._progress_bar = None
 
     def run(self) -> ExtractSummary:
         from .checkpoints import sha256_file
@@ -368,6 +400,7 @@ class Extraction:
         layers = parse_layers(options.layers, checkpoint.layers)
         encoder = Encoder(checkpoint, device=options.device, dtype=options.dtype)
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
+        self._depth = batches_in_flight(encoder.device)
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
         prepare_output(output, metadata, overwrite=options.overwrite)
         part, parts = options.shard
@@ -409,12 +442,17 @@ class Extraction:
         readable.sort(key=lambda item: (-item.seconds, item.source.utt_id))
         long_files = [item for item in readable if item.seconds > self.options.chunk_seconds]
         readable = readable[len(long_files):]
-        progress = self._progress(len(todo), len(todo) - len(readable) - len(long_files))
+        self._progress_bar = self._progress(len(todo), len(todo) - len(readable) - len(long_files))
         try:
-            for item in long_files:
+            # One decoding stream: the workers measure the long recordings (their first
+            # pass) ahead of the windows read here, then decode the rest whole.
+            decoded = self._decoded_items(long_files + readable, failures)
+            for item in decoded:
+                if item.statistics is None:  # the first one decoded whole: no long one is left
+                    decoded = itertools.chain([item], decoded)
+                    break
                 self._encode_streamed(item, failures, background)
-                self._done(progress, item)
-            decoded = self._decoded_items(readable, failures, progress)
+                self._done(item)
             chunk_samples = self.options.chunk_seconds * SAMPLE_RATE
             short, long_items = [], []
             for group in length_batches(decoded, lambda item: item.samples, self.options.batch_seconds):
@@ -423,28 +461,34 @@ class Extraction:
                 for item in long_items:  # longer than its header or manifest said
                     item.waveform = None
                     self._encode_streamed(item, failures, background)
-                    self._done(progress, item)
+                    self._done(item)
                 if short:
                     self._encode_batch(short, background)
-                    for item in short:
-                        self._done(progress, item)
                 short, long_items = [], []
+            self._finish_all()
         finally:
-            if progress is not None:
-                progress.close()
+            if self._progress_bar is not None:
+                self._progress_bar.close()
 
-    def _decoded_items(self, items: list, failures, progress):
-        from .decoding import decoded_stream
+    def _decoded_items(self, items: list, failures):
+        from .decoding import RecordingStatistics, decode, decoded_stream
 
         ahead = max(4, 4 * max(1, self.options.workers))
-        for item, (value, reason) in decoded_stream(items, self.options.workers, self.options.channel, ahead):
+        stream = decoded_stream(items, self.options.workers, self.options.channel, ahead,
+                                streamed_over=self.options.chunk_seconds, normalize=self.encoder.normalize)
+        for item, (value, reason) in stream:
+            if isinstance(value, RecordingStatistics) and value.samples <= self.options.chunk_seconds * SAMPLE_RATE:
+                value, reason = decode(item.source, self.options.channel)  # shorter than its manifest said
             if reason is not None:
                 self._fail(failures, item, reason)
-                if progress is not None:
-                    progress.update(1)
+                if self._progress_bar is not None:
+                    self._progress_bar.update(1)
                 continue
-            item.waveform, item.flags, item.original_samples = value
-            item.samples = len(item.waveform)
+            if isinstance(value, RecordingStatistics):
+                item.statistics, item.samples = value, value.samples
+            else:
+                item.waveform, item.flags, item.original_samples = value
+                item.samples = len(item.waveform)
             yield item
 
     def _fail(self, failures, item: _Item, reason: str):
@@ -456,28 +500,35 @@ class Extraction:
             raise AudioError(item.source.path, reason)
 
     def _encode_batch(self, items: list, background):
-        from .batching import pad_batch
+        waveforms = [item.waveform for item in items]
+        for item in items:
+            item.waveform = None  # the padded batch holds the audio from here on
 
-        waveforms, lengths = pad_batch([item.waveform for item in items])
-        states = self._forward(waveforms, lengths)
-        for index, item in enumerate(items):
-            self._store(item, {layer: value[index] for layer, value in states.items()}, background)
+        def store(states: dict):
+            for index, item in enumerate(items):
+                self._store(item, {layer: value[index] for layer, value in states.items()}, background)
+                self._done(item)
+
+        self._launch(waveforms, store)
 
     def _encode_streamed(self, item: _Item, failures, background):
         """A long recording, decoded twice a block at a time (statistics, then windows), its
         frames written as they come: memory is bounded by the window, not the recording."""
-        from .batching import pad_batch
-        from .chunking import frame_count, plan_windows
         from .audio import stream_audio
+        from .chunking import frame_count, plan_windows
+        from .decoding import recording_statistics
 
-        try:
-            samples, mean, std = self._stream_statistics(item)
-        except AudioError as error:
-            self._fail(failures, item, error.reason)
+        statistics, reason = item.statistics, None
+        if statistics is None:  # decoded whole first: its header or manifest said it was short
+            statistics, reason = recording_statistics(item.source, self.options.channel, self.encoder.normalize)
+        if reason is not None:
+            self._fail(failures, item, reason)
             return
+        samples, mean, std = statistics.samples, statistics.mean, statistics.std
         windows = plan_windows(samples, self.options.chunk_seconds, self.options.overlap_seconds)
         per_batch = max(1, int(self.options.batch_seconds // self.options.chunk_seconds))
         source = item.source
+        self._finish_all()  # the utterances before this one reach the writer first
         background.put("begin_utterance", source.utt_id, str(source.path), samples / SAMPLE_RATE,
                        frame_count(samples), flags=CHUNKED_FLAG if len(windows) > 1 else "")
         blocks = stream_audio(source.path, channel=self.options.channel)
@@ -488,19 +539,19 @@ class Extraction:
                 while buffer_start + len(buffer) < group[-1].end_sample:
                     buffer = np.concatenate([buffer, next(blocks)])
                 waves = [(buffer[w.start_sample - buffer_start: w.end_sample - buffer_start] - mean) / std for w in group]
-                states = self._forward(*pad_batch(waves), normalize=False)
-                for index, window in enumerate(group):
-                    background.put("append_frames", {
-                        str(layer): value[index][window.keep_from: window.keep_to] for layer, value in states.items()
-                    })
+                self._launch(waves, lambda states, group=group: self._append_windows(group, states, background),
+                             normalize=False)
                 following = windows[first + per_batch].start_sample if first + per_batch < len(windows) else buffer_start
                 buffer, buffer_start = buffer[following - buffer_start:], following
+            self._finish_all()
         except (AudioError, StopIteration) as error:
+            self._in_flight.clear()  # windows of this recording only: it is dropped
             background.put("abort_utterance")
             reason = error.reason if isinstance(error, AudioError) else "changed while being read"
             self._fail(failures, item, reason)
             return
         except BaseException:
+            self._in_flight.clear()
             background.put("abort_utterance")
             raise
         background.put("end_utterance")
@@ -508,46 +559,49 @@ class Extraction:
         self.summary.extracted += 1
         self.summary.audio_seconds += samples / SAMPLE_RATE
 
-    def _stream_statistics(self, item: _Item) -> tuple:
-        """(samples, mean, std) of the whole recording; (n, 0, 1) when the model does not
-        normalise (the waveform is used as it is)."""
-        from .audio import stream_audio
-        from .encoder import NORMALIZE_EPS
+    @staticmethod
+    def _append_windows(windows: list, states: dict, background):
+        for index, window in enumerate(windows):
+            background.put("append_frames", {
+                str(layer): value[index][window.keep_from: window.keep_to] for layer, value in states.items()
+            })
 
-        count, total, squares = 0, 0.0, 0.0
-        for block in stream_audio(item.source.path, channel=self.options.channel):
-            count += len(block)
-            if self.encoder.normalize:
-                block = block.astype(np.float64)
-                total += float(block.sum())
-                squares += float(np.dot(block, block))
-        if not self.encoder.normalize:
-            return count, np.float32(0.0), np.float32(1.0)
-        mean = total / count
-        variance = max(squares / count - mean * mean, 0.0)
-        return count, np.float32(mean), np.float32(np.sqrt(variance + NORMALIZE_EPS))
-
-    def _forward(self, waveforms: np.ndarray, lengths: np.ndarray, normalize: Optional[bool] = None) -> dict:
-        """{layer: list of [frames, width] float32 arrays}; half-precision batches whose output
-        is not finite are recomputed in float32."""
+    def _launch(self, waveforms: list, on_ready, normalize: Optional[bool] = None):
+        """Runs the model on `waveforms` and calls on_ready({layer: [one [frames, width] array
+        per waveform]}) once their states are on the host: on a GPU, after the next batch has
+        been launched (`batches_in_flight`). Half-precision batches whose output is not finite
+        are recomputed in float32."""
         import torch
 
-        waveforms = torch.from_numpy(waveforms)
-        if self.encoder.device.type == "cuda":
-            waveforms = waveforms.pin_memory()  # lets the host-to-device copy run asynchronously
-        inputs = (waveforms, torch.from_numpy(lengths), self.layers)
+        from .batching import pad_batch, padded_shape
+        from .readback import Readback
+
+        on_gpu = self.encoder.device.type == "cuda"
+        # Padded straight into page-locked memory on a GPU: the host-to-device copy then runs
+        # asynchronously, with no staging copy.
+        padded = torch.zeros(padded_shape(waveforms), dtype=torch.float32, pin_memory=on_gpu)
+        _, lengths = pad_batch(waveforms, out=padded.numpy())
+        inputs = (padded, torch.from_numpy(lengths), self.layers)
         batch = self.encoder.forward(*inputs, normalize=normalize)
-        if self.encoder.dtype != torch.float32 and not _all_finite(batch.states.values()):
+        readback = Readback(batch, check_finite=self.encoder.dtype != torch.float32)
+        del batch  # the device memory of its states is reused once their copies have run
+        self._in_flight.append((readback, inputs, normalize, on_ready))
+        while len(self._in_flight) > self._depth:
+            self._finish_oldest()
+
+    def _finish_oldest(self):
+        from .readback import Readback
+
+        readback, inputs, normalize, on_ready = self._in_flight.popleft()
+        finite, states = readback.result()
+        if not finite:
             self.summary.recomputed_float32 += 1
-            batch = self._float32().forward(*inputs, normalize=normalize)
-        frames = batch.frames.tolist()
-        states = {}
-        for layer, value in batch.states.items():
-            # One device-to-host copy per layer, not one per utterance; float16 stays float16
-            # (numpy has no bfloat16: that one becomes float32).
-            host = (value if value.dtype in (torch.float16, torch.float32) else value.float()).cpu().numpy()
-            states[layer] = [host[i, : frames[i]] for i in range(len(frames))]
-        return states
+            _, states = Readback(self._float32().forward(*inputs, normalize=normalize), check_finite=False).result()
+        on_ready(states)
+
+    def _finish_all(self):
+        while self._in_flight:
+            self._finish_oldest()
 
     def _float32(self):
         from .encoder import Encoder
@@ -567,7 +621,6 @@ class Extraction:
         )
         if item.flags == SHORT_FLAG:
             self.summary.padded += 1
-        item.waveform = None  # free the audio before the next batch is decoded
         background.put("add", utterance)
         self.summary.extracted += 1
         self.summary.audio_seconds += utterance.duration
@@ -584,7 +637,8 @@ class Extraction:
         self._started = time.monotonic()
         return bar
 
-    def _done(self, progress, item: _Item):
+    def _done(self, item: _Item):
+        progress = self._progress_bar
         if progress is None:
             return
         elapsed = max(1e-9, time.monotonic() - self._started)
@@ -593,12 +647,6 @@ class Extraction:
             refresh=False,
         )
         progress.update(1)
-
-
-def _all_finite(tensors) -> bool:
-    import torch
-
-    return bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())  # one read back, not one per layer
 
 
 def run_extract(options: ExtractOptions, stdin=None, progress: bool = False) -> ExtractSummary:

@@ -89,3 +89,28 @@ def test_workers_hand_back_the_same_samples_through_the_ring_or_the_pipe(tmp_pat
             np.testing.assert_array_equal(waveform[samples:], 0)
         np.testing.assert_array_equal(waveform[:samples], item.samples)
     assert len(taken) == through_ring
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_long_recordings_are_measured_not_decoded(tmp_path, workers, normalize):
+    items = write_files(tmp_path, [3.0, 2.5, 0.8, 1.1])
+    (broken := tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEnot audio")
+    items.insert(1, SimpleNamespace(source=SimpleNamespace(path=str(broken)), seconds=5.0))
+    results = list(decoded_stream(items, workers=workers, channel=None, ahead=3, streamed_over=2.0,
+                                  normalize=normalize))
+    assert [item for item, _ in results] == items
+    for item, (value, reason) in results:
+        if item.source.path == str(broken):
+            assert value is None and reason
+        elif item.seconds > 2.0:
+            samples = item.samples.astype(np.float64)
+            assert reason is None and isinstance(value, decoding.RecordingStatistics)
+            assert value.samples == len(samples)
+            if normalize:
+                np.testing.assert_allclose(value.mean, samples.mean(), rtol=1e-5, atol=1e-9)
+                np.testing.assert_allclose(value.std, np.sqrt(samples.var() + 1e-5), rtol=1e-6)
+            else:
+                assert (value.mean, value.std) == (0.0, 1.0)
+        else:
+            np.testing.assert_array_equal(value[0], item.samples)

@@ -282,6 +282,27 @@ def test_long_stereo_recording_with_means_and_a_misleading_manifest(checkpoints,
         assert second.info("long")["flags"] == "chunked"
 
 
+def test_a_manifest_that_says_long_for_short_files(checkpoints, tmp_path):
+    """Sample counts that promise long recordings: the files are measured as recordings,
+    found short and then handled as the short files they are (the tiny one padded)."""
+    write_audio(tmp_path / "in" / "tiny.wav", 0.01, seed=11)
+    write_audio(tmp_path / "in" / "mid.wav", 1.5, seed=12)
+    write_audio(tmp_path / "in" / "real.wav", 3.3, seed=13)
+    manifest = tmp_path / "stale.tsv"
+    manifest.write_text(f"{tmp_path / 'in'}\ntiny.wav\t9000000\nmid.wav\t8000000\nreal.wav\t7000000\n")
+    out = tmp_path / "out"
+    result = extract(manifest, *base_args(checkpoints("base"), out, "--chunk-seconds", "2", "--overlap-seconds", "0.5",
+                                          "--layers", "2", "--save-dtype", "float32"))
+    assert result.exit_code == 0, result.output
+    encoder = Encoder(load_local(checkpoints("base")))
+    with open_features(out) as store:
+        assert sorted(store.ids) == ["mid", "real", "tiny"]
+        assert store.info("tiny")["flags"] == "padded" and store.read("tiny", 2).shape[0] == 1
+        assert store.info("real")["flags"] == "chunked"
+        (expected,) = encoder.encode([load_audio(tmp_path / "in" / "mid.wav")], [2])
+        np.testing.assert_allclose(store.read("mid", 2), expected[2], atol=1e-4 * np.abs(expected[2]).max())
+
+
 def test_non_finite_half_precision_batches_are_recomputed_in_float32(checkpoints, corpus, tmp_path, monkeypatch):
     from lebench_cli import extract as extract_module
     from lebench_cli.encoder import EncodedBatch
@@ -304,6 +325,47 @@ def test_non_finite_half_precision_batches_are_recomputed_in_float32(checkpoints
     (expected,) = Encoder(load_local(checkpoints("base"))).encode([load_audio(corpus / "spk1" / "a.wav")], [3])
     with open_features(tmp_path / "out") as store:
         np.testing.assert_allclose(store.read("spk1/a", 3), expected[3], atol=1e-4 * np.abs(expected[3]).max())
+
+
+def test_a_batch_launched_ahead_stores_the_same_dataset(checkpoints, corpus, tmp_path, monkeypatch):
+    """The GPU setting (the next batch launched before the last one is read back), run on a
+    CPU: short batches, a long recording's window batches and a file whose manifest said it
+    was short all reach the writer whole, in order, equal to the one-batch-at-a-time run."""
+    from lebench_cli import extract as extract_module
+    from lebench_cli import readback as readback_module
+
+    write_audio(corpus / "long" / "rec.wav", 6.2, seed=9)
+    write_audio(corpus / "long" / "liar.wav", 4.1, seed=10)
+    (corpus / "bad.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    manifest = tmp_path / "all.tsv"
+    manifest.write_text(str(corpus) + "\n" + "".join(
+        f"{path.relative_to(corpus)}\t{16000 if path.name == 'liar.wav' else ''}\n"
+        for path in sorted(corpus.rglob("*.*"))).replace("\t\n", "\n"))
+    options = ["--layers", "1,cnn", "--save-dtype", "float32", "--batch-seconds", "4",
+               "--chunk-seconds", "2", "--overlap-seconds", "0.5"]
+    one_at_a_time = tmp_path / "one"
+    assert extract(manifest, *base_args(checkpoints("base"), one_at_a_time, *options)).exit_code == 3
+
+    events = []
+    launch, result = Encoder.forward, readback_module.Readback.result
+    monkeypatch.setattr(extract_module, "batches_in_flight", lambda device: 1)
+    monkeypatch.setattr(Encoder, "forward", lambda self, *a, **k: events.append("launch") or launch(self, *a, **k))
+    monkeypatch.setattr(readback_module.Readback, "result", lambda self: events.append("read") or result(self))
+    ahead = tmp_path / "ahead"
+    assert extract(manifest, *base_args(checkpoints("base"), ahead, *options)).exit_code == 3
+
+    # Batches are read back one behind, except where a long recording starts (the writer
+    # takes it after everything launched before it) and at its end and the run's.
+    assert events[:3] == ["launch", "launch", "read"], events
+    assert events.count("launch") == events.count("read") and events[-1] == "read"
+    with open_features(one_at_a_time) as expected, open_features(ahead) as store:
+        assert store.ids == expected.ids and len(store.ids) == 7
+        assert store.info("long/liar")["flags"] == expected.info("long/liar")["flags"] == "chunked"
+        for utt_id in expected.ids:
+            for layer in (1, "cnn"):
+                np.testing.assert_array_equal(store.read(utt_id, layer), expected.read(utt_id, layer))
+    failures = sorted((tmp_path / "ahead").glob("failures*"))
+    assert failures and "bad.wav" in failures[0].read_text()
 
 
 def test_decoding_in_worker_processes(checkpoints, corpus, tmp_path):
@@ -438,3 +500,41 @@ def test_a_different_model_into_an_existing_output_is_refused(checkpoints, corpu
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {out} holds features of a different run (model_sha256: ")
     assert result.output.endswith("; use --overwrite to replace them\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists() or __import__("platform").libc_ver()[0] != "glibc",
+                    reason="glibc on Linux")
+def test_extract_has_large_blocks_returned_to_the_os_when_freed(checkpoints, corpus, tmp_path, monkeypatch):
+    from lebench_cli import extract as extract_module
+
+    calls = []
+    original = extract_module.return_large_blocks_to_the_os
+    monkeypatch.setattr(extract_module, "return_large_blocks_to_the_os", lambda: calls.append(original()) or calls[-1])
+    assert extract(corpus, *base_args(checkpoints("base"), tmp_path / "out")).exit_code == 0
+    assert calls == [True]
+    # In a fresh process: 8 MB blocks, freed between live ones, are unmapped only when set.
+    script = """
+import os, sys
+import numpy as np
+from lebench_cli.extract import return_large_blocks_to_the_os
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+set_here = return_large_blocks_to_the_os() if sys.argv[1] == "set" else False
+warm = np.ones(2**22, np.float32); del warm  # a freed 16 MB block: glibc's threshold rises past 8 MB
+blocks = [np.ones(2**21, np.float32) for _ in range(24)]  # 8 MB each, 192 MB
+kept = blocks[::4]
+del blocks
+print(set_here, (rss() - 48 * 2**20) // 2**20)
+"""
+    def run(mode):
+        result = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        flag, extra = result.stdout.split()
+        return flag, int(extra)
+
+    default, returned = run("default"), run("set")
+    assert default[0] == "False" and returned[0] == "True"
+    assert default[1] - returned[1] > 100, (default, returned)  # 144 MB freed, kept by default
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice stands
+    assert original() is False
