@@ -138,7 +138,7 @@ class Encoder:
         """waveforms [batch, samples] padded (any values past each length), lengths [batch].
 
         `normalize=False` skips the checkpoint's waveform normalisation: for windows of a
-        long recording, normalised as a whole beforehand (`normalize_waveform`)."""
+        long recording, normalised as a whole beforehand (`decoding.recording_statistics`)."""
         layers = self.check_layers(layers)
         # Sizes are worked out on the host: reading one back from a GPU would stall the
         # host until the GPU caught up, and it could not queue the next kernels meanwhile.

@@ -7,7 +7,6 @@ writing on a background thread, and bookkeeping (resume, failures, progress)."""
 
 from __future__ import annotations
 
-import itertools
 import queue
 import sys
 import threading
@@ -440,31 +439,21 @@ class Extraction:
                 self._fail(failures, item, reason)
         # Longest first: a batch that does not fit in memory shows up at the start.
         readable.sort(key=lambda item: (-item.seconds, item.source.utt_id))
-        long_files = [item for item in readable if item.seconds > self.options.chunk_seconds]
-        readable = readable[len(long_files):]
-        self._progress_bar = self._progress(len(todo), len(todo) - len(readable) - len(long_files))
+        self._progress_bar = self._progress(len(todo), len(todo) - len(readable))
         try:
             # One decoding stream: the workers measure the long recordings (their first
-            # pass) ahead of the windows read here, then decode the rest whole.
-            decoded = self._decoded_items(long_files + readable, failures)
-            for item in decoded:
-                if item.statistics is None:  # the first one decoded whole: no long one is left
-                    decoded = itertools.chain([item], decoded)
-                    break
-                self._encode_streamed(item, failures, background)
-                self._done(item)
+            # pass) ahead of the windows read here, and decode the others whole.
+            decoded = self._decoded_items(readable, failures)
             chunk_samples = self.options.chunk_seconds * SAMPLE_RATE
-            short, long_items = [], []
             for group in length_batches(decoded, lambda item: item.samples, self.options.batch_seconds):
                 for item in group:
-                    (long_items if item.samples > chunk_samples else short).append(item)
-                for item in long_items:  # longer than its header or manifest said
-                    item.waveform = None
-                    self._encode_streamed(item, failures, background)
-                    self._done(item)
+                    if item.samples > chunk_samples:  # measured, or longer than its header or manifest said
+                        item.waveform = None
+                        self._encode_streamed(item, failures, background)
+                        self._done(item)
+                short = [item for item in group if item.samples <= chunk_samples]
                 if short:
                     self._encode_batch(short, background)
-                short, long_items = [], []
             self._finish_all()
         finally:
             if self._progress_bar is not None:
@@ -512,8 +501,9 @@ class Extraction:
         self._launch(waveforms, store)
 
     def _encode_streamed(self, item: _Item, failures, background):
-        """A long recording, decoded twice a block at a time (statistics, then windows), its
-        frames written as they come: memory is bounded by the window, not the recording."""
+        """A long recording, read twice a block at a time (its statistics, usually measured
+        ahead in a decoding worker, then its windows), its frames written as they come:
+        memory is bounded by the window, not the recording."""
         from .audio import stream_audio
         from .chunking import frame_count, plan_windows
         from .decoding import recording_statistics
