@@ -39,7 +39,7 @@ SAMPLE_RATE = 16000
 METHODS = ("lebench", "fairseq", "transformers")
 NAIVE = ("fairseq", "transformers")
 
-# Real architectures (docs/models.md, /work/shared/LEBENCHMARK.md). Everything else keeps
+# Real architectures (docs/models.md). Everything else keeps
 # fairseq's Wav2Vec2Config defaults, which are the base model's.
 ARCHS = {
     "base": dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
@@ -68,9 +68,9 @@ figures (per run of a method):
                       + L * 2 * n * min(n, 1500) * D]        (attention scores and sums,
                                                               context capped at 30 s windows)
                C=512, D width, F ffn width, L layers, G conv_pos_groups, K conv_pos kernel.
-               It gives ~15 GFLOP per audio second (base) and ~38 (large) at 10 s, as in
-               LEBENCHMARK.md. Compute that a method spends on window overlaps or padding
-               is not counted: it is not useful work.
+               It gives ~15 GFLOP per audio second (base) and ~38 (large) at 10 s, the
+               usual count for these models. Compute that a method spends on window
+               overlaps or padding is not counted: it is not useful work.
   CPU s        user + system CPU seconds of the method's processes (wait4): the work done,
                less sensitive than wall time to other jobs on the machine (with --threads 1:
                with more threads, OpenMP threads spin while waiting and count too)
@@ -378,7 +378,7 @@ def quiet_env(threads: int | None = None) -> dict:
 
 # ---- FLOPs ------------------------------------------------------------------------------------
 
-CNN_MAC_PER_SECOND = 2.45e9  # 7 convs x 512 channels, LEBENCHMARK.md
+CNN_MAC_PER_SECOND = 2.45e9  # the 7 convolutions of 512 channels, per audio second
 WINDOW_FRAMES = 1500  # 30 s: attention context of lebench's windows and the naive pieces
 
 

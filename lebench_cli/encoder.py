@@ -10,6 +10,7 @@ frame's computation (see `_group_norm_per_utterance` for the one place where it 
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -139,6 +140,10 @@ class Encoder:
 
         `normalize=False` skips the checkpoint's waveform normalisation: for windows of a
         long recording, normalised as a whole beforehand (`decoding.recording_statistics`)."""
+        with _ieee_float32() if self.dtype == torch.float32 else nullcontext():
+            return self._forward(waveforms, lengths, layers, normalize)
+
+    def _forward(self, waveforms, lengths, layers, normalize) -> EncodedBatch:
         layers = self.check_layers(layers)
         # Sizes are worked out on the host: reading one back from a GPU would stall the
         # host until the GPU caught up, and it could not queue the next kernels meanwhile.
@@ -232,6 +237,23 @@ def _checked_device(device) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
     return device
+
+
+@contextmanager
+def _ieee_float32():
+    """float32 arithmetic for a float32 model. On NVIDIA GPUs PyTorch runs float32
+    convolutions in TensorFloat-32 by default (10 bits of mantissa, ~1e-3 relative error),
+    and a user may have allowed it for matrix products too: either would break the float32
+    exactness promise. The flags are process-wide, so they are restored afterwards."""
+    cudnn = torch.backends.cudnn
+    saved_convolutions, saved_products = cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = saved_convolutions
+        torch.set_float32_matmul_precision(saved_products)
 
 
 def _normalize_valid(waveforms, sample_mask, lengths):

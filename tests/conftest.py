@@ -1,6 +1,16 @@
 import pytest
+import torch
 
 from tiny_models import save_fairseq_checkpoint
+
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+def device(request):
+    """Every test that takes it runs on the CPU, and again on CUDA where there is a GPU:
+    the same checks, so the GPU run tests exactly what CI tests."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

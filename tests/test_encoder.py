@@ -31,8 +31,8 @@ def assert_close(actual, expected, what):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_batched_output_equals_fairseq_one_at_a_time(checkpoints, family):
-    encoder = Encoder(load_local(checkpoints(family)))
+def test_batched_output_equals_fairseq_one_at_a_time(checkpoints, family, device):
+    encoder = Encoder(load_local(checkpoints(family)), device=device)
     reference_model, _ = build_fairseq_model(family)
     inputs = waveforms(LENGTHS)
     outputs = encoder.encode(inputs, LAYERS)
@@ -44,8 +44,8 @@ def test_batched_output_equals_fairseq_one_at_a_time(checkpoints, family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_batched_equals_unbatched(checkpoints, family):
-    encoder = Encoder(load_local(checkpoints(family)))
+def test_batched_equals_unbatched(checkpoints, family, device):
+    encoder = Encoder(load_local(checkpoints(family)), device=device)
     inputs = waveforms(LENGTHS, seed=1)
     batched = encoder.encode(inputs, LAYERS)
     for waveform, together in zip(inputs, batched):
@@ -54,8 +54,8 @@ def test_batched_equals_unbatched(checkpoints, family):
             assert_close(together[layer], alone[layer], f"{family} n={len(waveform)} layer {layer}")
 
 
-def test_padding_content_does_not_matter(checkpoints):
-    encoder = Encoder(load_local(checkpoints("base")))
+def test_padding_content_does_not_matter(checkpoints, device):
+    encoder = Encoder(load_local(checkpoints("base")), device=device)
     inputs = waveforms([1_000, 5_000])
     lengths = torch.tensor([1_000, 5_000])
     padded = torch.zeros(2, 5_000)
@@ -149,14 +149,41 @@ def test_too_short_and_unknown_layers_are_input_errors(checkpoints):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("dtype, tolerance", [("float16", 1e-2), ("bfloat16", 5e-2)])
-def test_half_precision_stays_close_to_float32(checkpoints, family, dtype, tolerance):
-    """Half precision (CUDA's default; the CPU runs it too) within `tolerance` of float32,
-    relative to each layer's scale, on every layer."""
+def test_half_precision_stays_close_to_float32(checkpoints, family, dtype, tolerance, device):
+    """Half precision (CUDA's default; the CPU runs it too) within `tolerance` of float32 on
+    the CPU, relative to each layer's scale, on every layer."""
     checkpoint = load_local(checkpoints(family))
     inputs = waveforms([3_000, 6_000, 11_000])
     exact = Encoder(checkpoint).encode(inputs, LAYERS)
-    approximate = Encoder(checkpoint, dtype=dtype).encode(inputs, LAYERS)
+    approximate = Encoder(checkpoint, device=device, dtype=dtype).encode(inputs, LAYERS)
     for ours, reference in zip(approximate, exact):
         for layer in LAYERS:
             error = np.abs(ours[layer] - reference[layer]).max() / np.abs(reference[layer]).max()
             assert error < tolerance, f"{family} {dtype} layer {layer}: relative error {error:.3g}"
+
+
+def test_float32_runs_in_float32_arithmetic(checkpoints, monkeypatch):
+    """No TensorFloat-32 inside a float32 forward pass (PyTorch's default for convolutions on
+    NVIDIA GPUs, ~1e-3 relative error), whatever the caller allowed; their settings come back
+    afterwards. Half precision leaves them alone."""
+    seen = []
+    convolution = torch.nn.Conv1d.forward
+
+    def spy(self, x):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+        return convolution(self, x)
+
+    monkeypatch.setattr(torch.nn.Conv1d, "forward", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        checkpoint = load_local(checkpoints("base"))
+        Encoder(checkpoint).encode(waveforms([2_000]), [1])
+        assert seen and set(seen) == {(False, "highest")}
+        assert torch.backends.cudnn.allow_tf32 is True and torch.get_float32_matmul_precision() == "medium"
+        seen.clear()
+        Encoder(checkpoint, dtype="bfloat16").encode(waveforms([2_000]), [1])
+        assert seen and set(seen) == {(True, "medium")}
+    finally:
+        torch.set_float32_matmul_precision(saved)

@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""How fast lebench's encoder runs alone: the ceiling the model puts on `lebench extract`.
+
+bench_extract.py times whole runs and bench_pipeline.py everything but the model; this one
+times the model alone, on batches of the shapes extract makes (N clips of about S seconds,
+padded to the longest, at most 10% padding), with no decoding and no writing:
+
+  compute   Encoder.forward, batch after batch, the device synchronised only at the end:
+            the arithmetic and the kernel launches;
+  readback  the same with each batch's states brought to the host the way extract does
+            (readback.Readback, the next batch launched before the last one is read back):
+            what the model side of extract can reach at best.
+
+x RT = audio seconds / wall seconds. TFLOP/s counts useful FLOPs (bench_extract.py's formula,
+padding not counted). GPU MB is the allocator's peak for that row (CUDA only).
+
+Optional checks, for the GPU questions still open:
+  --group-norm  base models (group-norm extractor): time lebench's first GroupNorm, run on
+                each utterance's valid frames (exact, two small kernels per utterance), against
+                fairseq's one GroupNorm over the padded batch (inexact), on the same batch;
+  --compile     the transformer layers under torch.compile(dynamic=True): speed, and the
+                largest difference from the uncompiled states relative to their scale.
+
+Run with the project's interpreter:  .venv/bin/python benchmarks/bench_model.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import types
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_extract import SAMPLE_RATE, prepare_model, useful_flops  # noqa: E402  (same checkpoints and FLOPs)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--arch", choices=["base", "large"], default="large",
+                        help="random weights with the real architecture (default large), cached in --work")
+    parser.add_argument("--model", type=Path, help="use this checkpoint instead of --arch")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="compute precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--layers", default="last;8,16,24;all",
+                        help="layer specs, one row each, ';' between them (default last;8,16,24;all)")
+    parser.add_argument("--batch-seconds", default="120", help="padded audio per batch, comma-separated (default 120)")
+    parser.add_argument("--clip-seconds", default="10", help="utterance length, comma-separated (default 10)")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per row (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
+    parser.add_argument("--group-norm", action="store_true", help="time the per-utterance GroupNorm (base models)")
+    parser.add_argument("--compile", action="store_true", help="also time the layers under torch.compile")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench",
+                        help="checkpoint cache (default $TMPDIR/lebench-bench, shared with bench_extract.py)")
+    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()
+    return args
+
+
+def make_batch(batch_seconds: float, clip_seconds: float, rng, pin: bool):
+    """(padded waveforms [B, longest], lengths [B]): clips of 0.9-1.0 x clip_seconds, so that
+    padding stays under 10% as in extract's length batches."""
+    import torch
+
+    count = max(1, int(batch_seconds // clip_seconds))
+    lengths = (rng.uniform(0.9, 1.0, count) * clip_seconds * SAMPLE_RATE).astype(np.int64)
+    padded = torch.zeros((count, int(lengths.max())), dtype=torch.float32, pin_memory=pin)
+    for row, length in enumerate(lengths):
+        padded[row, :length] = torch.from_numpy(rng.standard_normal(length).astype(np.float32) * 0.1)
+    return padded, torch.from_numpy(lengths)
+
+
+def synchronize(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_compute(encoder, batch, layers, batches: int, warmup: int) -> float:
+    for _ in range(warmup):
+        encoder.forward(*batch, layers)
+    synchronize(encoder.device)
+    started = time.perf_counter()
+    for _ in range(batches):
+        encoder.forward(*batch, layers)
+    synchronize(encoder.device)
+    return time.perf_counter() - started
+
+
+def time_readback(encoder, batch, layers, batches: int, warmup: int) -> float:
+    """extract's loop without decoding and writing: one batch in flight on a GPU."""
+    import torch
+
+    from lebench_cli.extract import batches_in_flight
+    from lebench_cli.readback import Readback
+
+    depth = batches_in_flight(encoder.device)
+    check_finite = encoder.dtype != torch.float32
+
+    def run(count):
+        in_flight = deque()
+        for _ in range(count):
+            in_flight.append(Readback(encoder.forward(*batch, layers), check_finite))
+            while len(in_flight) > depth:
+                in_flight.popleft().result()
+        while in_flight:
+            in_flight.popleft().result()
+
+    run(warmup)
+    started = time.perf_counter()
+    run(batches)
+    return time.perf_counter() - started
+
+
+def time_group_norm(encoder, batch, batches: int, warmup: int) -> dict:
+    """Per-utterance GroupNorm (lebench) against one GroupNorm over the padded batch (fairseq)."""
+    import torch
+
+    padded, lengths = batch
+    x = padded.to(encoder.device, dtype=encoder.dtype)
+    timings = {}
+    with torch.inference_mode():
+        for name, run in (("per_utterance", lambda: encoder._conv_features(x, lengths)),
+                          ("whole_batch", lambda: encoder.model.feature_extractor(x))):
+            for _ in range(warmup):
+                run()
+            synchronize(encoder.device)
+            started = time.perf_counter()
+            for _ in range(batches):
+                run()
+            synchronize(encoder.device)
+            timings[name] = (time.perf_counter() - started) / batches * 1e3
+    return {"utterances": len(lengths), "per_utterance_ms": timings["per_utterance"],
+            "whole_batch_ms": timings["whole_batch"]}
+
+
+def compiled_twin(checkpoint, device, dtype):
+    """A second encoder of the same checkpoint, its transformer layers under torch.compile
+    (a copy.deepcopy of the first fails on the weight-normed positional convolution)."""
+    import torch
+
+    from lebench_cli.encoder import Encoder
+
+    twin = Encoder(checkpoint, device=device, dtype=dtype)
+    layers = twin.model.encoder.layers
+    for index in range(len(layers)):
+        layers[index] = torch.compile(layers[index], dynamic=True)
+    return twin
+
+
+def largest_difference(encoder, twin, batch, layers) -> float:
+    expected = encoder.forward(*batch, layers).states
+    actual = twin.forward(*batch, layers).states
+    return max(float((actual[k].float() - expected[k].float()).abs().max() / expected[k].float().abs().max())
+               for k in expected)
+
+
+def main(argv=None):
+    import torch
+
+    from lebench_cli.checkpoints import load_local
+    from lebench_cli.encoder import Encoder
+    from lebench_cli.layers import parse_layers
+
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    settings = types.SimpleNamespace(model=args.model, work=args.work, arch=args.arch, seed=args.seed, methods=())
+    checkpoint_path, _, description = prepare_model(settings)
+    checkpoint = load_local(checkpoint_path)
+    encoder = Encoder(checkpoint, device=device, dtype=dtype)
+    on_gpu = encoder.device.type == "cuda"
+    twin = compiled_twin(checkpoint, device, dtype) if args.compile else None
+    rng = np.random.default_rng(args.seed)
+    print(f"{args.model or args.arch}: {description['layers']} layers x {description['width']}, {device} {dtype}, "
+          f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name(encoder.device)}" if on_gpu else ""),
+          file=sys.stderr)
+    rows = []
+    for batch_seconds in [float(s) for s in args.batch_seconds.split(",")]:
+        for clip_seconds in [float(s) for s in args.clip_seconds.split(",")]:
+            batch = make_batch(batch_seconds, clip_seconds, rng, pin=on_gpu)
+            audio = float(batch[1].sum()) / SAMPLE_RATE
+            flops = useful_flops((batch[1].numpy() / SAMPLE_RATE).tolist(), description)
+            for spec in [s.strip() for s in args.layers.split(";") if s.strip()]:
+                layers = parse_layers(spec, checkpoint.layers)
+                variants = [("compute", encoder, time_compute), ("readback", encoder, time_readback)]
+                if twin is not None:
+                    variants.append(("compiled", twin, time_compute))
+                for variant, model, timer in variants:
+                    if on_gpu:
+                        torch.cuda.reset_peak_memory_stats(encoder.device)
+                    wall = timer(model, batch, layers, args.batches, args.warmup)
+                    row = {"variant": variant, "layers": spec, "batch_s": batch_seconds, "clip_s": clip_seconds,
+                           "utterances": len(batch[1]), "ms_per_batch": wall / args.batches * 1e3,
+                           "x_rt": audio * args.batches / wall, "tflop_s": flops * args.batches / wall / 1e12}
+                    if on_gpu:
+                        row["gpu_mb"] = torch.cuda.max_memory_allocated(encoder.device) / 1e6
+                    if variant == "compiled":
+                        row["max_relative_difference"] = largest_difference(encoder, twin, batch, layers)
+                    rows.append(row)
+                    print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    extra = {}
+    if args.group_norm:
+        if not encoder.group_norm:
+            raise SystemExit("error: --group-norm needs a group-norm (base) model")
+        for clip_seconds in (0.5, 2.0):
+            batch = make_batch(float(args.batch_seconds.split(",")[-1]), clip_seconds, rng, pin=on_gpu)
+            extra[f"group_norm_{clip_seconds:g}s"] = time_group_norm(encoder, batch, args.batches, args.warmup)
+    print(format_rows(rows))
+    for name, value in extra.items():
+        print(f"{name}: {value['utterances']} utterances per batch, first conv block per batch "
+              f"{value['per_utterance_ms']:.2f} ms with lebench's per-utterance GroupNorm, "
+              f"{value['whole_batch_ms']:.2f} ms with one GroupNorm over the padded batch")
+    if args.json_out:
+        machine = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(),
+                   "processor": platform.processor(), "python": platform.python_version(),
+                   "torch": torch.__version__, "device": device, "dtype": dtype}
+        if on_gpu:
+            machine["gpu"] = torch.cuda.get_device_name(encoder.device)
+        args.json_out.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                                             "description": description, "rows": rows, **extra}, indent=1))
+
+
+def format_rows(rows: list) -> str:
+    header = ["variant", "layers", "batch s", "clip s", "utts", "ms/batch", "x RT", "TFLOP/s", "GPU MB", "max rel diff"]
+    lines = [header]
+    for row in rows:
+        lines.append([row["variant"], row["layers"], f"{row['batch_s']:g}", f"{row['clip_s']:g}", str(row["utterances"]),
+                      f"{row['ms_per_batch']:.1f}", f"{row['x_rt']:.0f}", f"{row['tflop_s']:.2f}",
+                      f"{row['gpu_mb']:.0f}" if "gpu_mb" in row else "-",
+                      f"{row['max_relative_difference']:.2g}" if "max_relative_difference" in row else "-"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+if __name__ == "__main__":
+    main()
