@@ -18,25 +18,25 @@ def batch_of(dtype, device="cpu", poison=False):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_per_utterance_views_of_the_valid_frames(dtype):
-    batch, states = batch_of(dtype)
+def test_per_utterance_views_of_the_valid_frames(dtype, device):
+    batch, states = batch_of(dtype, device)
     finite, host = Readback(batch, check_finite=dtype != torch.float32).result()
     assert finite
     assert list(host) == [3, "cnn"]
     for layer, value in states.items():
-        expected = value.float().numpy()
+        expected = value.float().cpu().numpy()
         for index, count in enumerate([7, 2, 5]):
             array = host[layer][index]
             assert array.dtype == (np.float16 if dtype == torch.float16 else np.float32)
             np.testing.assert_array_equal(array, expected[index, :count])
 
 
-def test_one_flag_for_any_non_finite_value():
-    batch, _ = batch_of(torch.float16, poison=True)
+def test_one_flag_for_any_non_finite_value(device):
+    batch, _ = batch_of(torch.float16, device, poison=True)
     finite, _ = Readback(batch, check_finite=True).result()
     assert not finite
     # Not asked: not checked (float32 batches are never recomputed).
-    finite, _ = Readback(batch_of(torch.float16, poison=True)[0], check_finite=False).result()
+    finite, _ = Readback(batch_of(torch.float16, device, poison=True)[0], check_finite=False).result()
     assert finite
 
 
