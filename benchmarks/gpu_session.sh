@@ -11,10 +11,13 @@
 #   model     bench_model.py: the large model alone in float16 (1, 3 and all layers; 60,
 #             120 and 240 s batches), under torch.compile, and the base model's
 #             per-utterance GroupNorm on short clips (a few minutes)
-#   extract   bench_extract.py: large float16 layers 8,16,24 on LARGE_HOURS (default 2) of
-#             audio against the naive fairseq and transformers loops; base float16 last layer
-#             on BASE_HOURS (default 1); large, all layers, on ALL_LAYERS_HOURS (default 1)
-#             for the write rate (needs tens of GB of free disk under WORK)
+#   extract   bench_extract.py, the three runs below (each also a phase of its own, so that
+#             one call can take only as many as fit in its time):
+#     extract-large       large float16, layers 8,16,24, LARGE_HOURS (default 2) of audio,
+#                         against the naive fairseq and transformers loops
+#     extract-base        base float16, last layer, BASE_HOURS (default 1), against them too
+#     extract-all-layers  large float16, all layers, ALL_LAYERS_HOURS (default 1), lebench
+#                         alone: the write rate (about 9 GB per hour of audio under WORK)
 #   pipeline  bench_pipeline.py on this host's CPUs: decoding with 0-8 workers, the
 #             writer, the whole pipeline without the model (the ceiling a GPU cannot pass)
 #
@@ -25,7 +28,7 @@
 set -uo pipefail
 
 if [ $# -lt 1 ]; then
-  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   exit 2
 fi
 OUTDIR="$1"; shift
@@ -113,16 +116,29 @@ phase_model() {
   return $status
 }
 
+extract_run() {  # extract_run NAME ARGS...: one bench_extract.py run, JSON into OUTDIR/extract-NAME.json
+  local name="$1"; shift
+  run_phase extract "$PYTHON" benchmarks/bench_extract.py --device "$DEVICE" --dtype float16 --lebench "$LEBENCH" \
+    --work "$WORK" --json-out "$OUTDIR/extract-$name.json" "$@"
+}
+
+phase_extract_large() {
+  extract_run large --hours "$LARGE_HOURS" --arch large --layers 8,16,24
+}
+
+phase_extract_base() {
+  extract_run base --hours "$BASE_HOURS" --arch base --layers last
+}
+
+phase_extract_all_layers() {
+  extract_run all-layers --hours "$ALL_LAYERS_HOURS" --arch large --layers all --methods lebench --no-startup-probe
+}
+
 phase_extract() {
   local status=0
-  run_phase extract "$PYTHON" benchmarks/bench_extract.py --hours "$LARGE_HOURS" --arch large --device "$DEVICE" \
-    --dtype float16 --layers 8,16,24 --lebench "$LEBENCH" --work "$WORK" --json-out "$OUTDIR/extract-large.json" || status=1
-  run_phase extract "$PYTHON" benchmarks/bench_extract.py --hours "$BASE_HOURS" --arch base --device "$DEVICE" \
-    --dtype float16 --layers last --lebench "$LEBENCH" --work "$WORK" --json-out "$OUTDIR/extract-base.json" || status=1
-  run_phase extract "$PYTHON" benchmarks/bench_extract.py --hours "$ALL_LAYERS_HOURS" --arch large --device "$DEVICE" \
-    --dtype float16 --layers all --methods lebench --no-startup-probe --lebench "$LEBENCH" --work "$WORK" \
-    --json-out "$OUTDIR/extract-all-layers.json" || status=1
-  tail -40 "$OUTDIR/extract.log"
+  phase_extract_large || status=1
+  phase_extract_base || status=1
+  phase_extract_all_layers || status=1
   return $status
 }
 
@@ -137,8 +153,11 @@ phase_pipeline() {
 failed=()
 for phase in "${PHASES[@]}"; do
   case "$phase" in
-    env|tests|model|extract|pipeline) "phase_$phase" || failed+=("$phase") ;;
-    *) log "unknown phase '$phase' (env, tests, model, extract, pipeline)"; exit 2 ;;
+    env|tests|model|extract|extract-large|extract-base|extract-all-layers|pipeline)
+      "phase_${phase//-/_}" || failed+=("$phase")
+      if [[ "$phase" == extract* ]]; then tail -25 "$OUTDIR/extract.log"; fi
+      ;;
+    *) log "unknown phase '$phase' (env tests model extract extract-large extract-base extract-all-layers pipeline)"; exit 2 ;;
   esac
 done
 if [ ${#failed[@]} -gt 0 ]; then

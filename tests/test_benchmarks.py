@@ -1,0 +1,37 @@
+"""The benchmark scripts a GPU session depends on still run (tiny sizes, CPU): a broken
+script found on a rented GPU costs its whole lease."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_model_times_every_row_and_the_group_norm(checkpoints, tmp_path):
+    results = tmp_path / "model.json"
+    completed = subprocess.run(
+        [sys.executable, REPO / "benchmarks" / "bench_model.py", "--model", checkpoints("base"), "--device", "cpu",
+         "--layers", "last;1,cnn", "--batch-seconds", "2", "--clip-seconds", "0.5,1", "--batches", "1",
+         "--warmup", "1", "--group-norm", "--work", tmp_path / "work", "--json-out", results],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(results.read_text())
+    rows = report["rows"]
+    assert [(r["variant"], r["layers"], r["clip_s"]) for r in rows] == [
+        (variant, layers, clip) for clip in (0.5, 1.0) for layers in ("last", "1,cnn") for variant in ("compute", "readback")]
+    assert all(r["x_rt"] > 0 and r["utterances"] == int(2 // r["clip_s"]) for r in rows)
+    assert report["group_norm_0.5s"]["utterances"] == 4 and report["group_norm_2s"]["utterances"] == 1
+    assert "variant" in completed.stdout and "group_norm_0.5s" in completed.stdout
+
+
+def test_gpu_session_script_parses_and_refuses_unknown_phases(tmp_path):
+    script = REPO / "benchmarks" / "gpu_session.sh"
+    for shell_script in (script, REPO / "scripts" / "download-wheels.sh"):
+        assert subprocess.run(["bash", "-n", shell_script]).returncode == 0, shell_script
+    usage = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert usage.returncode == 2 and "extract-all-layers" in usage.stdout
+    unknown = subprocess.run(["bash", script, tmp_path / "out", "nonsense"], capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "SITE": str(tmp_path / "site")})
+    assert unknown.returncode == 2 and "unknown phase 'nonsense'" in unknown.stderr
