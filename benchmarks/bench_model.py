@@ -12,7 +12,9 @@ padded to the longest, at most 10% padding), with no decoding and no writing:
             what the model side of extract can reach at best.
 
 x RT = audio seconds / wall seconds. TFLOP/s counts useful FLOPs (bench_extract.py's formula,
-padding not counted). GPU MB is the allocator's peak for that row (CUDA only).
+padding not counted); "of peak" divides it by the rate of one large matrix product in the
+same precision on the same device, measured at the start (the practical ceiling: no model
+runs faster than its matrix products). GPU MB is the allocator's peak for that row (CUDA only).
 
 Optional checks, for the GPU questions still open:
   --group-norm  base models (group-norm extractor): time lebench's first GroupNorm, run on
@@ -90,6 +92,23 @@ def synchronize(device):
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device, dtype, size: int) -> float:
+    """The rate of one size x size x size matrix product in `dtype` on `device` (random data:
+    zeros run faster), the median of a few after a warm-up."""
+    import torch
+
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    timings = []
+    for attempt in range(8):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if attempt >= 3:
+            timings.append(time.perf_counter() - started)
+    return 2 * size**3 / float(np.median(timings)) / 1e12
 
 
 def time_compute(encoder, batch, layers, batches: int, warmup: int) -> float:
@@ -189,6 +208,9 @@ def main(argv=None):
     on_gpu = encoder.device.type == "cuda"
     twin = compiled_twin(checkpoint, device, dtype) if args.compile else None
     rng = np.random.default_rng(args.seed)
+    with torch.inference_mode():
+        peak = matmul_tflops(encoder.device, encoder.dtype, 8192 if on_gpu else 2048)
+    print(f"one {8192 if on_gpu else 2048}^3 matrix product in {dtype}: {peak:.2f} TFLOP/s", file=sys.stderr)
     print(f"{args.model or args.arch}: {description['layers']} layers x {description['width']}, {device} {dtype}, "
           f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name(encoder.device)}" if on_gpu else ""),
           file=sys.stderr)
@@ -210,6 +232,7 @@ def main(argv=None):
                     row = {"variant": variant, "layers": spec, "batch_s": batch_seconds, "clip_s": clip_seconds,
                            "utterances": len(batch[1]), "ms_per_batch": wall / args.batches * 1e3,
                            "x_rt": audio * args.batches / wall, "tflop_s": flops * args.batches / wall / 1e12}
+                    row["of_peak"] = row["tflop_s"] / peak
                     if on_gpu:
                         row["gpu_mb"] = torch.cuda.max_memory_allocated(encoder.device) / 1e6
                     if variant == "compiled":
@@ -231,7 +254,7 @@ def main(argv=None):
     if args.json_out:
         machine = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(),
                    "processor": platform.processor(), "python": platform.python_version(),
-                   "torch": torch.__version__, "device": device, "dtype": dtype}
+                   "torch": torch.__version__, "device": device, "dtype": dtype, "matmul_tflop_s": peak}
         if on_gpu:
             machine["gpu"] = torch.cuda.get_device_name(encoder.device)
         args.json_out.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
@@ -239,11 +262,13 @@ def main(argv=None):
 
 
 def format_rows(rows: list) -> str:
-    header = ["variant", "layers", "batch s", "clip s", "utts", "ms/batch", "x RT", "TFLOP/s", "GPU MB", "max rel diff"]
+    header = ["variant", "layers", "batch s", "clip s", "utts", "ms/batch", "x RT", "TFLOP/s", "of peak", "GPU MB",
+              "max rel diff"]
     lines = [header]
     for row in rows:
         lines.append([row["variant"], row["layers"], f"{row['batch_s']:g}", f"{row['clip_s']:g}", str(row["utterances"]),
                       f"{row['ms_per_batch']:.1f}", f"{row['x_rt']:.0f}", f"{row['tflop_s']:.2f}",
+                      f"{row['of_peak']:.0%}",
                       f"{row['gpu_mb']:.0f}" if "gpu_mb" in row else "-",
                       f"{row['max_relative_difference']:.2g}" if "max_relative_difference" in row else "-"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
