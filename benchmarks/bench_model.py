@@ -17,9 +17,10 @@ same precision on the same device, measured at the start (the practical ceiling:
 runs faster than its matrix products). GPU MB is the allocator's peak for that row (CUDA only).
 
 Optional checks, for the GPU questions still open:
-  --group-norm  base models (group-norm extractor): time lebench's first GroupNorm, run on
-                each utterance's valid frames (exact, two small kernels per utterance), against
-                fairseq's one GroupNorm over the padded batch (inexact), on the same batch;
+  --group-norm  base models (group-norm extractor): time the convolutional feature extractor
+                with lebench's first GroupNorm, run on each utterance's valid frames (exact, a
+                few small kernels per utterance), against fairseq's, one GroupNorm over the
+                padded batch (inexact), on the same batches of 0.5 s and 2 s clips;
   --compile     the transformer layers under torch.compile(dynamic=True): speed, and the
                 largest difference from the uncompiled states relative to their scale.
 
@@ -248,7 +249,7 @@ def main(argv=None):
             extra[f"group_norm_{clip_seconds:g}s"] = time_group_norm(encoder, batch, args.batches, args.warmup)
     print(format_rows(rows))
     for name, value in extra.items():
-        print(f"{name}: {value['utterances']} utterances per batch, first conv block per batch "
+        print(f"{name}: {value['utterances']} utterances per batch, conv feature extractor per batch "
               f"{value['per_utterance_ms']:.2f} ms with lebench's per-utterance GroupNorm, "
               f"{value['whole_batch_ms']:.2f} ms with one GroupNorm over the padded batch")
     if args.json_out:
