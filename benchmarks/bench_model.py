@@ -49,6 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import SAMPLE_RATE, prepare_model, useful_flops  # noqa: E402  (same checkpoints and FLOPs)
 
 
+def seconds_list(text: str) -> list:
+    """'60,120' -> [60.0, 120.0]; argparse turns the ValueError into a one-line usage error."""
+    values = [float(part) for part in text.split(",")]
+    if any(value <= 0 for value in values):
+        raise ValueError(text)
+    return values
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -60,8 +68,10 @@ def parse_args(argv):
                         help="compute precision (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--layers", default="last;8,16,24;all",
                         help="layer specs, one row each, ';' between them (default last;8,16,24;all)")
-    parser.add_argument("--batch-seconds", default="120", help="padded audio per batch, comma-separated (default 120)")
-    parser.add_argument("--clip-seconds", default="10", help="utterance length, comma-separated (default 10)")
+    parser.add_argument("--batch-seconds", type=seconds_list, default=[120.0],
+                        help="padded audio per batch, comma-separated (default 120)")
+    parser.add_argument("--clip-seconds", type=seconds_list, default=[10.0],
+                        help="utterance length, comma-separated (default 10)")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     parser.add_argument("--group-norm", action="store_true", help="time the per-utterance GroupNorm (base models)")
@@ -112,15 +122,21 @@ def matmul_tflops(device, dtype, size: int) -> float:
     return 2 * size**3 / float(np.median(timings)) / 1e12
 
 
-def time_compute(encoder, batch, layers, batches: int, warmup: int) -> float:
+def timed(device, run, batches: int, warmup: int) -> float:
+    """Seconds for `batches` calls of run(), after `warmup` untimed ones, the device
+    synchronised only before and after (launches queue up as they do in extract)."""
     for _ in range(warmup):
-        encoder.forward(*batch, layers)
-    synchronize(encoder.device)
+        run()
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(batches):
-        encoder.forward(*batch, layers)
-    synchronize(encoder.device)
+        run()
+    synchronize(device)
     return time.perf_counter() - started
+
+
+def time_compute(encoder, batch, layers, batches: int, warmup: int) -> float:
+    return timed(encoder.device, lambda: encoder.forward(*batch, layers), batches, warmup)
 
 
 def time_readback(encoder, batch, layers, batches: int, warmup: int) -> float:
@@ -158,14 +174,7 @@ def time_group_norm(encoder, batch, batches: int, warmup: int) -> dict:
     with torch.inference_mode():
         for name, run in (("per_utterance", lambda: encoder._conv_features(x, lengths)),
                           ("whole_batch", lambda: encoder.model.feature_extractor(x))):
-            for _ in range(warmup):
-                run()
-            synchronize(encoder.device)
-            started = time.perf_counter()
-            for _ in range(batches):
-                run()
-            synchronize(encoder.device)
-            timings[name] = (time.perf_counter() - started) / batches * 1e3
+            timings[name] = timed(encoder.device, run, batches, warmup) / batches * 1e3
     return {"utterances": len(lengths), "per_utterance_ms": timings["per_utterance"],
             "whole_batch_ms": timings["whole_batch"]}
 
@@ -216,8 +225,8 @@ def main(argv=None):
           f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name(encoder.device)}" if on_gpu else ""),
           file=sys.stderr)
     rows = []
-    for batch_seconds in [float(s) for s in args.batch_seconds.split(",")]:
-        for clip_seconds in [float(s) for s in args.clip_seconds.split(",")]:
+    for batch_seconds in args.batch_seconds:
+        for clip_seconds in args.clip_seconds:
             batch = make_batch(batch_seconds, clip_seconds, rng, pin=on_gpu)
             audio = float(batch[1].sum()) / SAMPLE_RATE
             flops = useful_flops((batch[1].numpy() / SAMPLE_RATE).tolist(), description)
@@ -245,7 +254,7 @@ def main(argv=None):
         if not encoder.group_norm:
             raise SystemExit("error: --group-norm needs a group-norm (base) model")
         for clip_seconds in (0.5, 2.0):
-            batch = make_batch(float(args.batch_seconds.split(",")[-1]), clip_seconds, rng, pin=on_gpu)
+            batch = make_batch(args.batch_seconds[-1], clip_seconds, rng, pin=on_gpu)
             extra[f"group_norm_{clip_seconds:g}s"] = time_group_norm(encoder, batch, args.batches, args.warmup)
     print(format_rows(rows))
     for name, value in extra.items():
