@@ -3,39 +3,14 @@ commands so that `--help` is instant)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
 import click
 
 from . import __version__
-from .errors import LebenchError
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-def reports_errors(command):
-    """Turn library errors into one `Error: ...` line and the error's exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except LebenchError as error:
-            click.echo(f"Error: {error}", err=True)
-            sys.exit(error.exit_code)
-
-    return wrapper
-
-
-trust_checkpoint_option = click.option(
-    "--trust-checkpoint",
-    is_flag=True,
-    help="Load pickled checkpoint content outside the allowlist (can run code: only for files you trust).",
-)
+from .commands.common import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE,  # noqa: F401
+                              reports_errors, trust_checkpoint_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,10 +37,6 @@ def info(model, as_json, trust_checkpoint):
         return
     described = describe_checkpoint(model, trust=trust_checkpoint)
     click.echo(json.dumps(described, indent=2) if as_json else format_description(described))
-
-
-EXIT_SOME_FAILED = 3
-EXIT_INTERRUPTED = 130
 
 
 @main.command()
@@ -189,3 +160,6 @@ def show(output):
         described = dict(features.metadata)
         described["utterances"] = len(features)
         click.echo(json.dumps(described, indent=2))
+
+
+# Commands in modules of their own (lebench_cli/commands/), registered here.

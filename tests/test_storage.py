@@ -95,7 +95,7 @@ def test_shards_rotate_by_size(tmp_path):
 
 def test_shards_rotate_by_time(tmp_path, monkeypatch):
     clock = iter([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
-    monkeypatch.setattr(storage, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(storage.writer, "time", SimpleNamespace(monotonic=lambda: next(clock)))
     # shard 0 opens at 0 and commits at add time 10 (>= 5 s); shard 1 opens at 11.
     write(tmp_path / "out", [utterance(f"u{i}") for i in range(4)], commit_seconds=5)
     assert shard_names(tmp_path / "out") == ["part-1of1-00000.h5", "part-1of1-00001.h5"]
@@ -199,7 +199,7 @@ def test_values_beyond_float16_are_refused(tmp_path):
 def test_buffered_flushed_and_oversized_utterances_read_back_exactly(tmp_path, monkeypatch, store_mean):
     # Buffers of 600 bytes per dataset: 37 frames of 8 float16 values. Utterances fill them,
     # overflow them (a flush first) and exceed them (written straight to the file).
-    monkeypatch.setattr(storage, "_FLUSH_BYTES", 2400 if store_mean else 1200)
+    monkeypatch.setattr(storage.buffers, "_FLUSH_BYTES", 2400 if store_mean else 1200)
     frames = [5, 30, 2, 37, 1, 80, 3, 36, 40, 4]
     utts = [utterance(f"u{i}", count, seed=i) for i, count in enumerate(frames)]
     expected = {utt.utt_id: {name: states.copy() for name, states in utt.states.items()} for utt in utts}

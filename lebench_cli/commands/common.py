@@ -1,0 +1,37 @@
+"""What every `lebench` command shares: exit codes, error reporting, common options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from ..errors import LebenchError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def reports_errors(command):
+    """Turn library errors into one `Error: ...` line and the error's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LebenchError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(error.exit_code)
+
+    return wrapper
+
+
+trust_checkpoint_option = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Load pickled checkpoint content outside the allowlist (can run code: only for files you trust).",
+)

@@ -1,0 +1,29 @@
+"""The output folder: HDF5 shards written one part at a time, their index, locks and failure
+records (docs/format.md is the contract). One module per concern:
+
+- layout: file names, shard tables, committed shards, index lines;
+- folder: creating an output folder, or checking it holds the same run;
+- locks: one writer per part;
+- utterance: what the writer takes, and its options;
+- buffers and writer: the shard writer;
+- failures: the files a run could not use;
+- files: atomic writes and the OS's words for a failed write.
+"""
+
+from .failures import FailureLog, read_failures
+from .files import fsync_path, write_atomic
+from .folder import prepare_output, remove_store, require_writable_folder
+from .layout import (CNN_LAYER, FORMAT, FORMAT_VERSION, INDEX_HEADER, METADATA_FILE, SAVE_DTYPES, SHARDS_DIR,
+                     STORE_FILES, ShardName, ShardTable, committed_shards, open_h5, part_tag, read_shard_table,
+                     stored_ids)
+from .locks import PartLock, _lock_holder, lock_key
+from .utterance import StoredUtterance, WriterOptions, compression_options
+from .writer import ShardWriter, WriterStats
+
+__all__ = [
+    "CNN_LAYER", "FORMAT", "FORMAT_VERSION", "INDEX_HEADER", "METADATA_FILE", "SAVE_DTYPES", "SHARDS_DIR",
+    "STORE_FILES", "FailureLog", "PartLock", "ShardName", "ShardTable", "ShardWriter", "StoredUtterance",
+    "WriterOptions", "WriterStats", "committed_shards", "compression_options", "fsync_path", "lock_key",
+    "open_h5", "part_tag", "prepare_output", "read_failures", "read_shard_table", "remove_store",
+    "require_writable_folder", "stored_ids", "write_atomic", "_lock_holder",
+]

@@ -1,0 +1,94 @@
+"""Creating an output folder, or checking that it holds the same run (resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import OutputError
+from .files import _reason, write_atomic
+from .layout import METADATA_FILE, SHARDS_DIR, STORE_FILES
+
+_MISSING = object()
+
+
+def prepare_output(out: Path, metadata: dict, overwrite: bool) -> None:
+    """Creates OUT and writes lebench.json, or checks that OUT holds the same run (resume).
+
+    metadata["identity"] decides whether two runs may share OUT. With overwrite, lebench's
+    files are removed first (with a job array every part would remove the others' shards:
+    clear OUT before launching the array instead). Parts of one array may call this
+    concurrently with equal metadata.
+    """
+    out = Path(out)
+    identity = _identity_of(metadata)
+    require_writable_folder(out)
+    if overwrite:
+        remove_store(out)
+    else:
+        _require_same_run(out, identity)
+    if not (out / METADATA_FILE).exists():
+        text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+        try:
+            write_atomic(out / METADATA_FILE, text)
+        except OSError as error:
+            raise OutputError(f"cannot write {out / METADATA_FILE}: {_reason(error)}") from error
+
+
+def remove_store(out: Path) -> None:
+    """Removes lebench's files from OUT; lock files stay (removing a held one breaks it)."""
+    for pattern in STORE_FILES:
+        for path in Path(out).glob(pattern):
+            try:
+                path.unlink()
+            except OSError as error:
+                raise OutputError(f"cannot remove {path}: {_reason(error)}") from error
+
+
+def _identity_of(metadata: dict) -> dict:
+    identity = metadata.get("identity")
+    if not isinstance(identity, dict):
+        raise ValueError("metadata needs an 'identity' dict")
+    return json.loads(json.dumps(identity))  # compare as it will read back from JSON
+
+
+def require_writable_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    probe = out / f".lebench-probe-{os.getpid()}"
+    try:
+        (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
+
+
+def _require_same_run(out: Path, identity: dict) -> None:
+    path = out / METADATA_FILE
+    if not path.exists():
+        return
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError) as error:
+        raise OutputError(f"{path} is not lebench metadata ({error}); "
+                          "use --overwrite to replace it") from error
+    if stored != identity:
+        difference = _first_difference(stored if isinstance(stored, dict) else {}, identity)
+        raise OutputError(f"{out} holds features of a different run ({difference}); "
+                          "use --overwrite to replace them")
+
+
+def _first_difference(stored: dict, new: dict) -> str:
+    for key in [*new, *(key for key in stored if key not in new)]:
+        old_value, new_value = stored.get(key, _MISSING), new.get(key, _MISSING)
+        if old_value != new_value:
+            return f"{key}: {_show(old_value)} != {_show(new_value)}"
+    return "unknown difference"
+
+
+def _show(value) -> str:
+    if value is _MISSING:
+        return "(none)"
+    return value if isinstance(value, str) else json.dumps(value)

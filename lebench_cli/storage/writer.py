@@ -1,0 +1,397 @@
+"""Writing features into an output folder of HDF5 shards; docs/format.md specifies the format.
+
+One writer per job-array part (K of N) holds `.lock-KofN`, writes `shards/part-KofN-S.h5.tmp`
+and renames it once closed and synced: only renamed shards count, so a crash at any point
+leaves readable shards and loses at most the shard being written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import OutputError
+from .buffers import _Pending, _Row, _Stream
+from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atomic
+from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
+                     _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
+from .locks import _HELD_LOCKS, lock_key
+from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _layer_value, _mean_of,
+                        compression_options)
+
+_CHUNK_BYTES = 256 * 1024
+_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
+
+
+@dataclass
+class WriterStats:
+    utterances: int = 0
+    frames: int = 0
+    bytes: int = 0  # committed shard files, on disk
+    shards: int = 0
+
+
+class ShardWriter:
+    """Writes utterances of one part into shards; the caller holds that part's PartLock.
+
+    A shard is committed when the next utterance would take it past shard_size_bytes,
+    commit_seconds after its first utterance (checked on add), and on close. Leaving the
+    `with` block on an exception (KeyboardInterrupt included) commits the finished
+    utterances first.
+    """
+
+    def __init__(self, out: Path, options: WriterOptions):
+        self.out = Path(out)
+        self.options = options
+        self.stats = WriterStats()
+        self._tag = part_tag(options.part, options.num_parts)
+        self._layers = _checked_layers(options)
+        self._compression = compression_options(options.compression)
+        if lock_key(self.out, options.part, options.num_parts) not in _HELD_LOCKS:
+            raise RuntimeError(f"hold PartLock({self.out}, {options.part}, "
+                               f"{options.num_parts}) while writing")
+        self._shards = self.out / SHARDS_DIR
+        self._widths = {}
+        self._pending = _Pending(np.dtype(options.save_dtype))
+        self._stream = None
+        self._start_part()
+        self._reset_shard()
+
+    def _start_part(self) -> None:
+        try:
+            self._shards.mkdir(parents=True, exist_ok=True)
+            for leftover in self._shards.glob(f"part-{self._tag}-*.h5.tmp"):
+                leftover.unlink()
+        except OSError as error:
+            raise OutputError(f"cannot write to {self._shards}: {_reason(error)}") from error
+        self._known, self._index_lines, last_sequence = set(), [], -1
+        for name, path in committed_shards(self.out):
+            if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
+                self._known.update(_ids_of(path))
+                continue
+            table = read_shard_table(path)
+            self._known.update(table.ids)
+            self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
+            last_sequence = name.sequence
+        self._next_sequence = last_sequence + 1
+        self._write_index()  # an index lost by a crash after a rename is rebuilt here
+
+    def add(self, utt: StoredUtterance) -> None:
+        if utt.utt_id in self._known:
+            raise OutputError(f"utterance {utt.utt_id} is already stored in {self.out}")
+        arrays = self._arrays_of(utt)
+        size = _ROW_BYTES + len(utt.utt_id) + len(utt.source) + len(utt.flags)
+        size += sum(len(array) * array.shape[1] for array in arrays.values()) * self._pending.itemsize
+        if self._rows and self._size + size > self.options.shard_size_bytes:
+            self.commit()
+        if self._file is None:
+            self._open_shard()
+        if not self._pending.fits(arrays):
+            self._flush()
+        if self._pending.fits(arrays):
+            self._pending.put(arrays, self._range_check(utt.utt_id))
+        else:  # larger than the buffers: straight to the file
+            self._write_rows(utt.utt_id, arrays)
+        self._append(utt, size)
+        if not self._pending.used:
+            self._flushed = len(self._rows)
+        elapsed = time.monotonic() - self._started
+        if self._size >= self.options.shard_size_bytes or elapsed >= self.options.commit_seconds:
+            self.commit()
+
+    # -- an utterance in pieces (long recordings) ------------------------------------------
+
+    def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "") -> None:
+        """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
+        not the recording: append_frames() each piece in order, then end_utterance()."""
+        if utt_id in self._known:
+            raise OutputError(f"utterance {utt_id} is already stored in {self.out}")
+        if frames < 1:
+            raise ValueError(f"{utt_id}: no frames to store")
+        size = _ROW_BYTES + len(utt_id) + len(source) + len(flags) + frames * self._frame_bytes()
+        if self._rows and self._size + size > self.options.shard_size_bytes:
+            self.commit()
+        self._flush()
+        if self._file is None:
+            self._open_shard()
+        offset = self._next_offset()
+        self._stream = _Stream(_Row(utt_id, str(source), float(duration), int(frames), flags, offset), size)
+
+    def append_frames(self, states: dict) -> None:
+        """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
+        stream = self._stream
+        if stream is None:
+            raise RuntimeError("append_frames() without begin_utterance()")
+        row = stream.row
+        count = None
+        try:
+            for name in self._layers:
+                piece = _layer_value(states, name)
+                piece = None if piece is None else np.asarray(piece)
+                if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
+                    raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
+                count = len(piece)
+                if stream.written + count > row.frames:
+                    raise ValueError(f"{row.utt_id}: more than the announced {row.frames} frames")
+                if self.options.store_frames:
+                    key = f"layers/{name}/frames"
+                    self._check_width(row.utt_id, key, piece.shape[1])
+                    self._write_block(key, row.offset + stream.written, self._converted(row.utt_id, key, piece))
+                if self.options.store_mean:
+                    stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+        stream.written += count or 0
+
+    def end_utterance(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            raise RuntimeError("end_utterance() without begin_utterance()")
+        row = stream.row
+        if stream.written != row.frames:
+            raise ValueError(f"{row.utt_id}: {stream.written} frames written, {row.frames} announced")
+        try:
+            if self.options.store_mean:
+                for name in self._layers:
+                    key = f"layers/{name}/mean"
+                    mean = (stream.sums[name] / row.frames).astype(np.float32)[None]
+                    self._check_width(row.utt_id, key, mean.shape[1])
+                    self._write_block(key, len(self._rows), self._converted(row.utt_id, key, mean))
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+        self._rows.append(row)
+        self._flushed = len(self._rows)
+        self._known.add(row.utt_id)
+        self._size += stream.size
+        if self._size >= self.options.shard_size_bytes or time.monotonic() - self._started >= self.options.commit_seconds:
+            self.commit()
+
+    def abort_utterance(self) -> None:
+        """Give up the utterance being streamed: what it wrote is overwritten or trimmed."""
+        self._stream = None
+
+    def _frame_bytes(self) -> int:
+        """Bytes per stored frame across layers, once widths are known (0 before)."""
+        itemsize = np.dtype(self.options.save_dtype).itemsize
+        return sum(width for key, width in self._widths.items() if key.endswith("/frames")) * itemsize
+
+    def _check_width(self, utt_id: str, key: str, width: int) -> None:
+        if self._widths.setdefault(key, width) != width:
+            raise ValueError(f"{utt_id}: {key} is {width} wide, earlier utterances {self._widths[key]}")
+
+    def _next_offset(self) -> int:
+        """The first row of the frames matrices after the open shard's utterances."""
+        return self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+
+    def _trim_to_rows(self) -> None:
+        """Drop what an unfinished streamed utterance wrote past the last row."""
+        frames_end = self._next_offset()
+        for name in self._layers:
+            for key, end in ((f"layers/{name}/frames", frames_end), (f"layers/{name}/mean", len(self._rows))):
+                if key in self._file and self._file[key].shape[0] > end:
+                    self._file[key].resize(end, axis=0)
+
+    def commit(self) -> None:
+        """Closes, syncs and renames the open shard, then rewrites index-KofN.tsv. An
+        utterance still being streamed is dropped (it is not finished)."""
+        self._stream = None
+        if not self._rows:
+            self._discard_shard()
+            return
+        self._flush()
+        try:
+            self._trim_to_rows()
+            self._write_table()
+            self._file.close()
+            fsync_path(self._tmp)
+            os.replace(self._tmp, self._final)
+            fsync_path(self._shards)
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+        rows, final = self._rows, self._final
+        self._reset_shard()
+        self._next_sequence += 1
+        self._record_commit(rows, final)
+
+    def close(self) -> None:
+        self.commit()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as error:  # the original error is the one to report
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"lebench could not commit the pending shard: {error}")
+
+    # -- one utterance ------------------------------------------------------------------
+
+    def _arrays_of(self, utt: StoredUtterance) -> dict:
+        if not utt.utt_id:
+            raise ValueError("an utterance needs a non-empty id")
+        if utt.frames < 1:
+            raise ValueError(f"{utt.utt_id}: no frames to store")
+        arrays = {}
+        for name in self._layers:
+            if self.options.store_frames:
+                arrays[f"layers/{name}/frames"] = _frames_of(utt, name)
+            if self.options.store_mean:
+                arrays[f"layers/{name}/mean"] = _mean_of(utt, name)[None]
+        for key, array in arrays.items():
+            if self._widths.setdefault(key, array.shape[1]) != array.shape[1]:
+                raise ValueError(f"{utt.utt_id}: {key} is {array.shape[1]} wide, "
+                                 f"earlier utterances {self._widths[key]}")
+        return arrays
+
+    def _converted(self, utt_id: str, key: str, array: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # the check reports it
+            converted = array.astype(self._pending.dtype)
+        self._range_check(utt_id)(key, array, converted)
+        return converted
+
+    def _range_check(self, utt_id: str):
+        """check(key, source, converted): float16 turns values past 65504 into inf without
+        a warning; this makes that an error."""
+        dtype = self._pending.dtype
+
+        def check(key: str, source: np.ndarray, converted: np.ndarray) -> None:
+            if dtype.itemsize < source.dtype.itemsize and np.isinf(converted).any():
+                raise OutputError(f"{utt_id}: {key} holds values beyond the {dtype} range "
+                                  f"(max {np.finfo(dtype).max:.0f}); use --save-dtype float32")
+        return check
+
+    def _write_rows(self, utt_id: str, arrays: dict) -> None:
+        """One utterance written at once, after the buffered ones (the buffers are empty)."""
+        offset = self._next_offset()
+        converted = {key: self._converted(utt_id, key, array) for key, array in arrays.items()}
+        try:
+            for key, block in converted.items():
+                self._write_block(key, offset if key.endswith("/frames") else len(self._rows), block)
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+
+    def _append(self, utt: StoredUtterance, size: int) -> None:
+        offset = self._next_offset()
+        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset)
+        self._rows.append(row)
+        self._known.add(utt.utt_id)
+        self._size += size
+
+    # -- the open shard -----------------------------------------------------------------
+
+    def _reset_shard(self) -> None:
+        self._file = None
+        self._tmp = self._final = None
+        self._rows = []
+        self._flushed = 0  # rows whose arrays are in the file; the others' are in self._pending
+        self._pending.clear()
+        self._size = 0
+        self._started = 0.0
+
+    def _open_shard(self) -> None:
+        name = ShardName(self.options.part, self.options.num_parts, self._next_sequence)
+        self._final = self._shards / name.file_name
+        self._tmp = self._shards / f"{name.file_name}.tmp"
+        try:
+            # No raw-data chunk cache: a write that fails (disk full, quota, file size limit)
+            # then fails in the call that made it, as an OSError. With a cache it fails later,
+            # inside HDF5's own flush, and h5py crashes (SIGSEGV) releasing the file.
+            self._file = open_h5(self._tmp, "w", rdcc_nbytes=0)
+            self._file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                     "part": name.part, "num_parts": name.num_parts,
+                                     "sequence": name.sequence})
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+        self._started = time.monotonic()
+
+    def _flush(self) -> None:
+        """Writes the buffered rows' arrays; safe to repeat after an interruption."""
+        todo = self._rows[self._flushed:]
+        if not todo:
+            return
+        frames = sum(row.frames for row in todo)
+        try:
+            for key, buffer in self._pending.buffers.items():
+                if key.endswith("/frames"):
+                    self._write_block(key, todo[0].offset, buffer[:frames])
+                else:
+                    self._write_block(key, self._flushed, buffer[: len(todo)])
+        except _WRITE_ERRORS as error:
+            self._fail(error)
+        self._flushed += len(todo)
+        self._pending.clear()
+
+    def _write_block(self, key: str, start: int, block: np.ndarray) -> None:
+        if key in self._file:
+            dataset = self._file[key]
+        else:
+            width = block.shape[1]
+            rows = max(1, _CHUNK_BYTES // (width * block.itemsize))
+            dataset = self._file.create_dataset(key, shape=(0, width), maxshape=(None, width),
+                                                dtype=block.dtype, chunks=(rows, width),
+                                                **self._compression)
+        end = start + len(block)
+        if dataset.shape[0] < end:
+            dataset.resize(end, axis=0)
+        dataset[start:end] = block
+
+    def _write_table(self) -> None:
+        strings = h5py.string_dtype()
+        rows = self._rows
+        self._file["ids"] = np.array([row.utt_id for row in rows], dtype=strings)
+        self._file["offsets"] = np.array([row.offset for row in rows], dtype=np.int64)
+        self._file["frames"] = np.array([row.frames for row in rows], dtype=np.int64)
+        self._file["durations"] = np.array([row.duration for row in rows], dtype=np.float64)
+        self._file["sources"] = np.array([row.source for row in rows], dtype=strings)
+        self._file["flags"] = np.array([row.flags for row in rows], dtype=strings)
+
+    def _record_commit(self, rows: list, final: Path) -> None:
+        self.stats.utterances += len(rows)
+        self.stats.frames += sum(row.frames for row in rows)
+        self.stats.bytes += final.stat().st_size
+        self.stats.shards += 1
+        shard = final.relative_to(self.out)
+        self._index_lines.extend(
+            _index_line(row.utt_id, shard, position, row.frames, row.duration, row.flags,
+                        row.source)
+            for position, row in enumerate(rows))
+        self._write_index()
+
+    def _write_index(self) -> None:
+        path = self.out / f"index-{self._tag}.tsv"
+        try:
+            write_atomic(path, "".join(["\t".join(INDEX_HEADER) + "\n", *self._index_lines]))
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {_reason(error)}") from error
+
+    def _fail(self, error: Exception):
+        """Drops the open shard after a failed write; committed shards stay as they are."""
+        shard = self._final.relative_to(self.out) if self._final else self._shards
+        self._stream = None
+        self._known.difference_update(row.utt_id for row in self._rows)
+        self._discard_shard()
+        what = "disk full while writing" if _is_disk_full(error) else "cannot write"
+        raise OutputError(f"{what} {shard}: {_reason(error)}") from error
+
+    def _discard_shard(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # a file that failed to write may fail to close: it goes anyway
+                pass
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # removed on the next start of this part
+        self._reset_shard()
