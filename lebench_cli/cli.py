@@ -39,11 +39,24 @@ def info(model, as_json, trust_checkpoint):
     click.echo(json.dumps(described, indent=2) if as_json else format_description(described))
 
 
+def _layer_syntax(context, parameter, value):
+    """Layer selections no model could satisfy fail here, before fairseq is imported."""
+    from .errors import InputError
+    from .layers import check_layer_syntax
+
+    try:
+        check_layer_syntax(value)
+    except InputError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("-m", "--model", required=True, help="Hub id, alias, checkpoint file or model folder.")
-@click.option("--layers", default="last", show_default=True, help="all, last, cnn, lists and ranges: 6,12 or 0-24,cnn.")
+@click.option("--layers", default="last", show_default=True, callback=_layer_syntax,
+              help="all, last, cnn, lists and ranges: 6,12 or 0-24,cnn (stored as a set: order and repeats do not matter).")
 @click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
               help="mean: store one mean vector per utterance and layer (instead of frames unless --frames).")
 @click.option("--frames/--no-frames", "store_frames", default=None, help="Store frame-level states (default: unless --pool mean).")
@@ -62,6 +75,9 @@ def info(model, as_json, trust_checkpoint):
 @click.option("--commit-seconds", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Commit the open shard at least this often: the most work a crash can lose.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (0: decode in the main process; default: cores - 1, at most 4, on CUDA; 0 on CPU).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Make every id the file's path relative to this folder (for files given one by one, on stdin or in lists).")
+@click.option("--id-prefix", default="", help="Paste this before every id, e.g. train/ (several corpora in one OUTPUT).")
 @click.option("--shard", "part", default="1/1", show_default=True, help="Process part K of N (job arrays), e.g. 3/8.")
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
@@ -70,12 +86,13 @@ def info(model, as_json, trust_checkpoint):
 @trust_checkpoint_option
 @reports_errors
 def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
-            overlap_seconds, device, dtype, save_dtype, shard_size, compression, commit_seconds, workers, part,
-            overwrite, strict, dry_run, quiet, trust_checkpoint):
+            overlap_seconds, device, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
+            id_prefix, part, overwrite, strict, dry_run, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from .errors import InputError
-    from .extract import ExtractOptions, Extraction, parse_part, parse_size, plan_extract, return_large_blocks_to_the_os
+    from .extract import Extraction, parse_part, plan_extract
+    from .options import ExtractOptions, parse_size, return_large_blocks_to_the_os
 
     if overwrite and part != "1/1":
         raise InputError("--overwrite cannot be combined with --shard: each part would delete the others' "
@@ -89,7 +106,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         device=device, dtype=dtype, save_dtype=save_dtype, shard_size=parse_size(shard_size),
         compression=None if compression == "none" else compression, commit_seconds=commit_seconds,
         workers=workers, shard=parse_part(part),
-        overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint,
+        overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint, root=root, id_prefix=id_prefix,
     )
     stdin = click.get_text_stream("stdin") if "-" in inputs else None
     if dry_run:
@@ -98,7 +115,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     return_large_blocks_to_the_os()
     extraction = None
     try:
-        with _sigterm_as_interrupt():
+        with _interrupts_commit_once():
             extraction = Extraction(options, stdin=stdin, progress=not quiet and sys.stderr.isatty())
             summary = extraction.run()
     except KeyboardInterrupt:
@@ -116,21 +133,35 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         sys.exit(EXIT_SOME_FAILED)
 
 
-class _sigterm_as_interrupt:
-    """SIGTERM (a job scheduler's stop) takes the Ctrl-C path: commit, then exit 130."""
+class _interrupts_commit_once:
+    """Ctrl-C and SIGTERM (a job scheduler's stop) raise KeyboardInterrupt once: the run
+    commits its finished work and exits 130. Later ones are ignored until the process ends,
+    so that a second Ctrl-C cannot break the commit or the workers' shutdown midway (it
+    would print a traceback and lose the pending shard)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __enter__(self):
         import signal
 
         def interrupt(signum, frame):
+            for name in self.SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+            self.interrupted = True
             raise KeyboardInterrupt
 
-        self.previous = signal.signal(signal.SIGTERM, interrupt)
+        self.interrupted = False
+        self.previous = {name: signal.signal(getattr(signal, name), interrupt) for name in self.SIGNALS}
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         import signal
 
-        signal.signal(signal.SIGTERM, self.previous)
+        if not self.interrupted and exc_type is not KeyboardInterrupt:
+            for name, handler in self.previous.items():
+                signal.signal(getattr(signal, name), handler)
+        else:
+            for name in self.SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
         return False
 
 

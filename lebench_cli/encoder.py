@@ -104,7 +104,7 @@ class Encoder:
         if dtype not in DTYPES:
             raise InputError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
         self.checkpoint = checkpoint
-        self.device = _checked_device(device)
+        self.device = check_device(device)
         self.dtype = DTYPES[dtype]
         self.normalize = checkpoint.normalize
         self.conv_layers = parse_conv_layers(checkpoint.weights_path, checkpoint.model_config["conv_feature_layers"])
@@ -226,7 +226,8 @@ class Encoder:
         return states
 
 
-def _checked_device(device) -> torch.device:
+def check_device(device) -> torch.device:
+    """The torch device for a --device value; InputError when it does not exist here."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):

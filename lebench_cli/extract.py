@@ -7,151 +7,29 @@ writing on a background thread, and bookkeeping (resume, failures, progress)."""
 
 from __future__ import annotations
 
-import queue
-import sys
-import threading
 import time
 import zlib
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from . import __version__
+from .background import BackgroundWriter
 from .decoding import SHORT_FLAG
 from .errors import AudioError, InputError
+from .options import ExtractOptions
+from .run_metadata import SAMPLE_RATE, build_metadata
+from .summary import DryRunReport, ExtractSummary
 
-SAMPLE_RATE = 16000
-FRAME_SECONDS = 0.02
 CHUNKED_FLAG = "chunked"
-
-
-@dataclass
-class ExtractOptions:
-    """Everything `lebench extract` was asked; written into the output's metadata."""
-
-    inputs: list
-    output: str
-    model: str
-    layers: str = "last"
-    pool: str = "none"  # "none" or "mean"
-    store_frames: Optional[bool] = None  # default: frames unless pooling
-    extensions: tuple = ()
-    channel: Optional[int] = None
-    batch_seconds: Optional[float] = None  # default: 120 on CUDA, 20 on CPU
-    chunk_seconds: float = 30.0
-    overlap_seconds: float = 5.0
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    save_dtype: str = "float16"
-    shard_size: int = 2 * 1024**3
-    compression: Optional[str] = None
-    commit_seconds: float = 300.0
-    workers: Optional[int] = None  # default: see default_workers
-    shard: tuple = (1, 1)
-    overwrite: bool = False
-    strict: bool = False
-    trust_checkpoint: bool = False
-
-    def resolved(self) -> "ExtractOptions":
-        import torch
-
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        on_gpu = device.startswith("cuda")
-        dtype = self.dtype or ("float16" if on_gpu else "float32")
-        frames = (self.pool == "none") if self.store_frames is None else self.store_frames
-        # On a CPU, big batches buy nothing (one utterance already keeps every core busy)
-        # and cost memory bandwidth: on 2 cores, 60 s batches ran 18% slower than 10-30 s
-        # ones (docs/performance.md).
-        batch_seconds = self.batch_seconds or (120.0 if on_gpu else 20.0)
-        workers = default_workers(on_gpu) if self.workers is None else self.workers
-        return ExtractOptions(**{**asdict(self), "device": device, "dtype": dtype, "store_frames": frames,
-                                 "batch_seconds": batch_seconds, "workers": workers})
-
-
-def default_workers(on_gpu: bool) -> int:
-    """Decoding processes: on a GPU, enough to keep it fed; on a CPU none, because the
-    model's threads already use every core and workers would only take turns with them."""
-    import os
-
-    return max(1, min(4, (os.cpu_count() or 2) - 1)) if on_gpu else 0
-
-
-def return_large_blocks_to_the_os(threshold: int = 8 * 1024**2) -> bool:
-    """Have glibc serve every allocation of `threshold` bytes or more with a mapping of its
-    own, unmapped when freed. By default glibc raises that threshold (up to 32 MB) each time
-    such a block is freed and then serves blocks that size from its heap, which fragments as
-    batch shapes vary: a CPU run's peak RSS grew with the corpus (1.8 GB for 5 minutes of
-    audio, 2.4 GB for 60; docs/performance.md). A process-wide setting, so the command sets
-    it, not the library; MALLOC_MMAP_THRESHOLD_, when set, is left alone. True when set."""
-    import ctypes
-    import os
-    import platform
-
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(-3, threshold) == 1  # -3: M_MMAP_THRESHOLD in malloc.h
 
 
 def batches_in_flight(device) -> int:
     """Batches launched before the oldest one's states are read back: on a GPU one, so that it
     computes the next batch while the host stores the last; on a CPU none (nothing to overlap)."""
     return 1 if device.type == "cuda" else 0
-
-
-@dataclass
-class ExtractSummary:
-    files: int = 0
-    already_stored: int = 0
-    extracted: int = 0
-    failed: int = 0
-    padded: int = 0
-    chunked: int = 0
-    recomputed_float32: int = 0
-    audio_seconds: float = 0.0
-    elapsed_seconds: float = 0.0
-    failures_path: Optional[str] = None
-    first_failure: Optional[str] = None
-
-    @property
-    def real_time_factor(self) -> float:
-        return self.audio_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
-
-    def line(self) -> str:
-        text = (
-            f"extracted {_count(self.extracted, 'file')} ({_human_duration(self.audio_seconds)} of audio) in "
-            f"{self.elapsed_seconds:.1f} s ({self.real_time_factor:.0f}x real time)"
-        )
-        extras = [
-            f"{self.already_stored} already stored" if self.already_stored else "",
-            f"{self.padded} padded to one frame" if self.padded else "",
-            f"{self.chunked} chunked" if self.chunked else "",
-            f"{_count(self.recomputed_float32, 'batch', 'batches')} recomputed in float32" if self.recomputed_float32 else "",
-            f"{self.failed} failed (see {self.failures_path})" if self.failed else "",
-        ]
-        return "; ".join([text] + [e for e in extras if e])
-
-
-@dataclass
-class DryRunReport:
-    files: int
-    already_stored: int
-    unreadable: int
-    audio_seconds: float
-    estimated_bytes: int
-
-    def line(self) -> str:
-        return (
-            f"{_count(self.files, 'file')} to extract ({_human_duration(self.audio_seconds)} of audio), "
-            f"{self.already_stored} already stored, {self.unreadable} unreadable; "
-            f"estimated output {_human_bytes(self.estimated_bytes)}"
-        )
 
 
 @dataclass
@@ -165,6 +43,7 @@ class _Item:
     original_samples: int = 0  # as decoded
     flags: str = ""
     statistics: object = None  # a long recording's RecordingStatistics, measured ahead
+    fingerprint: object = None  # the file's size and mtime before it was read (resume.Fingerprint)
 
 
 def select_part(sources: list, part: tuple) -> list:
@@ -185,55 +64,26 @@ def parse_part(text: str) -> tuple:
     return k, n
 
 
-def parse_size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
-             "T": 1024**4, "TB": 1024**4}
-    value = str(text).strip().upper()
-    number = value.rstrip("KMGTB")
-    try:
-        size = int(float(number) * units[value[len(number):]])
-    except (ValueError, KeyError):
-        raise InputError(f"invalid size '{text}': expected e.g. 500MB or 2GB") from None
-    if size <= 0:
-        raise InputError(f"invalid size '{text}': must be positive")
-    return size
-
-
-def _count(number: int, singular: str, plural: str = "") -> str:
-    return f"{number} {singular if number == 1 else (plural or singular + 's')}"
-
-
-def _human_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
-def _human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if count < 1024 or unit == "TB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1024
-    return f"{count:.1f} TB"
-
 
 # ---- planning ---------------------------------------------------------------------------
 
 def discover_sources(options: ExtractOptions, stdin=None) -> list:
     from .inputs import AUDIO_EXTENSIONS, discover
 
-    sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=stdin)
+    sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=stdin,
+                       root=options.root, id_prefix=options.id_prefix)
     if not sources:
         raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
     return select_part(sources, options.shard)
 
 
 def _probe(item: _Item) -> Optional[str]:
-    """Fill item.seconds; the failure reason when the file cannot be probed."""
+    """Fill item.seconds and item.fingerprint; the failure reason when the file cannot be
+    probed."""
     from .audio import probe
+    from .resume import fingerprint
 
+    item.fingerprint = fingerprint(item.source.path)  # before reading: a change after it shows
     if item.source.num_samples is not None:
         item.seconds = item.source.num_samples / SAMPLE_RATE
         return None
@@ -248,12 +98,14 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     """What a run would do: file count, duration and estimated output size; writes nothing."""
     from .layers import parse_layers
     from .models import load_checkpoint
-    from .storage import stored_ids
+    from .resume import plan_resume
+    from .storage import stored_sources
 
     options = options.resolved()
     sources = discover_sources(options, stdin)
-    done = stored_ids(Path(options.output)) if Path(options.output, "lebench.json").exists() else set()
-    todo = [_Item(s) for s in sources if s.utt_id not in done]
+    stored = stored_sources(Path(options.output)) if Path(options.output, "lebench.json").exists() else {}
+    resume = plan_resume(sources, stored)
+    todo = [_Item(s) for s in resume.todo]
     unreadable = sum(1 for item in todo if _probe(item) is not None)
     seconds = sum(item.seconds for item in todo)
     checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
@@ -266,7 +118,8 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
         size += frames * sum(widths) * itemsize
     if options.pool == "mean":
         size += len(todo) * sum(widths) * itemsize
-    return DryRunReport(len(todo) - unreadable, len(sources) - len(todo), unreadable, seconds, size)
+    return DryRunReport(len(todo) - unreadable, resume.already_stored, unreadable, seconds, size,
+                        conflicts=len(resume.conflicts))
 
 
 def _cnn_width(checkpoint) -> int:
@@ -277,126 +130,41 @@ def _cnn_width(checkpoint) -> int:
 
 # ---- the run --------------------------------------------------------------------------------
 
-def build_metadata(options: ExtractOptions, checkpoint, sha256: str, layers: list, encoder) -> dict:
-    layer_names = [str(layer) for layer in layers]
-    identity = {
-        "model_sha256": sha256,
-        "layers": layer_names,
-        "store_frames": options.store_frames,
-        "pool": options.pool,
-        "save_dtype": options.save_dtype,
-        "chunk_seconds": options.chunk_seconds,
-        "overlap_seconds": options.overlap_seconds,
-        "channel": options.channel,
-    }
-    return {
-        "format": "lebench-features",
-        "format_version": 1,
-        "identity": identity,
-        "tool": "lebench",
-        "tool_version": __version__,
-        "model": {
-            "name": options.model,
-            "hub_id": checkpoint.hub_id,
-            "format": checkpoint.format,
-            "sha256": sha256,
-            "num_layers": encoder.num_layers,
-            "width": encoder.width,
-            "cnn_width": encoder.cnn_width,
-            "extractor_mode": checkpoint.model_config.get("extractor_mode", "default"),
-            "layer_norm_first": encoder.layer_norm_first,
-        },
-        "layers": layer_names,
-        "layer_numbering": (
-            "0 = transformer input (after the positional conv; post-LN models: after the encoder "
-            "LayerNorm); i = output of block i; L = encoder output (pre-LN models: with the final "
-            "LayerNorm); cnn = conv features after their LayerNorm, before the projection"
-        ),
-        "normalize": checkpoint.normalize,
-        "sample_rate": SAMPLE_RATE,
-        "frame_shift_seconds": FRAME_SECONDS,
-        "receptive_field_samples": encoder.min_samples,
-        "short_files": f"fewer than {encoder.min_samples} samples: zero-padded to one frame, flag '{SHORT_FLAG}'",
-        "compute_dtype": options.dtype,
-        "save_dtype": options.save_dtype,
-        "options": _jsonable(asdict(options)),
-    }
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-class _BackgroundWriter:
-    """Calls the shard writer on a thread of its own, in order, so that the model never
-    waits for the disk: put("add", utterance), put("append_frames", states), ..."""
-
-    def __init__(self, writer, depth: int = 8):
-        self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, name="lebench-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            call = self.queue.get()
-            if call is None:
-                return
-            if self.error is None:
-                method, args, kwargs = call
-                try:
-                    getattr(self.writer, method)(*args, **kwargs)
-                except BaseException as error:  # re-raised on the main thread
-                    self.error = error
-
-    def put(self, method: str, *args, **kwargs):
-        self._raise_if_failed()
-        self.queue.put((method, args, kwargs))
-
-    def finish(self):
-        self.queue.put(None)
-        self.thread.join()
-        self._raise_if_failed()
-
-    def _raise_if_failed(self):
-        if self.error is not None:
-            raise self.error
-
 
 class Extraction:
-    """One run of `lebench extract`; `run()` returns an ExtractSummary."""
+    """One run of `lebench extract`; `run()` returns an ExtractSummary.
 
-    def __init__(self, options: ExtractOptions, stdin=None, progress: bool = False):
+    progress: a `progress.Progress` to report to (True: a ProgressBar on stderr)."""
+
+    def __init__(self, options: ExtractOptions, stdin=None, progress=None):
+        from .progress import ProgressBar
+
         self.options = options.resolved()
         self.stdin = stdin
-        self.show_progress = progress
+        self.progress = ProgressBar() if progress is True else (progress or None)
         self.summary = ExtractSummary()
         self._float32_encoder = None
         self._in_flight: deque = deque()  # (Readback, inputs, normalize, on_ready), oldest first
-        self._progress_bar = None
 
     def run(self) -> ExtractSummary:
         from .checkpoints import sha256_file
-        from .encoder import Encoder
-        from .layers import parse_layers
+        from .encoder import Encoder, check_device
+        from .layers import canonical_layers, parse_layers
         from .models import load_checkpoint
-        from .storage import (FailureLog, PartLock, ShardWriter, WriterOptions, prepare_output,
-                              require_writable_folder, stored_ids)
+        from .resume import plan_resume
+        from .storage import (FailureLog, PartLock, ShardWriter, WriterOptions, check_writable_destination,
+                              prepare_output, stored_sources)
 
         options = self.options
         started = time.monotonic()
         sources = discover_sources(options, self.stdin)
         output = Path(options.output)
-        require_writable_folder(output)  # before the model loads: fail in a second, not a minute
+        # Every check before the first side effect: a run that cannot start leaves OUT as it
+        # found it (absent stays absent), and the cheap checks come before the model loads.
+        check_writable_destination(output)
+        check_device(options.device)
         checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
-        layers = parse_layers(options.layers, checkpoint.layers)
+        layers = canonical_layers(parse_layers(options.layers, checkpoint.layers))
         encoder = Encoder(checkpoint, device=options.device, dtype=options.dtype)
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
         self._depth = batches_in_flight(encoder.device)
@@ -404,12 +172,14 @@ class Extraction:
         prepare_output(output, metadata, overwrite=options.overwrite)
         part, parts = options.shard
         with PartLock(output, part, parts):
-            done = stored_ids(output)
-            todo = [_Item(s) for s in sources if s.utt_id not in done]
+            resume = plan_resume(sources, stored_sources(output))
+            todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
-            self.summary.already_stored = len(sources) - len(todo)
+            self.summary.already_stored = resume.already_stored
             failures = FailureLog(output, part, parts)
             self.summary.failures_path = str(failures.path)
+            for source, reason in resume.conflicts:
+                self._fail(failures, _Item(source), reason)
             writer_options = WriterOptions(
                 layers=[str(layer) for layer in layers], store_frames=options.store_frames,
                 store_mean=options.pool == "mean", save_dtype=options.save_dtype,
@@ -417,7 +187,7 @@ class Extraction:
                 commit_seconds=options.commit_seconds, part=part, num_parts=parts,
             )
             with ShardWriter(output, writer_options) as writer:
-                background = _BackgroundWriter(writer)
+                background = BackgroundWriter(writer)
                 try:
                     self._process(todo, failures, background)
                 finally:
@@ -425,21 +195,30 @@ class Extraction:
         self.summary.elapsed_seconds = time.monotonic() - started
         return self.summary
 
+    def _advance(self, item: _Item):
+        if self.progress is not None:
+            self.progress.advance(1, item.seconds)
+
     # -- stages
 
     def _process(self, todo: list, failures, background):
         from .batching import length_batches
 
-        readable = []
+        processing_started = time.monotonic()
+        readable, unreadable = [], []
         for item in todo:
             reason = _probe(item)
             if reason is None:
                 readable.append(item)
             else:
-                self._fail(failures, item, reason)
+                unreadable.append((item, reason))
+        if self.progress is not None:
+            self.progress.start(len(todo), sum(item.seconds for item in readable))
+        for item, reason in unreadable:
+            self._fail(failures, item, reason)
+            self._advance(item)
         # Longest first: a batch that does not fit in memory shows up at the start.
         readable.sort(key=lambda item: (-item.seconds, item.source.utt_id))
-        self._progress_bar = self._progress(len(todo), len(todo) - len(readable))
         try:
             # One decoding stream: the workers measure the long recordings (their first
             # pass) ahead of the windows read here, and decode the others whole.
@@ -450,14 +229,15 @@ class Extraction:
                     if item.samples > chunk_samples:  # measured, or longer than its header or manifest said
                         item.waveform = None
                         self._encode_streamed(item, failures, background)
-                        self._done(item)
+                        self._advance(item)
                 short = [item for item in group if item.samples <= chunk_samples]
                 if short:
                     self._encode_batch(short, background)
             self._finish_all()
         finally:
-            if self._progress_bar is not None:
-                self._progress_bar.close()
+            self.summary.processing_seconds = time.monotonic() - processing_started
+            if self.progress is not None:
+                self.progress.close()
 
     def _decoded_items(self, items: list, failures):
         from .decoding import RecordingStatistics, decode, decoded_stream
@@ -470,8 +250,7 @@ class Extraction:
                 value, reason = decode(item.source, self.options.channel)  # shorter than its manifest said
             if reason is not None:
                 self._fail(failures, item, reason)
-                if self._progress_bar is not None:
-                    self._progress_bar.update(1)
+                self._advance(item)
                 continue
             if isinstance(value, RecordingStatistics):
                 item.statistics, item.samples = value, value.samples
@@ -496,7 +275,7 @@ class Extraction:
         def store(states: dict):
             for index, item in enumerate(items):
                 self._store(item, {layer: value[index] for layer, value in states.items()}, background)
-                self._done(item)
+                self._advance(item)
 
         self._launch(waveforms, store)
 
@@ -507,6 +286,7 @@ class Extraction:
         from .audio import stream_audio
         from .chunking import frame_count, plan_windows
         from .decoding import recording_statistics
+        from .resume import stored_path
 
         statistics, reason = item.statistics, None
         if statistics is None:  # decoded whole first: its header or manifest said it was short
@@ -519,8 +299,9 @@ class Extraction:
         per_batch = max(1, int(self.options.batch_seconds // self.options.chunk_seconds))
         source = item.source
         self._finish_all()  # the utterances before this one reach the writer first
-        background.put("begin_utterance", source.utt_id, str(source.path), samples / SAMPLE_RATE,
-                       frame_count(samples), flags=CHUNKED_FLAG if len(windows) > 1 else "")
+        background.put("begin_utterance", source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
+                       frame_count(samples), flags=CHUNKED_FLAG if len(windows) > 1 else "",
+                       **_fingerprint_fields(item))
         blocks = stream_audio(source.path, channel=self.options.channel)
         buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
         try:
@@ -601,13 +382,14 @@ class Extraction:
         return self._float32_encoder
 
     def _store(self, item: _Item, states: dict, background):
+        from .resume import stored_path
         from .storage import StoredUtterance
 
         frames = len(next(iter(states.values())))
         utterance = StoredUtterance(
-            utt_id=item.source.utt_id, source=str(item.source.path), duration=item.original_samples / SAMPLE_RATE,
-            frames=frames, flags=item.flags,
-            states={str(layer): value for layer, value in states.items()},
+            utt_id=item.source.utt_id, source=stored_path(item.source.path),
+            duration=item.original_samples / SAMPLE_RATE, frames=frames, flags=item.flags,
+            states={str(layer): value for layer, value in states.items()}, **_fingerprint_fields(item),
         )
         if item.flags == SHORT_FLAG:
             self.summary.padded += 1
@@ -615,29 +397,13 @@ class Extraction:
         self.summary.extracted += 1
         self.summary.audio_seconds += utterance.duration
 
-    # -- progress
 
-    def _progress(self, total: int, already: int):
-        if not self.show_progress:
-            return None
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        bar.update(already)
-        self._started = time.monotonic()
-        return bar
-
-    def _done(self, item: _Item):
-        progress = self._progress_bar
-        if progress is None:
-            return
-        elapsed = max(1e-9, time.monotonic() - self._started)
-        progress.set_postfix_str(
-            f"{_human_duration(self.summary.audio_seconds)} audio, {self.summary.audio_seconds / elapsed:.0f}x real time",
-            refresh=False,
-        )
-        progress.update(1)
+def _fingerprint_fields(item: _Item) -> dict:
+    """The source file's size and modification time, for resume to tell files apart."""
+    if item.fingerprint is None:
+        return {}
+    return {"source_size": item.fingerprint.size, "source_mtime_ns": item.fingerprint.mtime_ns}
 
 
-def run_extract(options: ExtractOptions, stdin=None, progress: bool = False) -> ExtractSummary:
+def run_extract(options: ExtractOptions, stdin=None, progress=None) -> ExtractSummary:
     return Extraction(options, stdin=stdin, progress=progress).run()

@@ -38,24 +38,54 @@ def discover(
     inputs: Sequence[str],
     extensions: Sequence[str] = AUDIO_EXTENSIONS,
     stdin: TextIO | None = None,
+    root: str | None = None,
+    id_prefix: str = "",
 ) -> list[AudioSource]:
     """Expand folders, audio files, `-` (paths on stdin) and .tsv manifests into sources.
 
     Sources come in the order of `inputs`, each folder's files sorted by relative path.
-    Ids are `/`-separated and without extension: relative to the folder for a folder,
-    the path as given for a file or a stdin line, the manifest's relative path for a .tsv.
-    Paths listed on stdin or in a manifest are not checked here: a missing one fails
-    later, when it is decoded. Raises InputError on unusable inputs and duplicate ids.
+    Ids are `/`-separated and without extension: with `root`, every file's path relative
+    to root; without, relative to the folder for a folder, the path as given for a file or
+    a stdin line, the manifest's relative path for a .tsv. `id_prefix` is prepended to
+    every id as it is. Paths listed on stdin or in a manifest are not checked here: a
+    missing one fails later, when it is decoded. Raises InputError on unusable inputs,
+    files outside root and duplicate ids.
     """
     inputs = [os.fspath(item) for item in inputs]
     if inputs.count(STDIN) > 1:
         raise InputError("'-' (paths on standard input) given more than once")
+    check_id_prefix(id_prefix)
+    if root is not None and not os.path.isdir(root):
+        raise InputError(f"--root {root}: no such folder")
     wanted = tuple(dict.fromkeys(ext.lower().lstrip(".") for ext in extensions))
     sources = []
     for item in inputs:
         sources.extend(_expand(item, wanted, stdin if stdin is not None else sys.stdin))
+    if root is not None:
+        sources = [_relative_to_root(source, root) for source in sources]
+    if id_prefix:
+        sources = [AudioSource(id_prefix + s.utt_id, s.path, s.num_samples) for s in sources]
     _check_unique(sources)
     return sources
+
+
+def check_id_prefix(prefix: str) -> None:
+    """A prefix is pasted before ids as it is ("train/" gives "train/spk1/u1")."""
+    if not prefix:
+        return
+    if prefix.startswith("/") or any(c in prefix for c in "\t\n\r"):
+        raise InputError(f"invalid --id-prefix {prefix!r}: no leading '/', tabs or line breaks")
+    if ".." in prefix.split("/") or "." in prefix.split("/")[:-1]:
+        raise InputError(f"invalid --id-prefix {prefix!r}: no '.' or '..' path components")
+
+
+def _relative_to_root(source: AudioSource, root: str) -> AudioSource:
+    # Absolute but not resolved: a corpus reached through a symlink keeps the ids it has
+    # under the link.
+    relative = os.path.relpath(os.path.abspath(source.path), os.path.abspath(root))
+    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+        raise InputError(f"{source.path} is outside --root {root}")
+    return AudioSource(os.path.splitext(_slashes(relative))[0], source.path, source.num_samples)
 
 
 def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSource]:

@@ -192,8 +192,9 @@ def test_different_layers_refused_unless_overwrite(checkpoints, corpus, tmp_path
     assert extract(corpus, *base_args(checkpoints("base"), out, "--layers", "1")).exit_code == 0
     result = extract(corpus, *base_args(checkpoints("base"), out, "--layers", "2"))
     assert result.exit_code == 1
-    assert result.output == (f'Error: {out} holds features of a different run (layers: ["1"] != ["2"]); '
-                             "use --overwrite to replace them\n")
+    assert result.output == (f'Error: {out} holds features of other layers (layers: ["1"] != ["2"]): to store '
+                             "more layers, extract them into a second output folder, or use --overwrite to "
+                             "replace these features\n")
     assert extract(corpus, *base_args(checkpoints("base"), out, "--layers", "2", "--overwrite")).exit_code == 0
     with open_features(out) as store:
         assert store.layers == [2] and len(store) == 5
@@ -499,7 +500,6 @@ def test_bad_option_values_are_one_line_errors(checkpoints, corpus, tmp_path):
     args = [corpus, "-o", tmp_path / "out", "--model", checkpoints("base"), "--device", "cpu", "-q"]
     cases = {
         ("--layers", "7"): "Error: layer 7 does not exist: this model has layers 0-3 and 'cnn'\n",
-        ("--layers", "2-x"): "Error: invalid layer selection '2-x': '2-x' is not a layer, range, all, last or cnn\n",
         ("--shard", "3/2"): "Error: invalid --shard '3/2': K must be between 1 and N\n",
         ("--shard-size", "lots"): "Error: invalid size 'lots': expected e.g. 500MB or 2GB\n",
         ("--overlap-seconds", "20"): "Error: --overlap-seconds 20 must be under half of --chunk-seconds 30\n",
@@ -507,6 +507,11 @@ def test_bad_option_values_are_one_line_errors(checkpoints, corpus, tmp_path):
     for extra, message in cases.items():
         result = extract(*args, *extra)
         assert (result.exit_code, result.output) == (1, message), extra
+    result = extract(*args, "--layers", "2-x")
+    assert result.exit_code == 2
+    assert result.output.endswith("Error: Invalid value for '--layers': invalid layer selection '2-x': "
+                                  "'2-x' is not a layer, range, all, last or cnn\n")
+    assert not (tmp_path / "out").exists()
     result = extract(tmp_path / "missing", *args[1:])
     assert (result.exit_code, result.output) == (1, f"Error: no such file or folder: {tmp_path / 'missing'}\n")
 
@@ -553,7 +558,7 @@ def test_extract_has_large_blocks_returned_to_the_os_when_freed(checkpoints, cor
     script = """
 import os, sys
 import numpy as np
-from lebench_cli.extract import return_large_blocks_to_the_os
+from lebench_cli.options import return_large_blocks_to_the_os
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -366,8 +366,9 @@ def test_a_different_run_is_refused_then_overwritten(tmp_path):
     other = {**IDENTITY, "layers": ["6"]}
     with pytest.raises(OutputError) as caught:
         prepare_output(out, {"identity": other}, overwrite=False)
-    assert str(caught.value) == (f'{out} holds features of a different run (layers: ["12", '
-                                 f'"cnn"] != ["6"]); use --overwrite to replace them')
+    assert str(caught.value) == (f'{out} holds features of other layers (layers: ["cnn", "12"] != ["6"]): '
+                                 "to store more layers, extract them into a second output folder, or use "
+                                 "--overwrite to replace these features")
     prepare_output(out, {"identity": other}, overwrite=True)
     assert json.loads((out / "lebench.json").read_text())["identity"] == other
     assert sorted(path.name for path in out.iterdir()) == [

@@ -19,6 +19,8 @@ class _Row:
     frames: int
     flags: str
     offset: int  # first row in the layers/NAME/frames matrices
+    source_size: int = -1
+    source_mtime_ns: int = -1
 
 
 @dataclass

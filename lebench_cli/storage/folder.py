@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -65,6 +66,26 @@ def require_writable_folder(out: Path) -> None:
         raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
 
 
+def check_writable_destination(out: Path) -> None:
+    """Fails as require_writable_folder would, but creates nothing: a run that stops on a
+    later check (a model that does not load, a missing GPU) leaves no folder behind. A
+    probe file is created and removed in OUT, or else in the nearest folder above it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    target = out
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    probe = target / f".lebench-probe-{os.getpid()}"
+    try:
+        if not target.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
+
+
 def _require_same_run(out: Path, identity: dict) -> None:
     path = out / METADATA_FILE
     if not path.exists():
@@ -74,10 +95,31 @@ def _require_same_run(out: Path, identity: dict) -> None:
     except (OSError, ValueError, AttributeError) as error:
         raise OutputError(f"{path} is not lebench metadata ({error}); "
                           "use --overwrite to replace it") from error
+    stored = _canonical(stored) if isinstance(stored, dict) else {}
+    identity = _canonical(identity)
     if stored != identity:
-        difference = _first_difference(stored if isinstance(stored, dict) else {}, identity)
-        raise OutputError(f"{out} holds features of a different run ({difference}); "
+        if stored.get("layers") != identity.get("layers") and _without_layers(stored) == _without_layers(identity):
+            difference = f"layers: {_show(stored.get('layers', _MISSING))} != {_show(identity.get('layers', _MISSING))}"
+            raise OutputError(f"{out} holds features of other layers ({difference}): to store more layers, "
+                              "extract them into a second output folder, or use --overwrite to replace "
+                              "these features")
+        raise OutputError(f"{out} holds features of a different run ({_first_difference(stored, identity)}); "
                           "use --overwrite to replace them")
+
+
+def _without_layers(identity: dict) -> dict:
+    return {key: value for key, value in identity.items() if key != "layers"}
+
+
+def _canonical(identity: dict) -> dict:
+    """The identity with its layer set in one order, each layer once ("cnn", then 0..L), as
+    stores written before lebench sorted it may hold another order."""
+    layers = identity.get("layers")
+    if isinstance(layers, list) and all(isinstance(name, str) and (name == "cnn" or name.isdigit())
+                                        for name in layers):
+        ordered = sorted(set(layers), key=lambda name: -1 if name == "cnn" else int(name))
+        identity = {**identity, "layers": ordered}
+    return identity
 
 
 def _first_difference(stored: dict, new: dict) -> str:

@@ -55,6 +55,8 @@ class ShardTable:
     sources: list
     flags: list
     layers: dict  # layer name -> {"frames", "mean"} subset
+    source_sizes: np.ndarray  # bytes, -1 when unknown (shards written before lebench 0.2)
+    source_mtimes_ns: np.ndarray  # -1 when unknown
 
 
 def part_tag(part: int, num_parts: int) -> str:
@@ -87,6 +89,7 @@ def read_shard_table(path: Path) -> ShardTable:
         with open_h5(path) as shard:
             _check_shard(shard, path)
             layers = {name: set(group) for name, group in shard.get("layers", {}).items()}
+            unknown = np.full(len(shard["ids"]), -1, dtype=np.int64)
             return ShardTable(
                 ids=list(shard["ids"].asstr()[:]),
                 offsets=shard["offsets"][:],
@@ -95,6 +98,8 @@ def read_shard_table(path: Path) -> ShardTable:
                 sources=list(shard["sources"].asstr()[:]),
                 flags=list(shard["flags"].asstr()[:]),
                 layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
+                source_sizes=shard["source_sizes"][:] if "source_sizes" in shard else unknown,
+                source_mtimes_ns=shard["source_mtimes_ns"][:] if "source_mtimes_ns" in shard else unknown,
             )
     except _SHARD_READ_ERRORS as error:
         raise _unreadable_shard(path, error) from None
@@ -114,6 +119,26 @@ def _check_shard(shard: h5py.File, path: Path) -> None:
     if int(shard.attrs.get("format_version", 0)) > FORMAT_VERSION:
         raise InputError(f"{path} was written by a newer lebench (format version "
                          f"{shard.attrs['format_version']}); upgrade lebench to read it")
+
+
+@dataclass(frozen=True)
+class StoredSource:
+    """Where a stored utterance came from: the path as stored, its size and modification
+    time when it was read (-1: unknown)."""
+
+    path: str
+    size: int = -1
+    mtime_ns: int = -1
+
+
+def stored_sources(out: Path) -> dict:
+    """{id: StoredSource} of every committed shard of every part of OUT."""
+    stored = {}
+    for _, path in committed_shards(out):
+        table = read_shard_table(path)
+        for utt_id, source, size, mtime in zip(table.ids, table.sources, table.source_sizes, table.source_mtimes_ns):
+            stored[utt_id] = StoredSource(source, int(size), int(mtime))
+    return stored
 
 
 def stored_ids(out: Path) -> set:

@@ -25,6 +25,10 @@ class StoredUtterance:
     states: dict  # layer ("12" or 12, "cnn") -> [frames, width] array
     means: Optional[dict] = None  # layer -> [width]; computed from states when None
     flags: str = ""  # "" or comma-separated, e.g. "padded"
+    # The source file as it was read, so that a rerun can tell it from another file under
+    # the same id, or from the same file changed since: -1 when unknown.
+    source_size: int = -1  # bytes
+    source_mtime_ns: int = -1
 
 
 @dataclass

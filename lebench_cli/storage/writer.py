@@ -106,7 +106,8 @@ class ShardWriter:
 
     # -- an utterance in pieces (long recordings) ------------------------------------------
 
-    def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "") -> None:
+    def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "",
+                        source_size: int = -1, source_mtime_ns: int = -1) -> None:
         """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
         not the recording: append_frames() each piece in order, then end_utterance()."""
         if utt_id in self._known:
@@ -120,7 +121,8 @@ class ShardWriter:
         if self._file is None:
             self._open_shard()
         offset = self._next_offset()
-        self._stream = _Stream(_Row(utt_id, str(source), float(duration), int(frames), flags, offset), size)
+        row = _Row(utt_id, str(source), float(duration), int(frames), flags, offset, source_size, source_mtime_ns)
+        self._stream = _Stream(row, size)
 
     def append_frames(self, states: dict) -> None:
         """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
@@ -282,7 +284,8 @@ class ShardWriter:
 
     def _append(self, utt: StoredUtterance, size: int) -> None:
         offset = self._next_offset()
-        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset)
+        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
+                   int(utt.source_size), int(utt.source_mtime_ns))
         self._rows.append(row)
         self._known.add(utt.utt_id)
         self._size += size
@@ -353,6 +356,8 @@ class ShardWriter:
         self._file["frames"] = np.array([row.frames for row in rows], dtype=np.int64)
         self._file["durations"] = np.array([row.duration for row in rows], dtype=np.float64)
         self._file["sources"] = np.array([row.source for row in rows], dtype=strings)
+        self._file["source_sizes"] = np.array([row.source_size for row in rows], dtype=np.int64)
+        self._file["source_mtimes_ns"] = np.array([row.source_mtime_ns for row in rows], dtype=np.int64)
         self._file["flags"] = np.array([row.flags for row in rows], dtype=strings)
 
     def _record_commit(self, rows: list, final: Path) -> None:

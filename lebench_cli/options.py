@@ -1,0 +1,96 @@
+"""What `lebench extract` was asked (ExtractOptions, written into the output's metadata),
+with the defaults that depend on the device, and the parsing of option values."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from .errors import InputError
+
+
+@dataclass
+class ExtractOptions:
+    """Everything `lebench extract` was asked; written into the output's metadata."""
+
+    inputs: list
+    output: str
+    model: str
+    layers: str = "last"
+    pool: str = "none"  # "none" or "mean"
+    store_frames: Optional[bool] = None  # default: frames unless pooling
+    extensions: tuple = ()
+    channel: Optional[int] = None
+    batch_seconds: Optional[float] = None  # default: 120 on CUDA, 20 on CPU
+    chunk_seconds: float = 30.0
+    overlap_seconds: float = 5.0
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    save_dtype: str = "float16"
+    shard_size: int = 2 * 1024**3
+    compression: Optional[str] = None
+    commit_seconds: float = 300.0
+    workers: Optional[int] = None  # default: see default_workers
+    shard: tuple = (1, 1)
+    overwrite: bool = False
+    strict: bool = False
+    trust_checkpoint: bool = False
+    root: Optional[str] = None  # ids of every file relative to this folder
+    id_prefix: str = ""  # pasted before every id
+
+    def resolved(self) -> "ExtractOptions":
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = device.startswith("cuda")
+        dtype = self.dtype or ("float16" if on_gpu else "float32")
+        frames = (self.pool == "none") if self.store_frames is None else self.store_frames
+        # On a CPU, big batches buy nothing (one utterance already keeps every core busy)
+        # and cost memory bandwidth: on 2 cores, 60 s batches ran 18% slower than 10-30 s
+        # ones (docs/performance.md).
+        batch_seconds = self.batch_seconds or (120.0 if on_gpu else 20.0)
+        workers = default_workers(on_gpu) if self.workers is None else self.workers
+        return ExtractOptions(**{**asdict(self), "device": device, "dtype": dtype, "store_frames": frames,
+                                 "batch_seconds": batch_seconds, "workers": workers})
+
+
+def default_workers(on_gpu: bool) -> int:
+    """Decoding processes: on a GPU, enough to keep it fed; on a CPU none, because the
+    model's threads already use every core and workers would only take turns with them."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 2) - 1)) if on_gpu else 0
+
+
+def return_large_blocks_to_the_os(threshold: int = 8 * 1024**2) -> bool:
+    """Have glibc serve every allocation of `threshold` bytes or more with a mapping of its
+    own, unmapped when freed. By default glibc raises that threshold (up to 32 MB) each time
+    such a block is freed and then serves blocks that size from its heap, which fragments as
+    batch shapes vary: a CPU run's peak RSS grew with the corpus (1.8 GB for 5 minutes of
+    audio, 2.4 GB for 60; docs/performance.md). A process-wide setting, so the command sets
+    it, not the library; MALLOC_MMAP_THRESHOLD_, when set, is left alone. True when set."""
+    import ctypes
+    import os
+    import platform
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(-3, threshold) == 1  # -3: M_MMAP_THRESHOLD in malloc.h
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
+             "T": 1024**4, "TB": 1024**4}
+    value = str(text).strip().upper()
+    number = value.rstrip("KMGTB")
+    try:
+        size = int(float(number) * units[value[len(number):]])
+    except (ValueError, KeyError):
+        raise InputError(f"invalid size '{text}': expected e.g. 500MB or 2GB") from None
+    if size <= 0:
+        raise InputError(f"invalid size '{text}': must be positive")
+    return size
