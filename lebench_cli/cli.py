@@ -151,17 +151,18 @@ class _interrupts_commit_once:
             raise KeyboardInterrupt
 
         self.interrupted = False
-        self.previous = {name: signal.signal(getattr(signal, name), interrupt) for name in self.SIGNALS}
+        # A signal ignored from the start (a background job's SIGINT, nohup) stays ignored.
+        self.previous = {name: signal.getsignal(getattr(signal, name)) for name in self.SIGNALS}
+        for name, handler in self.previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(getattr(signal, name), interrupt)
 
     def __exit__(self, exc_type, *exc):
         import signal
 
-        if not self.interrupted and exc_type is not KeyboardInterrupt:
-            for name, handler in self.previous.items():
-                signal.signal(getattr(signal, name), handler)
-        else:
-            for name in self.SIGNALS:
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
+        interrupted = self.interrupted or exc_type is KeyboardInterrupt
+        for name, handler in self.previous.items():
+            signal.signal(getattr(signal, name), signal.SIG_IGN if interrupted else handler)
         return False
 
 

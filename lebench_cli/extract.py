@@ -204,7 +204,6 @@ class Extraction:
     def _process(self, todo: list, failures, background):
         from .batching import length_batches
 
-        processing_started = time.monotonic()
         readable, unreadable = [], []
         for item in todo:
             reason = _probe(item)
@@ -212,6 +211,7 @@ class Extraction:
                 readable.append(item)
             else:
                 unreadable.append((item, reason))
+        processing_started = time.monotonic()  # the bar's start too: their rates agree
         if self.progress is not None:
             self.progress.start(len(todo), sum(item.seconds for item in readable))
         for item, reason in unreadable:

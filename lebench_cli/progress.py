@@ -8,12 +8,13 @@ multi-process aggregator, a test) can stand in for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
 from typing import Optional, Protocol
 
-FALLBACK_COLUMNS = 80
+FALLBACK_SIZE = (80, 24)  # columns, rows
 
 
 class Progress(Protocol):
@@ -42,18 +43,19 @@ class ProgressBar:
 
         self._files = files
         self._started = time.monotonic()
+        columns, rows = _terminal_size(self.stream)
         self._bar = tqdm(
-            total=max(audio_seconds, 1e-9), file=self.stream, ncols=_columns(self.stream),
+            total=max(audio_seconds, 1e-9), file=self.stream, ncols=columns, nrows=rows,
             dynamic_ncols=False, smoothing=0.1, mininterval=0.5,
-            bar_format="{percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]",
+            bar_format="{percentage:3.0f}%|{bar}| {desc} [{elapsed}<{remaining}]",
         )
-        self._refresh_postfix()
+        self._describe(0.0)
 
     def advance(self, files: int = 1, audio_seconds: float = 0.0) -> None:
         if self._bar is None:
             return
         self._done_files += files
-        self._refresh_postfix()
+        self._describe(self._bar.n + audio_seconds)
         self._bar.update(audio_seconds)
 
     def close(self) -> None:
@@ -61,25 +63,23 @@ class ProgressBar:
             self._bar.close()
             self._bar = None
 
-    def _refresh_postfix(self) -> None:
+    def _describe(self, done: float) -> None:
         from .summary import human_duration
 
         elapsed = max(1e-9, time.monotonic() - self._started)
-        done = self._bar.n
-        self._bar.set_postfix_str(
+        self._bar.set_description_str(
             f"{self._done_files}/{self._files} files, {human_duration(done)} of "
             f"{human_duration(self._bar.total)} audio, {done / elapsed:.0f}x real time",
             refresh=False,
         )
 
 
-def _columns(stream) -> int:
-    """The terminal's width; some report 0 columns (a pty opened by `script`, a CI log):
-    then the bar still gets FALLBACK_COLUMNS instead of vanishing."""
+def _terminal_size(stream) -> tuple:
+    """(columns, rows) of the terminal; some report 0 of each (a pty opened by `script`, some
+    CI runners), and tqdm then draws nothing at all: the bar gets FALLBACK_SIZE instead."""
     try:
-        import os
-
-        columns = os.get_terminal_size(stream.fileno()).columns
+        size = os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
-        columns = shutil.get_terminal_size((FALLBACK_COLUMNS, 24)).columns
-    return columns if columns > 0 else FALLBACK_COLUMNS
+        size = shutil.get_terminal_size(FALLBACK_SIZE)
+    return (size.columns if size.columns > 0 else FALLBACK_SIZE[0],
+            size.lines if size.lines > 0 else FALLBACK_SIZE[1])

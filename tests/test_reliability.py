@@ -543,6 +543,30 @@ def test_sigterm_to_the_process_group_while_workers_decode(zygote, corpus, model
     assert not leftover_tmp(out) and len(check_shards(out, reference)) >= len(committed)
 
 
+def test_a_second_ctrl_c_while_committing_prints_no_traceback(zygote, corpus, model, reference, tmp_path):
+    """Two Ctrl-C in a row, as an impatient user presses them, at varied spacings: the second
+    lands in the commit or in the workers' shutdown, and must break neither."""
+    tries = 20 if SOAK else 10
+    spacings = [0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.01, 0.15][:tries] * (tries // 10)
+    interrupted = 0
+    for attempt, spacing in enumerate(spacings):
+        out = tmp_path / f"out{attempt}"
+        process = decoding_with_workers(corpus, out, model)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(spacing)
+        try:
+            os.killpg(process.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass  # it had already finished committing
+        stderr = finish(process, 30, f"two Ctrl-C {spacing} s apart")
+        assert "Traceback" not in stderr and process.returncode == 130, (spacing, stderr)
+        assert INTERRUPTED.fullmatch(stderr), (spacing, stderr)
+        assert not leftover_tmp(out)
+        check_shards(out, reference)
+        interrupted += 1
+    print(f"\n{interrupted} runs given two Ctrl-C: exit 130, no traceback, committed shards intact")
+
+
 def test_ctrl_c_while_worker_processes_start(subset, model, tmp_path):
     # The window (a worker's Python is starting, its initializer has not run) is ~30-150 ms
     # after the worker appears: 0.1 s hits it about every other time; the soak tries 5 times.
