@@ -27,13 +27,18 @@ class ExtractSummary:
         return self.audio_seconds / self.processing_seconds if self.processing_seconds > 0 else 0.0
 
     def line(self) -> str:
+        if not (self.extracted or self.failed or self.already_stored):
+            return "nothing to extract: no file falls in this part"
         if not (self.extracted or self.failed):
             return f"nothing to extract: all {count(self.already_stored, 'file')} already stored"
-        text = (
-            f"extracted {count(self.extracted, 'file')} ({human_duration(self.audio_seconds)} of audio) in "
-            f"{self.processing_seconds:.1f} s ({self.real_time_factor:.0f}x real time; "
-            f"{self.elapsed_seconds:.1f} s in all, with model loading)"
-        )
+        if not self.extracted:
+            text = "extracted 0 files"
+        else:
+            text = (
+                f"extracted {count(self.extracted, 'file')} ({human_duration(self.audio_seconds)} of audio) in "
+                f"{self.processing_seconds:.1f} s ({self.real_time_factor:.0f}x real time; "
+                f"{self.elapsed_seconds:.1f} s in all, with model loading)"
+            )
         extras = [
             f"{self.already_stored} already stored, skipped" if self.already_stored else "",
             f"{self.padded} padded to one frame" if self.padded else "",
