@@ -39,7 +39,7 @@ def features_of(paths: Iterable, model, layers: Union[str, int, Sequence] = "las
       the reason; with True its entry is None and a warning names it and the reason.
 
     Every file is held in memory at once: for long lists use `iter_features`."""
-    paths = [os.fspath(path) for path in paths]
+    paths = _path_list(paths)
     results: list = [None] * len(paths)
     for index, _, states in _computed(paths, model, layers, **options):
         results[index] = states
@@ -52,8 +52,14 @@ def iter_features(paths: Iterable, model, layers: Union[str, int, Sequence] = "l
     is computed: longest file first (as `lebench extract` runs them), so that memory holds
     one batch, not the whole list. A skipped bad file (skip_bad_files=True) comes as
     (path, None). Arguments and options: as `features_of`."""
-    for _, path, states in _computed([os.fspath(path) for path in paths], model, layers, **options):
+    for _, path, states in _computed(_path_list(paths), model, layers, **options):
         yield path, states
+
+
+def _path_list(paths) -> list:
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise InputError(f"expected a list of audio file paths, got one path: pass [{os.fspath(paths)!r}]")
+    return [os.fspath(path) for path in paths]
 
 
 @dataclass

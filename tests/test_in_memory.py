@@ -145,3 +145,15 @@ def test_option_errors(checkpoints, corpus):
         features_of([corpus["normal"]], encoder, chunk_seconds=2, overlap_seconds=1)
     with pytest.raises(TypeError):
         features_of([corpus["normal"]], encoder, batch_size=3)
+    with pytest.raises(InputError) as raised:
+        features_of("corpus/a.wav", encoder)
+    assert str(raised.value) == "expected a list of audio file paths, got one path: pass ['corpus/a.wav']"
+
+
+def test_decoding_workers_change_nothing(checkpoints, corpus):
+    encoder = Encoder(load_local(checkpoints("large")))
+    paths = [corpus[name] for name in ("short", "normal", "stereo", "long")]
+    here = features_of(paths, encoder, layers=[3], **SETTINGS)
+    in_workers = features_of(paths, encoder, layers=[3], workers=2, **SETTINGS)
+    for ours, theirs in zip(in_workers, here):
+        np.testing.assert_array_equal(ours[3], theirs[3])
