@@ -17,9 +17,10 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from .audio import NORMALIZE_EPS, SAMPLE_RATE
+from .audio import NORMALIZE_EPS, SAMPLE_RATE, resample
 from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
+from .decoding import pad_to_one_frame
 from .errors import CheckpointError, InputError
 
 Layer = Union[int, str]
@@ -178,9 +179,6 @@ class Encoder:
         shorter than the receptive field (400 samples at 16 kHz) is zero-padded to one frame,
         as extract pads short files. Raises InputError on what the model cannot take:
         2-D (multichannel) arrays, integer samples, NaN or infinite samples, no samples."""
-        from .audio import resample
-        from .decoding import pad_to_one_frame
-
         if isinstance(waveforms, (np.ndarray, torch.Tensor)) and waveforms.ndim == 1:
             raise InputError("encode takes a list of waveforms: pass [x] for one waveform x")
         if not len(waveforms):
