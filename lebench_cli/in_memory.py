@@ -225,7 +225,7 @@ def _failed(path: str, reason: str, settings: _Settings) -> None:
 def _encoder(model, device, dtype, trust_checkpoint: bool):
     from .checkpoints import Checkpoint
     from .encoder import Encoder
-    from .extract import ExtractOptions
+    from .options import ExtractOptions
 
     if isinstance(model, Encoder):
         if device is not None or dtype is not None:
@@ -241,7 +241,7 @@ def _encoder(model, device, dtype, trust_checkpoint: bool):
 
 
 def _default_batch_seconds(encoder, batch_seconds: Optional[float]) -> float:
-    from .extract import ExtractOptions
+    from .options import ExtractOptions
 
     options = ExtractOptions(inputs=[], output="", model="", device=str(encoder.device), batch_seconds=batch_seconds)
     return options.resolved().batch_seconds
