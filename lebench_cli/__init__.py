@@ -10,6 +10,8 @@ __all__ = [
     "ExtractOptions",
     "FeatureDataset",
     "LebenchError",
+    "features_of",
+    "iter_features",
     "load_checkpoint",
     "open_features",
     "run_extract",
@@ -25,6 +27,8 @@ _LAZY = {
     "ExtractOptions": ("extract", "ExtractOptions"),
     "run_extract": ("extract", "run_extract"),
     "LebenchError": ("errors", "LebenchError"),
+    "features_of": ("in_memory", "features_of"),
+    "iter_features": ("in_memory", "iter_features"),
 }
 
 
@@ -35,3 +39,8 @@ def __getattr__(name):
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names are not module globals until first used: list them too.
+    return sorted(set(globals()) | set(__all__))

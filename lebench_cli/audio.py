@@ -64,11 +64,18 @@ def load_audio(path, channel: int | None = None) -> np.ndarray:
     # NaN or inf would spread through resampling and every attention layer.
     if not np.isfinite(waveform).all():
         raise AudioError(path, "contains NaN or infinite samples")
-    if rate != SAMPLE_RATE and len(waveform):
-        waveform = soxr.resample(waveform, rate, SAMPLE_RATE, quality="HQ")
+    waveform = resample(waveform, rate)
     if not len(waveform):
         raise AudioError(path, "no samples")
     return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def resample(waveform: np.ndarray, rate: int) -> np.ndarray:
+    """A 1-D waveform at `rate` Hz, at 16 kHz: soxr HQ, the one resampler of the whole
+    pipeline (files and in-memory arrays alike). Unchanged at 16 kHz or when empty."""
+    if rate == SAMPLE_RATE or not len(waveform):
+        return waveform
+    return soxr.resample(waveform, rate, SAMPLE_RATE, quality="HQ")
 
 
 def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0) -> Iterator[np.ndarray]:

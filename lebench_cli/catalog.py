@@ -29,6 +29,7 @@ class KnownModel:
     formats: tuple[str, ...]
     normalize: bool | None
     aliases: tuple[str, ...] = ()
+    normalize_note: str | None = None  # why this model's flag is not its architecture's
 
     @property
     def name(self) -> str:
@@ -43,8 +44,14 @@ class KnownModel:
         return ARCHITECTURES[self.arch][1]
 
 
-def _model(name, arch, hours, formats, normalize, aliases=()):
-    return KnownModel(f"{HUB_ORGANISATION}/{name}", arch, hours, formats, normalize, aliases)
+def _model(name, arch, hours, formats, normalize, aliases=(), normalize_note=None):
+    return KnownModel(f"{HUB_ORGANISATION}/{name}", arch, hours, formats, normalize, aliases, normalize_note)
+
+
+FEMALE_LARGE_NOTE = (
+    "its published config says do_normalize: false where the other 1K-7K large models say true; "
+    "lebench uses the flag of the checkpoint it loads (docs/models.md)"
+)
 
 
 _BOTH = (FAIRSEQ, TRANSFORMERS)
@@ -67,7 +74,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     _model("wav2vec-FR-1K-Male-base", "base", "1K (male)", _BOTH, False),
     _model("wav2vec-FR-1K-Male-large", "large", "1K (male)", _BOTH, True),
     _model("wav2vec-FR-1K-Female-base", "base", "1K (female)", _BOTH, False),
-    _model("wav2vec-FR-1K-Female-large", "large", "1K (female)", _BOTH, False),
+    _model("wav2vec-FR-1K-Female-large", "large", "1K (female)", _BOTH, False, normalize_note=FEMALE_LARGE_NOTE),
 )
 
 

@@ -34,11 +34,17 @@ def decode(source, channel: Optional[int] = None):
         waveform = load_audio(source.path, channel=channel)
     except AudioError as error:
         return None, error.reason
-    flags, samples = "", len(waveform)
-    if samples < MIN_SAMPLES:
-        waveform = np.pad(waveform, (0, MIN_SAMPLES - samples))
-        flags = SHORT_FLAG
+    samples = len(waveform)
+    waveform, flags = pad_to_one_frame(waveform)
     return (waveform, flags, samples), None
+
+
+def pad_to_one_frame(waveform: np.ndarray, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, str]:
+    """(waveform, "") or, shorter than the receptive field, (zero-padded at the end to
+    exactly `min_samples`, SHORT_FLAG): such a waveform gives one frame instead of none."""
+    if len(waveform) >= min_samples:
+        return waveform, ""
+    return np.pad(waveform, (0, min_samples - len(waveform))), SHORT_FLAG
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ def _catalog_row(model: KnownModel, cached: bool) -> dict:
         "layers": model.layers,
         "width": model.width,
         "normalize": model.normalize,
+        "normalize_note": model.normalize_note,
         "formats": list(model.formats),
         "cached": cached,
     }
@@ -64,7 +65,7 @@ def format_catalog(rows: list[dict]) -> str:
             row["hours"],
             _unknown(row["layers"]),
             _unknown(row["width"]),
-            _yes_no(row["normalize"]),
+            _yes_no(row["normalize"]) + ("*" if row["normalize_note"] else ""),
             ",".join(row["formats"]),
             _yes_no(row["cached"]),
         ]
@@ -73,6 +74,7 @@ def format_catalog(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines.append("? = not confirmed: read from the checkpoint's own config by `lebench info MODEL`.")
+    lines.extend(f"* {row['hub_id'].split('/', 1)[1]}: {row['normalize_note']}." for row in rows if row["normalize_note"])
     return "\n".join(lines)
 
 

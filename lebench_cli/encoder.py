@@ -17,9 +17,10 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from .audio import NORMALIZE_EPS
+from .audio import NORMALIZE_EPS, SAMPLE_RATE, resample
 from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
+from .decoding import pad_to_one_frame
 from .errors import CheckpointError, InputError
 
 Layer = Union[int, str]
@@ -170,11 +171,25 @@ class Encoder:
             states.update(self._transformer_states(features, host_frames, numbered))
         return EncodedBatch({layer: states[layer] for layer in layers}, host_frames)
 
-    def encode(self, waveforms: Sequence, layers: Sequence[Layer]) -> list[dict]:
-        """Waveforms (1-D arrays or tensors, 16 kHz) -> one {layer: [frames, width]} each."""
+    def encode(self, waveforms: Sequence, layers: Sequence[Layer], sample_rate: float = SAMPLE_RATE) -> list[dict]:
+        """Mono float waveforms (1-D arrays or tensors, samples in [-1, 1]) at `sample_rate`
+        -> one {layer: float32 numpy [frames, width]} each.
+
+        Other rates are resampled to 16 kHz as `lebench extract` resamples files; a waveform
+        shorter than the receptive field (400 samples at 16 kHz) is zero-padded to one frame,
+        as extract pads short files. Raises InputError on what the model cannot take:
+        2-D (multichannel) arrays, integer samples, NaN or infinite samples, no samples."""
+        if isinstance(waveforms, (np.ndarray, torch.Tensor)) and waveforms.ndim == 1:
+            raise InputError("encode takes a list of waveforms: pass [x] for one waveform x")
         if not len(waveforms):
             return []
-        tensors = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in waveforms]
+        if not sample_rate > 0:
+            raise InputError(f"sample_rate must be a positive number of samples per second, not {sample_rate!r}")
+        prepared = []
+        for index, waveform in enumerate(waveforms):
+            waveform = resample(_checked_waveform(index, waveform), sample_rate)
+            prepared.append(pad_to_one_frame(waveform, self.min_samples)[0])
+        tensors = [torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)) for w in prepared]
         lengths = torch.tensor([len(t) for t in tensors])
         batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
         return self.forward(batch, lengths, layers).unbatch()
@@ -224,6 +239,49 @@ class Encoder:
                     state = encoder.layer_norm(state)
                 states[number] = state
         return states
+
+
+def _checked_waveform(index: int, waveform) -> np.ndarray:
+    """One waveform given to `encode` as a float32 numpy array, or an InputError that says
+    how to make it one."""
+    if isinstance(waveform, torch.Tensor):
+        waveform = waveform.detach()
+        kind, shape = waveform.dtype, tuple(waveform.shape)
+        floating = waveform.is_floating_point()
+    else:
+        waveform = np.asarray(waveform)
+        kind, shape = waveform.dtype, waveform.shape
+        floating = np.issubdtype(kind, np.floating)
+    dtype_name = str(kind).replace("torch.", "")
+    if len(shape) == 2:
+        # [channels, samples] (torchaudio.load) or [samples, channels] (soundfile.read)
+        axis, layout = (0, "channels, samples") if shape[0] < shape[1] else (1, "samples, channels")
+        raise InputError(f"waveform {index} has shape {shape}: encode takes 1-D mono waveforms; "
+                         f"down-mix first, e.g. x.mean(axis={axis}) for [{layout}]")
+    if len(shape) != 1:
+        raise InputError(f"waveform {index} has shape {shape}: encode takes 1-D mono waveforms")
+    if not floating:
+        raise InputError(f"waveform {index} has dtype {dtype_name}: encode takes float samples in [-1, 1]; "
+                         f"convert first{_integer_scaling(dtype_name)}")
+    if isinstance(waveform, torch.Tensor):
+        waveform = waveform.to("cpu", torch.float32).numpy()
+    waveform = waveform.astype(np.float32, copy=False)
+    if not len(waveform):
+        raise InputError(f"waveform {index} has no samples")
+    # NaN or inf would spread through every frame of the batch's attention.
+    if not np.isfinite(waveform).all():
+        raise InputError(f"waveform {index} contains NaN or infinite samples")
+    return waveform
+
+
+def _integer_scaling(dtype_name: str) -> str:
+    """', e.g. x / 32768' for int16: the usual full-scale mapping of PCM integers."""
+    for signed, prefix in ((True, "int"), (False, "uint")):
+        bits = dtype_name[len(prefix):]
+        if dtype_name.startswith(prefix) and bits.isdigit():
+            half = 2 ** (int(bits) - 1)
+            return f", e.g. x / {half}" if signed else f", e.g. (x - {half}) / {half}"
+    return ""
 
 
 def check_device(device) -> torch.device:

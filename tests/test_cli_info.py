@@ -25,8 +25,9 @@ LeBenchmark/wav2vec2-FR-14K-xlarge      -                    xlarge  14K        
 LeBenchmark/wav2vec-FR-1K-Male-base     -                    base    1K (male)    12      768    no         fairseq,transformers  no
 LeBenchmark/wav2vec-FR-1K-Male-large    -                    large   1K (male)    24      1024   yes        fairseq,transformers  no
 LeBenchmark/wav2vec-FR-1K-Female-base   -                    base    1K (female)  12      768    no         fairseq,transformers  no
-LeBenchmark/wav2vec-FR-1K-Female-large  -                    large   1K (female)  24      1024   no         fairseq,transformers  no
+LeBenchmark/wav2vec-FR-1K-Female-large  -                    large   1K (female)  24      1024   no*        fairseq,transformers  no
 ? = not confirmed: read from the checkpoint's own config by `lebench info MODEL`.
+* wav2vec-FR-1K-Female-large: its published config says do_normalize: false where the other 1K-7K large models say true; lebench uses the flag of the checkpoint it loads (docs/models.md).
 """
 
 
@@ -48,8 +49,13 @@ def test_info_json_catalog(offline_cache):
     assert rows[4] == {
         "hub_id": "LeBenchmark/wav2vec2-FR-3K-large", "aliases": ["wav2vec2-FR-M-large"],
         "arch": "large", "hours": "2.9K", "layers": 24, "width": 1024, "normalize": True,
-        "formats": ["fairseq", "transformers"], "cached": False,
+        "normalize_note": None, "formats": ["fairseq", "transformers"], "cached": False,
     }
+    female_large = rows[13]
+    assert (female_large["hub_id"], female_large["arch"], female_large["normalize"]) == (
+        "LeBenchmark/wav2vec-FR-1K-Female-large", "large", False)
+    assert female_large["normalize_note"].startswith("its published config says do_normalize: false")
+    assert [row["hub_id"] for row in rows if row["normalize_note"]] == ["LeBenchmark/wav2vec-FR-1K-Female-large"]
 
 
 def test_info_on_a_checkpoint(checkpoints):

@@ -142,9 +142,79 @@ def test_only_requested_layers_are_returned(checkpoints):
 def test_too_short_and_unknown_layers_are_input_errors(checkpoints):
     encoder = Encoder(load_local(checkpoints("base")))
     with pytest.raises(InputError, match="399 samples; the model needs at least 400"):
-        encoder.encode([torch.zeros(399)], [1])
+        encoder.forward(torch.zeros(1, 399), torch.tensor([399]), [1])
     with pytest.raises(InputError, match="layer 4 does not exist: this model has layers 0-3 and 'cnn'"):
         encoder.encode([torch.zeros(400)], [4])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_encode_pads_a_short_waveform_to_one_frame_as_extract_does(checkpoints, family):
+    """Zero-padded at the end to 400 samples before normalisation, as decoding.decode pads
+    a short file: one frame instead of none."""
+    encoder = Encoder(load_local(checkpoints(family)))
+    (short,) = waveforms([250])
+    padded = torch.cat([short, torch.zeros(150)])
+    (encoded,) = encoder.encode([short], LAYERS)
+    (expected,) = encoder.forward(padded[None], torch.tensor([400]), LAYERS).unbatch()
+    together = encoder.encode([short, waveforms([3_000])[0]], LAYERS)
+    for layer in LAYERS:
+        assert encoded[layer].shape[0] == 1
+        np.testing.assert_array_equal(encoded[layer], expected[layer])
+        assert_close(together[0][layer], expected[layer], f"{family} batched short layer {layer}")
+
+
+BAD_WAVEFORMS = [
+    (np.zeros((16_000, 2), np.float32), "waveform 1 has shape (16000, 2): encode takes 1-D mono waveforms; "
+                                        "down-mix first, e.g. x.mean(axis=1) for [samples, channels]"),
+    (torch.zeros(2, 16_000), "waveform 1 has shape (2, 16000): encode takes 1-D mono waveforms; "
+                             "down-mix first, e.g. x.mean(axis=0) for [channels, samples]"),
+    (np.zeros((1, 2, 800)), "waveform 1 has shape (1, 2, 800): encode takes 1-D mono waveforms"),
+    (np.zeros(800, np.int16), "waveform 1 has dtype int16: encode takes float samples in [-1, 1]; "
+                              "convert first, e.g. x / 32768"),
+    (torch.zeros(800, dtype=torch.int32), "waveform 1 has dtype int32: encode takes float samples in [-1, 1]; "
+                                          "convert first, e.g. x / 2147483648"),
+    (np.full(800, 128, np.uint8), "waveform 1 has dtype uint8: encode takes float samples in [-1, 1]; "
+                                  "convert first, e.g. (x - 128) / 128"),
+    ([0.1, float("nan")] * 400, "waveform 1 contains NaN or infinite samples"),
+    (torch.full((800,), float("inf")), "waveform 1 contains NaN or infinite samples"),
+    (np.zeros(0, np.float32), "waveform 1 has no samples"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_WAVEFORMS)
+def test_encode_refuses_what_the_model_cannot_take_in_one_line(checkpoints, bad, message):
+    encoder = Encoder(load_local(checkpoints("base")))
+    with pytest.raises(InputError) as raised:
+        encoder.encode([np.zeros(800, np.float32), bad], [1])
+    assert str(raised.value) == message
+
+
+def test_encode_refuses_a_bare_waveform_and_a_bad_rate(checkpoints):
+    encoder = Encoder(load_local(checkpoints("base")))
+    with pytest.raises(InputError) as raised:
+        encoder.encode(np.zeros(800, np.float32), [1])
+    assert str(raised.value) == "encode takes a list of waveforms: pass [x] for one waveform x"
+    with pytest.raises(InputError) as raised:
+        encoder.encode([np.zeros(800, np.float32)], [1], sample_rate=0)
+    assert str(raised.value) == "sample_rate must be a positive number of samples per second, not 0"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_encode_resamples_other_rates_as_extract_does(checkpoints, family):
+    """sample_rate= resamples with the pipeline's own resampler (soxr HQ, audio.resample):
+    equal to encoding the 16 kHz waveform that extract would have decoded."""
+    from lebench_cli.audio import resample
+
+    encoder = Encoder(load_local(checkpoints(family)))
+    eight, fortyfour = (w.numpy() for w in waveforms([8_000, 44_100], seed=4))
+    outputs = encoder.encode([eight, fortyfour.astype(np.float64)], LAYERS, sample_rate=8_000)
+    assert len(outputs[0][1]) == (16_000 - 400) // 320 + 1
+    expected = encoder.encode([resample(eight, 8_000), resample(fortyfour.astype(np.float32), 8_000)], LAYERS)
+    for ours, theirs in zip(outputs, expected):
+        for layer in LAYERS:
+            np.testing.assert_array_equal(ours[layer], theirs[layer])
+    (at_44k,) = encoder.encode([fortyfour], [1], sample_rate=44_100)
+    assert len(at_44k[1]) == (16_000 - 400) // 320 + 1
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

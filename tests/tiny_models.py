@@ -19,13 +19,13 @@ FAMILIES = {
 }
 
 
-def build_fairseq_model(family: str, seed: int = 0):
+def build_fairseq_model(family: str, seed: int = 0, encoder_layers: int = 3):
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
     options = FAMILIES[family]
     config = Wav2Vec2Config(
         extractor_mode=options["extractor_mode"], layer_norm_first=options["layer_norm_first"],
-        conv_bias=options["conv_bias"], conv_feature_layers=CONV, encoder_layers=3,
+        conv_bias=options["conv_bias"], conv_feature_layers=CONV, encoder_layers=encoder_layers,
         encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4, conv_pos=16,
         conv_pos_groups=4, final_dim=16, latent_vars=8, latent_dim=16,
     )
@@ -50,12 +50,13 @@ def full_config(config, normalize: bool) -> dict:
     return {"common": {"seed": 1, "fp16": True}, "model": model, "task": task}
 
 
-def save_fairseq_checkpoint(path: Path, family: str, style: str = "cfg", seed: int = 0) -> Path:
+def save_fairseq_checkpoint(path: Path, family: str, style: str = "cfg", seed: int = 0,
+                            encoder_layers: int = 3) -> Path:
     """style: "cfg" (omegaconf DictConfig, as the released checkpoints), "container"
     (plain dict cfg, fairseq >= 0.12), or "args" (argparse Namespace, fairseq < 0.10)."""
     from omegaconf import OmegaConf
 
-    model, config = build_fairseq_model(family, seed)
+    model, config = build_fairseq_model(family, seed, encoder_layers)
     normalize = FAMILIES[family]["normalize"]
     cfg = full_config(config, normalize)
     state = {
