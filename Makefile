@@ -2,8 +2,10 @@
 MODEL ?= LeBenchmark/wav2vec2-FR-7K-base
 OUT ?= features
 LAYERS ?= all,cnn
+# demo-offline: a checkpoint with random weights (features that mean nothing), no network.
+RANDOM_MODEL ?= random-model/checkpoint_best.pt
 
-.PHONY: install demo test
+.PHONY: install demo demo-offline test
 
 install:
 	bash scripts/install-env.sh
@@ -11,6 +13,10 @@ install:
 demo: install
 	.venv/bin/lebench extract samples -o "$(OUT)" --model "$(MODEL)" --layers "$(LAYERS)"
 	.venv/bin/lebench ls "$(OUT)" --header
+
+demo-offline: install
+	test -f "$(RANDOM_MODEL)" || .venv/bin/python scripts/make-random-checkpoint.py "$(RANDOM_MODEL)"
+	$(MAKE) --no-print-directory demo MODEL="$(RANDOM_MODEL)" OUT=features-random
 
 test:
 	bash scripts/run-tests.sh

@@ -195,3 +195,6 @@ def show(output):
 
 
 # Commands in modules of their own (lebench_cli/commands/), registered here.
+from .commands.fetch import fetch  # noqa: E402
+
+main.add_command(fetch)

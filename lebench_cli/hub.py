@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import FAIRSEQ, SPEECHBRAIN, TRANSFORMERS, KnownModel, find_known_model
@@ -62,54 +63,111 @@ def cached_model_path(name: str) -> Path | None:
     return None
 
 
-def resolve_hub_model(name: str) -> Path:
-    """Download (or find in the cache) the files of hub model `name`; returns their folder."""
+@dataclass(frozen=True)
+class FetchedModel:
+    """Where a model's files are: `state` is "local" (a path, nothing to fetch), "cached"
+    (found in the hub cache, no network used) or "downloaded"."""
+
+    model: str
+    repo_id: str | None
+    path: Path
+    state: str
+
+
+def fetch_hub_model(name: str) -> FetchedModel:
+    """The snapshot folder of hub model `name` in the hub cache, downloading the files
+    `extract` loads first when they are not there."""
+    known = find_known_model(name)
+    repo_id = repo_id_for(name)
     cached = cached_model_path(name)
     if cached is not None:
-        return cached
-    repo_id = repo_id_for(name)
+        return FetchedModel(name, repo_id, cached, "cached")
     if is_offline():
-        raise ModelNotFoundError(_not_cached_message(repo_id, find_known_model(name)))
-    return _download(repo_id, find_known_model(name))
+        raise ModelNotFoundError(_not_cached_message(repo_id))
+    return FetchedModel(name, repo_id, _download(repo_id, known), "downloaded")
+
+
+def resolve_hub_model(name: str) -> Path:
+    """Download (or find in the cache) the files of hub model `name`; returns their folder."""
+    return fetch_hub_model(name).path
 
 
 def _download(repo_id: str, known: KnownModel | None) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     for files in _candidates(known):
-        try:
-            paths = [Path(hf_hub_download(repo_id, files[-1]))]
-            for name in files[:-1]:
-                try:
-                    paths.append(Path(hf_hub_download(repo_id, name)))
-                except EntryNotFoundError:
-                    if name != "preprocessor_config.json":
-                        raise
-            return paths[0].parent
-        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: check it first
-            raise ModelNotFoundError(
-                f"cannot reach the hub to download {repo_id}; {_fetch_hint(repo_id, known)}"
-            ) from None
-        except EntryNotFoundError:
-            continue
-        except RepositoryNotFoundError:
-            raise ModelNotFoundError(f"no hub repository '{repo_id}' (or it is private)") from None
-        except Exception as error:  # network failures come in many types; all mean the same
-            raise ModelNotFoundError(
-                f"cannot download {repo_id} ({type(error).__name__}); "
-                f"{_fetch_hint(repo_id, known)}"
-            ) from None
+        if _on_hub(repo_id, files[-1]):
+            folder = _download_files(repo_id, files)
+            if folder is not None:
+                return folder
     raise ModelNotFoundError(f"hub repository '{repo_id}' holds no wav2vec2 checkpoint lebench can read")
 
 
-def _fetch_hint(repo_id: str, known: KnownModel | None) -> str:
-    files = _candidates(known)[0]
+def _on_hub(repo_id: str, filename: str) -> bool:
+    """Whether the hub holds `filename`, asked with one request and no retries:
+    hf_hub_download retries network errors for ~20 s, which only delays the error when
+    there is no network at all."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return True
+    except EntryNotFoundError:
+        return False
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"no hub repository '{repo_id}' (or it is private)") from None
+    except HfHubHTTPError:
+        return True  # the hub answered (busy, rate limit...): hf_hub_download retries those
+    except ValueError as error:
+        raise ModelNotFoundError(f"'{repo_id}' is not a valid hub id ({_one_line(error)})") from None
+    except Exception as error:  # no answer: connection, name resolution, proxy, TLS, timeout
+        raise ModelNotFoundError(_unreachable_message(repo_id, error)) from None
+
+
+def _download_files(repo_id: str, files) -> Path | None:
+    """The folder of `files` once downloaded; None if the hub lacks a required one."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = Path(hf_hub_download(repo_id, files[-1])).parent
+        for name in files[:-1]:
+            try:
+                hf_hub_download(repo_id, name)
+            except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: check it first
+                raise
+            except EntryNotFoundError:
+                if name != "preprocessor_config.json":  # optional: the architecture decides without it
+                    return None
+        return folder
+    except LocalEntryNotFoundError as error:  # the network went away after the first request
+        raise ModelNotFoundError(_unreachable_message(repo_id, error)) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"no hub repository '{repo_id}' (or it is private)") from None
+    except Exception as error:
+        raise ModelNotFoundError(
+            f"cannot download {repo_id} from {constants.ENDPOINT} ({type(error).__name__}: {_one_line(error)[:200]})"
+        ) from None
+
+
+def _unreachable_message(repo_id: str, error: Exception) -> str:
+    from huggingface_hub import constants
+
     return (
-        f"fetch it on a connected machine with `hf download {repo_id} {' '.join(files)}` "
-        "(then copy the hub cache), or pass a local checkpoint path"
+        f"cannot download {repo_id} from {constants.ENDPOINT} ({type(error).__name__}): "
+        f"{_offline_hint(repo_id)}; HF_HUB_OFFLINE=1 skips the network"
     )
 
 
-def _not_cached_message(repo_id: str, known: KnownModel | None) -> str:
-    return f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE is set: {_fetch_hint(repo_id, known)}"
+def _not_cached_message(repo_id: str) -> str:
+    return f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE is set: {_offline_hint(repo_id)}"
+
+
+def _offline_hint(repo_id: str) -> str:
+    return (
+        f"run `lebench fetch {repo_id}` on a machine with network, into a hub cache this one reads "
+        "(HF_HOME), or pass a local checkpoint path"
+    )
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())

@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .catalog import find_known_model, looks_like_hub_id
 from .checkpoints import Checkpoint, load_local
 from .errors import ModelNotFoundError
 
+if TYPE_CHECKING:
+    from .hub import FetchedModel
+
 
 def locate_model(name: str) -> tuple[Path, str | None]:
     """(local path, hub id or None) for a model name."""
+    fetched = fetch_model(name)
+    return fetched.path, fetched.repo_id
+
+
+def fetch_model(name: str) -> FetchedModel:
+    """Where the files of model `name` are, as `extract` would load them: a local path as
+    is; a hub id or alias in the hub cache, downloaded into it first if needed."""
     path = Path(name).expanduser()
     if path.exists():
-        return path, None
+        from .hub import FetchedModel
+
+        return FetchedModel(name, None, path, "local")
     known = find_known_model(name)
     if known is None and not looks_like_hub_id(name):
         raise ModelNotFoundError(
             f"'{name}' is neither a local checkpoint nor a hub id (see `lebench info` for known models)"
         )
-    from .hub import repo_id_for, resolve_hub_model
+    from .hub import fetch_hub_model
 
-    return resolve_hub_model(name), repo_id_for(name)
+    return fetch_hub_model(name)
 
 
 def load_checkpoint(name: str, trust: bool = False) -> Checkpoint:

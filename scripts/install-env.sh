@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Creates (or completes) the project's virtual environment: CPU torch, fairseq, lebench.
-# Idempotent: a step whose result is already there is skipped, so reruns take seconds.
+# A stamp in the venv records what it was built from (the packaging files and the specs
+# below): when they have not changed, the script does nothing, without network, in well
+# under a second. Otherwise a step whose result is already there is skipped.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
@@ -10,15 +13,32 @@ FAIRSEQ_SPEC="${FAIRSEQ_SPEC:-fairseq-fixed==0.12.3.1}"
 # fairseq's own requirements minus torchaudio: lebench never imports it, and the wheel pip
 # picks for it does not load against a newer torch, which then breaks `import transformers`.
 FAIRSEQ_DEPS=(cffi cython "hydra-core==1.3.2" "omegaconf==2.3.0" regex "sacrebleu>=1.4.12" bitarray scikit-learn packaging)
+STAMP="$VENV/.lebench-install-stamp"
 
 log() { printf 'install-env: %s\n' "$*" >&2; }
+
+stamp_key() {
+  { cat setup.cfg setup.py scripts/install-env.sh
+    printf '%s\n' "$TORCH_SPEC" "$FAIRSEQ_SPEC" "${FAIRSEQ_DEPS[@]}"
+  } | { sha256sum 2>/dev/null || shasum -a 256; } | cut -d' ' -f1
+}
+
+KEY="$(stamp_key)"
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$KEY" ]; then
+  log "up to date ($VENV; delete $STAMP to reinstall)"
+  exit 0
+fi
+rm -f "$STAMP"
 
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# --no-warn-conflicts: fairseq-fixed declares torchaudio, left out on purpose (above), and
+# pip would print a red "ERROR: pip's dependency resolver ..." about it on every install;
+# `pip check` at the end reports any other conflict.
+PIP=("$PY" -m pip install --disable-pip-version-check --no-warn-conflicts -q)
 
 "${PIP[@]}" --upgrade pip setuptools wheel
 
@@ -28,7 +48,7 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
   "${PIP[@]}" "$TORCH_SPEC"
 fi
 
-if ! "$PY" -c 'import fairseq' 2>/dev/null; then
+if ! "$PY" -c 'import fairseq' >/dev/null 2>&1; then
   log "installing $FAIRSEQ_SPEC (builds from source, a few minutes)"
   "${PIP[@]}" numpy "${FAIRSEQ_DEPS[@]}"
   # No build isolation: fairseq's build requires torch, and an isolated build would fetch
@@ -38,5 +58,18 @@ fi
 
 log "installing lebench and its test requirements"
 "${PIP[@]}" -e ".[test]"
-"$PY" -c 'import fairseq, torch, lebench_cli' 
-log "ready: $("$PY" -c 'import torch, fairseq, lebench_cli; print(f"torch {torch.__version__}, fairseq {fairseq.__version__}, lebench {lebench_cli.__version__}")')"
+
+conflicts="$("$PY" -m pip check --disable-pip-version-check 2>&1 | grep -v -e '^fairseq-fixed .* requires torchaudio' -e '^No broken requirements' || true)"
+if [ -n "$conflicts" ]; then
+  log "pip check reports (besides fairseq-fixed's torchaudio, left out on purpose):"
+  printf '%s\n' "$conflicts" >&2
+fi
+
+# lebench's own quiet import of fairseq: a bare `import fairseq` logs an INFO line about
+# tensorboardX, which lebench never uses.
+log "ready: $("$PY" -c 'import torch, lebench_cli
+from lebench_cli.checkpoints import import_fairseq_wav2vec2
+import_fairseq_wav2vec2()
+import fairseq
+print(f"torch {torch.__version__}, fairseq {fairseq.__version__}, lebench {lebench_cli.__version__}")')"
+printf '%s\n' "$KEY" > "$STAMP"
