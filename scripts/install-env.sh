@@ -57,7 +57,9 @@ if ! "$PY" -c 'import fairseq' >/dev/null 2>&1; then
 fi
 
 log "installing lebench and its test requirements"
-"${PIP[@]}" -e ".[test]"
+# setuptools' "Editable installation ... be careful with folders named like your package"
+# note, which pip forwards as a warning: informational only.
+PYTHONWARNINGS="ignore:Editable installation" "${PIP[@]}" -e ".[test]"
 
 conflicts="$("$PY" -m pip check --disable-pip-version-check 2>&1 | grep -v -e '^fairseq-fixed .* requires torchaudio' -e '^No broken requirements' || true)"
 if [ -n "$conflicts" ]; then
