@@ -36,7 +36,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 # --no-warn-conflicts: fairseq-fixed declares torchaudio, left out on purpose (above), and
-# pip would print a red "ERROR: pip's dependency resolver ..." about it on every install;
+# pip would print a red "ERROR: pip's dependency resolver ..." about it whenever it installs
+# something fairseq depends on;
 # `pip check` at the end reports any other conflict.
 PIP=("$PY" -m pip install --disable-pip-version-check --no-warn-conflicts -q)
 

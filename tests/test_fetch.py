@@ -20,8 +20,9 @@ BASE = "LeBenchmark/wav2vec2-FR-3K-base"
 
 def lebench(*args, endpoint, home, offline=False):
     """The `lebench` command in a fresh process, with the hub settings of a user's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_")) and not k.lower().endswith("_proxy")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run([sys.executable, "-m", "lebench_cli", *map(str, args)], env=env,
@@ -147,11 +148,17 @@ def test_unreachable_hub_fails_at_once_with_one_line(command, tmp_path):
 
 
 def test_unreachable_hub_fails_within_two_seconds_in_process(tmp_path, monkeypatch):
+    import huggingface_hub
     from huggingface_hub import constants
 
     from lebench_cli.errors import ModelNotFoundError
     from lebench_cli.models import load_checkpoint
 
+    for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)  # 127.0.0.1 directly, not through a proxy of the environment
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    # huggingface_hub's client reads the environment when it is made (close_session: >= 1.0)
+    (getattr(huggingface_hub, "close_session", None) or huggingface_hub.utils.reset_sessions)()
     endpoint = closed_port_url()
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
