@@ -16,13 +16,13 @@ LAYERS = ["0", "12", "cnn"]
 WIDTHS = {"0": 8, "12": 8, "cnn": 4}
 
 
-def random_utterances(count, seed=0, prefix="u"):
+def random_utterances(count, seed=0, prefix="u", layers=LAYERS):
     rng = np.random.default_rng(seed)
     utts = []
     for i in range(count):
         frames = int(rng.integers(1, 30))
-        states = {name: rng.normal(size=(frames, WIDTHS[name])).astype(np.float32)
-                  for name in LAYERS}
+        states = {name: rng.normal(size=(frames, WIDTHS.get(name, 8))).astype(np.float32)
+                  for name in layers}
         utts.append(StoredUtterance(f"{prefix}{i}", f"/audio/{prefix}{i}.wav",
                                     frames * 0.02 + 0.005, frames, states))
     return utts
@@ -140,6 +140,8 @@ def test_the_docs_examples_run(tmp_path, monkeypatch):
     np.testing.assert_array_equal(namespaces[0]["features"], expected)
     assert sorted(namespaces[1]["utterance_means"]) == sorted(utt.utt_id for utt in utts)
     np.testing.assert_array_equal(namespaces[2]["x"], expected)
+    stacked = np.stack([utts[3].states[name] for name in ("0", "12")])[:, 25:75]
+    np.testing.assert_array_equal(namespaces[2]["xs"], stacked.astype(np.float16))
 
 
 def test_a_feature_set_pickles_without_its_handles(tmp_path):
@@ -173,3 +175,137 @@ def test_feature_dataset_with_dataloader_workers(tmp_path):
     assert [tuple(batch[1].shape) for batch in batches] == [(4, 4), (4, 4), (2, 4)]
     with pytest.raises(KeyError, match="layer 6 is not stored"):
         FeatureDataset(tmp_path, 6)
+
+
+FOUR_LAYERS = ["0", "5", "12", "cnn"]
+
+
+def record_reads(monkeypatch):
+    """The (dataset, first row, rows) of every read from a shard."""
+    from lebench_cli.reading import store as store_module
+
+    reads, real = [], store_module._read_rows
+    monkeypatch.setattr(store_module, "_read_rows", lambda dataset, first, out: (
+        reads.append((dataset.name, int(first), len(out))), real(dataset, first, out)))
+    return reads
+
+
+@pytest.mark.parametrize("save_dtype", ["float16", "float32"])
+def test_a_list_of_layers_stacks_in_its_order_each_layer_read_once(tmp_path, monkeypatch, save_dtype):
+    utts = random_utterances(6, layers=FOUR_LAYERS)
+    write(tmp_path, utts, layers=FOUR_LAYERS, save_dtype=save_dtype, shard_size_bytes=3000)
+    reads = record_reads(monkeypatch)
+    with open_features(tmp_path) as features:
+        for utt in utts:
+            reads.clear()
+            stacked = features.read(utt.utt_id, [12, "0", 12, 5])
+            assert stacked.dtype == np.dtype(save_dtype) and stacked.shape == (4, utt.frames, 8)
+            assert [name for name, _, _ in reads] == ["/layers/12/frames", "/layers/0/frames", "/layers/5/frames"]
+            for position, name in enumerate(["12", "0", "12", "5"]):
+                np.testing.assert_array_equal(stacked[position], utt.states[name].astype(save_dtype))
+            np.testing.assert_array_equal(features.read(utt.utt_id, "all"), stacked[[1, 3, 0]])
+            np.testing.assert_array_equal(features.read(utt.utt_id, range(0, 1)), stacked[[1]])
+            np.testing.assert_array_equal(features.read(utt.utt_id, ["cnn"])[0],
+                                          utt.states["cnn"].astype(save_dtype))
+
+
+def test_stacking_refuses_layers_of_different_widths_and_bad_selections(tmp_path):
+    write(tmp_path, random_utterances(2, layers=FOUR_LAYERS), layers=FOUR_LAYERS)
+    with open_features(tmp_path) as features:
+        with pytest.raises(ValueError, match=re.escape(
+                "cannot stack layers of different widths (cnn: 4 wide; 0, 12: 8 wide): read cnn separately")):
+            features.read("u0", [0, "cnn", 12])
+        with pytest.raises(KeyError, match="'all' stands for every stored layer 0..L: pass it alone"):
+            features.read("u0", ["all", "cnn"])
+        with pytest.raises(KeyError, match="an empty list of layers: give at least one layer"):
+            features.read("u0", [])
+        with pytest.raises(KeyError, match=r"layer 7 is not stored in .* \(stored: cnn, 0, 5, 12\)"):
+            features.read("u0", [0, 7])
+        with pytest.raises(KeyError, match="1.5 is not a layer"):
+            features.read("u0", [0, 1.5])
+
+
+def test_all_means_the_numbered_layers_and_never_cnn(tmp_path):
+    write(tmp_path, random_utterances(1, layers=["cnn"]), layers=["cnn"])
+    with open_features(tmp_path) as features:
+        with pytest.raises(KeyError, match=re.escape(
+                "'all' means the stored layers 0..L, and none is stored (stored: cnn): read 'cnn' by its name")):
+            features.read("u0", "all")
+
+
+def write_with_model(out, utts, num_layers, layers=FOUR_LAYERS):
+    options = WriterOptions(layers=layers, store_mean=True)
+    model = {} if num_layers is None else {"num_layers": num_layers}
+    prepare_output(out, {"identity": {"layers": layers}, "model": model}, overwrite=False)
+    with PartLock(out, 1, 1), ShardWriter(out, options) as writer:
+        for utt in utts:
+            writer.add(utt)
+
+
+def test_last_is_the_models_last_layer(tmp_path):
+    utts = random_utterances(2, layers=FOUR_LAYERS)
+    write_with_model(tmp_path / "a", utts, num_layers=12)
+    write_with_model(tmp_path / "b", utts, num_layers=None)
+    write_with_model(tmp_path / "c", utts, num_layers=24)
+    with open_features(tmp_path / "a") as features:
+        np.testing.assert_array_equal(features.read("u1", "last"), features.read("u1", 12))
+        np.testing.assert_array_equal(features.read("u1", ["last", 0]), features.read("u1", [12, 0]))
+        np.testing.assert_array_equal(features.read_mean("u1", "last"), features.read_mean("u1", 12))
+    with open_features(tmp_path / "b") as features, pytest.raises(KeyError, match=re.escape(
+            "'last' needs the model's number of layers, which lebench.json does not record: "
+            "name the layer (stored: cnn, 0, 5, 12)")):
+        features.read("u0", "last")
+    with open_features(tmp_path / "c") as features, pytest.raises(KeyError, match=re.escape(
+            "layer 24 ('last') is not stored in ")):
+        features.read("u0", "last")
+
+
+def test_means_of_several_layers(tmp_path):
+    utts = random_utterances(3, layers=FOUR_LAYERS)
+    write(tmp_path, utts, layers=FOUR_LAYERS, save_dtype="float32", store_mean=True)
+    with open_features(tmp_path) as features:
+        means = features.read_mean("u2", [5, 0, 5])
+        assert means.shape == (3, 8) and means.dtype == np.float32
+        for position, name in enumerate(["5", "0", "5"]):
+            np.testing.assert_allclose(means[position], utts[2].states[name].mean(axis=0), rtol=1e-5, atol=1e-6)
+        every = features.read_mean("u2", "all")
+        np.testing.assert_array_equal(every, features.read_mean("u2", [0, 5, 12]))
+        np.testing.assert_array_equal(every[:2], means[[1, 0]])
+
+
+def utterance_of(frames, layers=FOUR_LAYERS, seed=0):
+    rng = np.random.default_rng(seed)
+    states = {name: rng.normal(size=(frames, WIDTHS.get(name, 8))).astype(np.float32) for name in layers}
+    return StoredUtterance("long", "/audio/long.wav", frames * 0.02 + 0.005, frames, states)
+
+
+def test_a_segment_reads_only_its_frames(tmp_path, monkeypatch):
+    utt = utterance_of(500)
+    first = StoredUtterance("first", "/audio/first.wav", 0.205, 10, utterance_of(10).states)
+    write(tmp_path, [first, utt], layers=FOUR_LAYERS)
+    reads = record_reads(monkeypatch)
+    with open_features(tmp_path) as features:
+        segment = features.read("long", 12, start=1.0, end=1.5)  # frames 50..74
+        np.testing.assert_array_equal(segment, utt.states["12"][50:75].astype(np.float16))
+        assert reads == [("/layers/12/frames", 10 + 50, 25)]  # 10 rows of "first" come before
+        reads.clear()
+        stacked = features.read("long", [0, 12], start=0.1, end=0.3)  # 0.1 / 0.02 is 5.000000000000001
+        np.testing.assert_array_equal(stacked, np.stack([utt.states[name][5:15] for name in ("0", "12")])
+                                      .astype(np.float16))
+        assert reads == [("/layers/0/frames", 15, 10), ("/layers/12/frames", 15, 10)]
+        assert features.frame_range("long", 0.101, 0.3) == range(6, 15)  # frame 5 starts at 0.1 s
+        assert features.frame_range("long", 0.1, 0.301) == range(5, 16)
+        assert features.frame_range("long", start=9.5) == range(475, 500)
+        assert features.frame_range("long", end=0.02) == range(0, 1)
+        assert features.frame_range("long", 3, 3) == range(150, 150)
+        assert features.frame_range("long", 9.99, 20) == range(500, 500)  # past the last frame's start
+        assert features.read("long", [0, 5], start=12).shape == (2, 0, 8)
+        np.testing.assert_array_equal(features.read("long", "cnn", end=100), features.read("long", "cnn"))
+        with pytest.raises(ValueError, match=re.escape("end=1.0 comes before start=2.0")):
+            features.read("long", 12, start=2.0, end=1.0)
+        with pytest.raises(ValueError, match=re.escape("start=-0.5 seconds: give a finite time >= 0")):
+            features.read("long", 12, start=-0.5)
+        with pytest.raises(ValueError, match=re.escape("end=nan seconds: give a finite time >= 0")):
+            features.read("long", 12, end=float("nan"))
+        with pytest.raises(ValueError, match=re.escape("start='1' is not a number of seconds")):
+            features.read("long", 12, start="1")

@@ -1,0 +1,146 @@
+"""Batches for training: padding items to the longest (collate_features), and grouping items of
+similar length under a budget of padded frames (LengthBucketSampler).
+
+Neither imports torch before it is called: the sampler is plain Python, which DataLoader takes
+as a `batch_sampler`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Optional
+
+import numpy as np
+
+
+class FeatureBatch(NamedTuple):
+    """features: float tensor [batch, (layers,) frames_max, width], zero past each length
+    ([batch, (layers,) width] for pooled items); lengths: int64 tensor [batch], each item's
+    frames (None for pooled items); ids: the utterance ids, in batch order."""
+
+    features: "object"
+    lengths: "object"
+    ids: list
+
+    def mask(self):
+        """bool tensor [batch, frames_max]: True on real frames, False on padding."""
+        import torch
+
+        if self.lengths is None:
+            raise ValueError("pooled items have no frames to mask")
+        frames = torch.arange(self.features.shape[-2], device=self.lengths.device)
+        return frames[None, :] < self.lengths[:, None]
+
+
+def collate_features(items: list, pooled: bool = False) -> FeatureBatch:
+    """(id, tensor) items of a FeatureDataset -> one FeatureBatch. Frames items ([frames, width]
+    or [layers, frames, width]) are padded with zeros along frames to the longest; pooled items
+    (pooled=True: [width] or [layers, width]) are stacked."""
+    import torch
+
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    ids = [utt_id for utt_id, _ in items]
+    values = [torch.as_tensor(value) for _, value in items]
+    if pooled:
+        return FeatureBatch(torch.stack(values), None, ids)
+    lengths = torch.tensor([value.shape[-2] for value in values], dtype=torch.int64)
+    first = values[0]
+    features = first.new_zeros((len(values), *first.shape[:-2], int(lengths.max()), first.shape[-1]))
+    for position, value in enumerate(values):
+        features[position, ..., : value.shape[-2], :] = value
+    return FeatureBatch(features, lengths, ids)
+
+
+class LengthBucketSampler:
+    """Batches of item indices of similar length, for `DataLoader(dataset, batch_sampler=...)`.
+
+    Each epoch, items are sorted by their length times a random factor in [1, 1 + spread), the
+    sorted list is cut into batches whose padded size (items x longest item) stays within
+    max_frames, and the batches are shuffled. Every item comes exactly once per epoch (an item
+    longer than max_frames makes a batch of its own); the order depends only on seed and epoch:
+    call set_epoch(epoch) before each epoch, or every epoch repeats the first one's batches.
+
+    With world_size > 1 (one process per GPU), rank r takes every world_size-th batch; the
+    first batches are repeated where needed so that every rank gets as many batches (as
+    torch's DistributedSampler repeats items).
+    """
+
+    def __init__(self, lengths, max_frames: int, *, spread: float = 0.1, shuffle: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        """lengths: a FeatureDataset (its `lengths`) or each item's frames. max_frames: the
+        budget of padded frames per batch (50 frames per second of audio)."""
+        self.lengths = _checked_lengths(getattr(lengths, "lengths", lengths))
+        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
+            raise ValueError(f"max_frames={max_frames!r}: give a whole number of frames >= 1")
+        if isinstance(spread, bool) or not isinstance(spread, (int, float, np.number)) or not 0 <= spread <= 10:
+            raise ValueError(f"spread={spread!r}: give a fraction between 0 and 10 (0.1 is 10%)")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"rank={rank!r}, world_size={world_size!r}: need 0 <= rank < world_size")
+        self.max_frames = int(max_frames)
+        self.spread = float(spread)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._cached: Optional[tuple] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list]:
+        for batch in self._batches_of_rank():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches_of_rank())
+
+    def padding(self) -> float:
+        """The fraction of padded frames in this epoch's batches (all ranks together)."""
+        batches = self._epoch_batches()
+        real = sum(int(self.lengths[batch].sum()) for batch in batches)
+        padded = sum(len(batch) * int(self.lengths[batch].max()) for batch in batches)
+        return 1 - real / padded if padded else 0.0
+
+    def _batches_of_rank(self) -> list:
+        batches = self._epoch_batches()
+        if self.world_size > 1 and batches:
+            per_rank = -(-len(batches) // self.world_size)
+            repeats = per_rank * self.world_size - len(batches)
+            batches = (batches + batches[:repeats])[self.rank::self.world_size]
+        return batches
+
+    def _epoch_batches(self) -> list:
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._make_batches(self.epoch))
+        return self._cached[1]
+
+    def _make_batches(self, epoch: int) -> list:
+        if not self.shuffle:
+            return _cut(np.argsort(self.lengths, kind="stable"), self.lengths, self.max_frames)
+        rng = np.random.default_rng([self.seed, epoch])
+        jitter = 1 + rng.uniform(0, self.spread, len(self.lengths))
+        order = np.argsort(self.lengths * jitter, kind="stable")
+        batches = _cut(order, self.lengths, self.max_frames)
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _cut(order: np.ndarray, lengths: np.ndarray, max_frames: int) -> list:
+    """Consecutive runs of `order` whose count x longest length stays within max_frames."""
+    batches, start, longest = [], 0, 0
+    for position, length in enumerate(lengths[order].tolist()):
+        longest_with = max(longest, length)
+        if position > start and (position - start + 1) * longest_with > max_frames:
+            batches.append(order[start:position])
+            start, longest_with = position, length
+        longest = longest_with
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def _checked_lengths(lengths) -> np.ndarray:
+    array = np.asarray(lengths)
+    if array.ndim != 1 or (array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0)):
+        raise ValueError("lengths: give one whole number of frames >= 0 per item")
+    return array.astype(np.int64)

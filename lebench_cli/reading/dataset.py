@@ -1,0 +1,77 @@
+"""A torch Dataset over an output folder: item i is (utterance id, features of one or several layers).
+
+`import lebench_cli.reading.dataset` does not import torch; the first use of `FeatureDataset`
+does. Safe with DataLoader workers: each worker process opens its own shard handles.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .batches import FeatureBatch, collate_features
+from .selection import Layers
+from .store import FeatureSet, open_features
+
+
+class _FeatureDatasetMethods:
+    """(utterance id, tensor) per utterance, in storage order (or the order of `ids`):
+    the frames of one layer [frames, width], of a list of layers or "all" [layers, frames, width];
+    with pooled=True the stored utterance means, [width] or [layers, width].
+
+    `collate_fn=dataset.collate` pads items into a FeatureBatch; `LengthBucketSampler(dataset,
+    max_frames=...)` groups items of similar length."""
+
+    def __init__(self, store, layers: Layers, pooled: bool = False, dtype: str = "float32",
+                 ids: Optional[Sequence[str]] = None):
+        """store: an output folder or an open FeatureSet. layers: as FeatureSet.read takes them.
+        dtype: what items hold, whatever the stored dtype (float16 storage saves disk, not
+        precision in training). ids: the utterances to serve, in this order (default: all)."""
+        self.features = store if isinstance(store, FeatureSet) else open_features(store)
+        self.layers = layers
+        self.pooled = pooled
+        self.dtype = np.dtype(dtype)
+        if ids is None:
+            self.ids, self.lengths = list(self.features.ids), self.features.frame_counts()
+        else:  # an unknown id fails here
+            self.ids = list(ids)
+            self.lengths = np.array([self.features.info(utt_id)["frames"] for utt_id in self.ids],
+                                    dtype=np.int64)
+        if self.ids:
+            self._read(self.ids[0])  # an unknown layer fails here, not in a worker
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        utt_id = self.ids[index]
+        return utt_id, torch.from_numpy(self._read(utt_id))
+
+    def collate(self, items: list) -> FeatureBatch:
+        """Items padded with zeros to the longest: see collate_features."""
+        return collate_features(items, pooled=self.pooled)
+
+    def _read(self, utt_id: str) -> np.ndarray:
+        if self.pooled:
+            values = self.features.read_mean(utt_id, self.layers)
+        else:
+            values = self.features.read(utt_id, self.layers)
+        return values.astype(self.dtype, copy=False)
+
+
+def _feature_dataset_class():
+    import torch
+
+    cls = type("FeatureDataset", (_FeatureDatasetMethods, torch.utils.data.Dataset),
+               {"__module__": __name__, "__doc__": _FeatureDatasetMethods.__doc__})
+    globals()["FeatureDataset"] = cls  # pickling (spawned workers) finds it here
+    return cls
+
+
+def __getattr__(name):
+    if name == "FeatureDataset":
+        return _feature_dataset_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,263 @@
+"""Reading an output folder back: utterance ids, frames of one or several layers (whole, or a
+time segment), utterance means.
+
+The id -> (shard, row) map comes from each shard's ids/offsets/frames datasets, so opening
+a store of 10^5+ utterances reads a few arrays per shard, not one object per utterance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
+from .selection import Layers, frame_range, layer_names, sorted_layers
+
+_OPEN_SHARDS = 64  # handles kept open at once; a store may have thousands of shards
+_FRAME_SHIFT = 0.02  # seconds, where lebench.json does not say
+
+
+def open_features(path) -> "FeatureSet":
+    """Opens a lebench output folder for reading."""
+    return FeatureSet(path)
+
+
+class FeatureSet:
+    """The utterances of every committed shard of every part, in storage order
+    (part, shard sequence, row). Shard files open on first read; a process forked after
+    opening (a DataLoader worker) reopens its own."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metadata = _load_metadata(self.path)
+        self._shards = [shard for _, shard in committed_shards(self.path)]
+        self._load_tables([read_shard_table(shard) for shard in self._shards])
+        self._handles = OrderedDict()
+        self._pid = os.getpid()
+        model = self.metadata.get("model")
+        self._num_layers = model.get("num_layers") if isinstance(model, dict) else None
+        self.frame_shift = float(self.metadata.get("frame_shift_seconds", _FRAME_SHIFT))
+
+    def _load_tables(self, tables: list) -> None:
+        self.ids = [utt_id for table in tables for utt_id in table.ids]
+        counts = [len(table.ids) for table in tables]
+        self._shard_of = np.repeat(np.arange(len(tables)), counts)
+        self._row_of = _joined([np.arange(count) for count in counts], np.int64)
+        self._offsets = _joined([table.offsets for table in tables], np.int64)
+        self._frames = _joined([table.frames for table in tables], np.int64)
+        self._durations = _joined([table.durations for table in tables], np.float64)
+        self._sources = [source for table in tables for source in table.sources]
+        self._flags = [flags for table in tables for flags in table.flags]
+        self._shard_layers = [table.layers for table in tables]
+        self._layer_names = {name for table in tables for name in table.layers}
+        self.layers = sorted_layers(self._layer_names)
+        self._index = self._build_index()
+
+    def _build_index(self) -> dict:
+        index = {}
+        for position, utt_id in enumerate(self.ids):
+            first = index.setdefault(utt_id, position)
+            if first != position:
+                raise InputError(f"{utt_id} is stored twice ({self._shard_name(first)} and "
+                                 f"{self._shard_name(position)}): remove one of these shards")
+        return index
+
+    def read(self, utt_id: str, layers: Layers, start: Optional[float] = None,
+             end: Optional[float] = None) -> np.ndarray:
+        """Frames in the stored dtype: [frames, width] for one layer (an int, its string,
+        "last" or "cnn"); [layers, frames, width] for a list of layers (in its order) or "all"
+        (every stored layer 0..L, without cnn). With start/end (seconds), only the frames
+        that start in [start, end) are read (see frame_range)."""
+        index = self._position(utt_id)
+        names, stacked = self._names(layers)
+        rows = self._frame_range(index, start, end)
+        first = self._offsets[index] + rows.start
+        datasets = {name: self._dataset(index, name, "frames") for name in dict.fromkeys(names)}
+        if not stacked:
+            out = np.empty((len(rows), datasets[names[0]].shape[1]), datasets[names[0]].dtype)
+            _read_rows(datasets[names[0]], first, out)
+            return out
+        out = np.empty((len(names), len(rows), _common_width(datasets)), _common_dtype(datasets))
+        for position, name in enumerate(names):
+            earlier = names.index(name)
+            if earlier < position:  # a layer listed twice is read once
+                out[position] = out[earlier]
+            else:
+                _read_rows(datasets[name], first, out[position])
+        return out
+
+    def read_mean(self, utt_id: str, layers: Layers) -> np.ndarray:
+        """Stored utterance means in the stored dtype: [width] for one layer, [layers, width]
+        for a list of layers or "all"."""
+        index = self._position(utt_id)
+        names, stacked = self._names(layers)
+        datasets = {name: self._dataset(index, name, "mean") for name in dict.fromkeys(names)}
+        row = self._row_of[index]
+        if not stacked:
+            return datasets[names[0]][row]
+        out = np.empty((len(names), _common_width(datasets)), _common_dtype(datasets))
+        for position, name in enumerate(names):
+            earlier = names.index(name)
+            out[position] = out[earlier] if earlier < position else datasets[name][row]
+        return out
+
+    def frame_range(self, utt_id: str, start: Optional[float] = None,
+                    end: Optional[float] = None) -> range:
+        """The frames `read(utt_id, layer, start=start, end=end)` returns: those whose start
+        time (frame i starts at i * 0.02 s and sees 0.025 s of audio) lies in [start, end),
+        clipped to the utterance; None means its start or its end."""
+        return self._frame_range(self._position(utt_id), start, end)
+
+    def info(self, utt_id: str) -> dict:
+        index = self._position(utt_id)
+        return {
+            "frames": int(self._frames[index]),
+            "duration": float(self._durations[index]),
+            "source": self._sources[index],
+            "flags": self._flags[index],
+            "shard": self._shard_name(index),
+            "position": int(self._row_of[index]),
+        }
+
+    def utterances(self) -> Iterator[dict]:
+        """One {"id", "frames", "duration" (seconds), "source", "flags"} per utterance."""
+        for index, utt_id in enumerate(self.ids):
+            yield {"id": utt_id, "frames": int(self._frames[index]),
+                   "duration": float(self._durations[index]), "source": self._sources[index],
+                   "flags": self._flags[index]}
+
+    def frame_counts(self) -> np.ndarray:
+        """int64 [utterances]: the frames of each utterance, in the order of `ids`."""
+        return self._frames.copy()
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                handle.close()
+        self._handles.clear()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, utt_id) -> bool:
+        return utt_id in self._index
+
+    def __enter__(self) -> "FeatureSet":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": OrderedDict()}  # h5py handles do not pickle
+
+    def _position(self, utt_id: str) -> int:
+        try:
+            return self._index[utt_id]
+        except KeyError:
+            raise KeyError(f"utterance {utt_id!r} is not in {self.path}") from None
+
+    def _names(self, layers: Layers) -> tuple:
+        names, stacked = layer_names(layers, self.layers, self._num_layers)
+        for name in names:
+            if name not in self._layer_names:
+                last = " ('last')" if self._num_layers is not None and name == str(self._num_layers) else ""
+                raise KeyError(f"layer {name}{last} is not stored in {self.path} "
+                               f"(stored: {', '.join(map(str, self.layers))})")
+        return names, stacked
+
+    def _frame_range(self, index: int, start, end) -> range:
+        return frame_range(int(self._frames[index]), start, end, self.frame_shift)
+
+    def _shard_name(self, index: int) -> str:
+        return self._shards[self._shard_of[index]].relative_to(self.path).as_posix()
+
+    def _dataset(self, index: int, name: str, kind: str):
+        shard = self._shard_of[index]
+        if kind not in self._shard_layers[shard].get(name, ()):
+            raise KeyError(_missing_kind_message(name, kind, self._shard_name(index)))
+        return self._handle(shard).dataset(f"layers/{name}/{kind}")
+
+    def _handle(self, shard: int) -> "_OpenShard":
+        if self._pid != os.getpid():
+            # Handles inherited through fork share HDF5 state with the parent: never use them.
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            if len(self._handles) >= _OPEN_SHARDS:
+                self._handles.popitem(last=False)[1].close()
+            self._handles[shard] = _OpenShard(open_h5(self._shards[shard]))
+        return self._handles[shard]
+
+
+class _OpenShard:
+    """An open shard and the layer datasets looked up in it (a lookup by path costs more than
+    reading a short utterance)."""
+
+    def __init__(self, file):
+        self.file = file
+        self._datasets = {}
+
+    def dataset(self, key: str):
+        if key not in self._datasets:
+            self._datasets[key] = self.file[key]
+        return self._datasets[key]
+
+    def close(self) -> None:
+        self._datasets.clear()
+        self.file.close()
+
+
+def _read_rows(dataset, first: int, out: np.ndarray) -> None:
+    """Rows first .. first + len(out) of dataset, straight into out (no intermediate copy)."""
+    if len(out):
+        dataset.read_direct(out, np.s_[first:first + len(out)])
+
+
+def _common_width(datasets: dict) -> int:
+    widths = {}
+    for name, dataset in datasets.items():
+        widths.setdefault(int(dataset.shape[1]), []).append(name)
+    if len(widths) > 1:
+        described = "; ".join(f"{', '.join(names)}: {width} wide" for width, names in sorted(widths.items()))
+        cnn_apart = CNN_LAYER in datasets and len({int(dataset.shape[1]) for name, dataset in datasets.items()
+                                                   if name != CNN_LAYER}) == 1
+        advice = f"read {CNN_LAYER} separately" if cnn_apart else "read each width separately"
+        raise ValueError(f"cannot stack layers of different widths ({described}): {advice}")
+    return next(iter(widths))
+
+
+def _common_dtype(datasets: dict) -> np.dtype:
+    return np.result_type(*(dataset.dtype for dataset in datasets.values()))
+
+
+def _missing_kind_message(name: str, kind: str, shard: str) -> str:
+    if kind == "frames":
+        return f"layer {name} frames are not stored in {shard} (means only): use read_mean"
+    return f"layer {name} means are not stored in {shard} (frames only): average read() over frames"
+
+
+def _joined(arrays: list, dtype) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+
+
+def _load_metadata(path: Path) -> dict:
+    if not path.is_dir():
+        raise InputError(f"{path} is not a folder")
+    metadata = path / METADATA_FILE
+    try:
+        loaded = json.loads(metadata.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} is not a lebench output folder (no {METADATA_FILE})") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read {metadata}: {error}") from error
+    if not isinstance(loaded, dict):
+        raise InputError(f"cannot read {metadata}: not a JSON object")
+    return loaded
