@@ -46,6 +46,9 @@ def test_items_of_several_layers_and_their_means(store):
         FeatureDataset(path, 0, ids=["u1", "nope"])
     with pytest.raises(ValueError, match="cannot stack layers of different widths"):
         FeatureDataset(path, [0, "cnn"])
+    assert torch.equal(FeatureDataset(path, layer=2)[3][1], stored(utts["u3"], ["2"])[0])  # its earlier name
+    with pytest.raises(TypeError, match="FeatureDataset takes the layers to read: give layers= .or layer=., once"):
+        FeatureDataset(path, 0, layer=0)
 
 
 def test_collate_pads_to_the_longest_item():

@@ -205,6 +205,9 @@ def test_a_list_of_layers_stacks_in_its_order_each_layer_read_once(tmp_path, mon
                 np.testing.assert_array_equal(stacked[position], utt.states[name].astype(save_dtype))
             np.testing.assert_array_equal(features.read(utt.utt_id, "all"), stacked[[1, 3, 0]])
             np.testing.assert_array_equal(features.read(utt.utt_id, range(0, 1)), stacked[[1]])
+            np.testing.assert_array_equal(features.read(utt.utt_id, np.array([5, 12])), stacked[[3, 0]])
+            np.testing.assert_array_equal(features.read(utt.utt_id, np.int64(12)), stacked[0])
+            np.testing.assert_array_equal(features.read(utt.utt_id, np.array(12)), stacked[0])
             np.testing.assert_array_equal(features.read(utt.utt_id, ["cnn"])[0],
                                           utt.states["cnn"].astype(save_dtype))
 

@@ -23,11 +23,15 @@ class _FeatureDatasetMethods:
     `collate_fn=dataset.collate` pads items into a FeatureBatch; `LengthBucketSampler(dataset,
     max_frames=...)` groups items of similar length."""
 
-    def __init__(self, store, layers: Layers, pooled: bool = False, dtype: str = "float32",
-                 ids: Optional[Sequence[str]] = None):
-        """store: an output folder or an open FeatureSet. layers: as FeatureSet.read takes them.
-        dtype: what items hold, whatever the stored dtype (float16 storage saves disk, not
-        precision in training). ids: the utterances to serve, in this order (default: all)."""
+    def __init__(self, store, layers: Optional[Layers] = None, pooled: bool = False, dtype: str = "float32",
+                 ids: Optional[Sequence[str]] = None, *, layer: Optional[Layers] = None):
+        """store: an output folder or an open FeatureSet. layers: as FeatureSet.read takes them
+        (`layer=` is the same, by its earlier name). dtype: what items hold, whatever the stored
+        dtype (float16 storage saves disk, not precision in training). ids: the utterances to
+        serve, in this order (default: all)."""
+        if (layers is None) == (layer is None):
+            raise TypeError("FeatureDataset takes the layers to read: give layers= (or layer=), once")
+        layers = layer if layers is None else layers
         self.features = store if isinstance(store, FeatureSet) else open_features(store)
         self.layers = layers
         self.pooled = pooled

@@ -33,6 +33,8 @@ def layer_names(layers: Layers, stored: list, num_layers: Optional[int]) -> tupl
             raise KeyError(f"'all' means the stored layers 0..L, and none is stored "
                            f"(stored: {_listed(stored)}): read {CNN_LAYER!r} by its name")
         return numbered, True
+    if isinstance(layers, np.ndarray) and layers.ndim == 0:
+        layers = layers.item()
     if isinstance(layers, (list, tuple, range, np.ndarray)):
         if len(layers) == 0:
             raise KeyError("an empty list of layers: give at least one layer")
