@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+from h5py import h5s
 
 from ..errors import InputError
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
@@ -216,9 +217,13 @@ class _OpenShard:
 
 
 def _read_rows(dataset, first: int, out: np.ndarray) -> None:
-    """Rows first .. first + len(out) of dataset, straight into out (no intermediate copy)."""
+    """Rows first .. first + len(out) of dataset, straight into out (no intermediate copy).
+    h5py's low-level read: its slicing and read_direct spend more time building selections
+    than a short utterance takes to read (measured: a third of a 25-layer read)."""
     if len(out):
-        dataset.read_direct(out, np.s_[first:first + len(out)])
+        file_space = dataset.id.get_space()
+        file_space.select_hyperslab((int(first), 0), out.shape)
+        dataset.id.read(h5s.create_simple(out.shape), file_space, out)
 
 
 def _common_width(datasets: dict) -> int:
