@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -42,6 +43,8 @@ class PartLock:
                               f"{self.num_parts} of {self.out} (pid {holder})") from None
         except OSError as error:
             os.close(fd)
+            if error.errno in _NO_LOCKS:
+                raise OutputError(f"cannot lock {self.path}: {_reason(error)}: {_locking_advice(self.out)}") from error
             raise OutputError(f"cannot lock {self.path}: {_reason(error)} "
                               "(the filesystem must support flock)") from error
         os.ftruncate(fd, 0)
@@ -66,6 +69,29 @@ class PartLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+# What flock raises where the filesystem has no locks: NFSv3 without lockd (ENOLCK), Lustre
+# mounted without -o flock (ENOSYS), FUSE and others (EOPNOTSUPP).
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+_FIXES = {
+    "lustre": "mount it with -o flock (-o localflock locks within one node only)",
+    "nfs": "NFSv3 needs the lock daemon: mount without -o nolock, or use NFSv4",
+    "nfs4": "ask for locks through the server (mount without -o local_lock=...)",
+}
+
+
+def _locking_advice(out: Path) -> str:
+    """Which filesystem refused the lock, and how to get one: lebench keeps one writer per
+    part only with working locks, so it stops rather than risk two writers."""
+    from .mounts import mount_of
+
+    mount = mount_of(out)
+    where = f"a {mount.fs_type} filesystem ({mount.mount_point})" if mount else "a filesystem"
+    fix = _FIXES.get(mount.fs_type if mount else "", "")
+    return (f"{out} is on {where} without flock support; {fix + ', or ' if fix else ''}"
+            "write the output to a filesystem with locks (local disk, NFSv4, Lustre with -o flock, GPFS)")
 
 
 def _lock_holder(fd: int, patience: float = 1.0) -> str:
