@@ -1,0 +1,120 @@
+"""Writing the input listing once (`lebench extract --dry-run --manifest FILE.tsv`).
+
+A fairseq-style manifest: the first line is the root folder, then one `relative/path<TAB>samples`
+line per file, the count in 16 kHz samples (what lebench computes on; for 16 kHz files, the
+only rate fairseq's wav2vec recipes take, that is the file's own frame count, as fairseq's
+wav2vec_manifest.py writes it). Job-array tasks then read lengths from it instead of walking
+the corpus and reading every header again, and the ids read back are the ids of the walk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError, OutputError
+
+
+@dataclass
+class ManifestReport:
+    path: str
+    files: int
+    audio_seconds: float
+    unreadable: int
+
+    def line(self) -> str:
+        from .summary import count, human_duration
+
+        unreadable = f", {self.unreadable} unreadable (listed without a length)" if self.unreadable else ""
+        return (f"wrote {self.path}: {count(self.files, 'file')} "
+                f"({human_duration(self.audio_seconds)} of audio){unreadable}")
+
+
+def write_listing(options, path: str, stdin=None) -> ManifestReport:
+    """Every input of `options` (all parts) with its length, written to `path`."""
+    from .inputs import AUDIO_EXTENSIONS, discover
+
+    if not str(path).endswith(".tsv"):
+        raise InputError(f"--manifest {path}: the name must end in .tsv (extract reads .tsv files as manifests)")
+    # Written with the walk's own ids; --root and --id-prefix apply again when it is read,
+    # so the extract that reads it must be given the same ones (checked below).
+    import io
+
+    listed = io.StringIO(stdin.read()) if stdin is not None else None
+    sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed)
+    if not sources:
+        raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
+    report = write_manifest(sources, path)
+    if options.root is not None or options.id_prefix:
+        if listed is not None:
+            listed.seek(0)
+        final = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed,
+                         root=options.root, id_prefix=options.id_prefix)
+        read = discover([str(path)], root=options.root, id_prefix=options.id_prefix)
+        if [s.utt_id for s in read] != [s.utt_id for s in final]:
+            os.unlink(path)
+            raise InputError(f"--manifest {path}: with --root/--id-prefix, reading it back does not give the "
+                             "same ids; nothing written")
+    return report
+
+
+def write_manifest(sources: list, path: str) -> ManifestReport:
+    """Writes every source with its 16 kHz length to `path` and checks that reading it back
+    gives the same ids and lengths. Raises InputError when the ids cannot be kept (inputs
+    that are not paths under one folder) and OutputError when `path` cannot be written."""
+    from .parts import SAMPLE_RATE, samples_16k
+
+    if not str(path).endswith(".tsv"):
+        raise InputError(f"--manifest {path}: the name must end in .tsv (extract reads .tsv files as manifests)")
+    root, relpaths = _root_and_relpaths(sources)
+    samples = [samples_16k(source) for source in sources]
+    lines = [root] + [rel if count is None else f"{rel}\t{count}" for rel, count in zip(relpaths, samples)]
+    _write_atomically(Path(path), "\n".join(lines) + "\n")
+    _check_round_trip(path, sources, samples)
+    known = [count for count in samples if count is not None]
+    return ManifestReport(str(path), len(sources), sum(known) / SAMPLE_RATE, len(sources) - len(known))
+
+
+def _root_and_relpaths(sources: list) -> tuple:
+    """One root for all sources, and each one's path under it, chosen so that the id read
+    back from the manifest (its relative path without extension) is the source's id."""
+    roots, relpaths = set(), []
+    for source in sources:
+        path = _slashes(os.path.normpath(source.path))
+        relpath = source.utt_id + os.path.splitext(path)[1]
+        if path == relpath:
+            roots.add("")
+        elif path.endswith("/" + relpath):
+            roots.add(path[: -len(relpath) - 1])
+        else:
+            roots.add(None)
+        if "\t" in relpath or "\n" in relpath or "\r" in relpath:
+            raise InputError(f"{source.path}: a tab or line break in its path cannot be written to a .tsv manifest")
+        relpaths.append(relpath)
+    if len(roots) != 1 or None in roots:
+        raise InputError("--manifest needs inputs whose ids are paths under one folder: "
+                         "give one folder, one manifest, or files relative to the current folder")
+    return os.path.abspath(roots.pop() or "."), relpaths
+
+
+def _check_round_trip(path: str, sources: list, samples: list):
+    from .inputs import discover
+
+    read = discover([str(path)])
+    if [s.utt_id for s in read] != [s.utt_id for s in sources] or [s.num_samples for s in read] != samples:
+        os.unlink(path)
+        raise InputError(f"--manifest {path}: reading it back does not give the same ids; nothing written")
+
+
+def _write_atomically(path: Path, text: str):
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {(error.strerror or str(error)).lower()}") from None
+
+
+def _slashes(path: str) -> str:
+    return path.replace(os.sep, "/") if os.sep != "/" else path
