@@ -1,3 +1,5 @@
 from .cli import main
 
-main()
+# Guarded: worker processes started with "spawn" (--devices) import this module again.
+if __name__ == "__main__":
+    main()

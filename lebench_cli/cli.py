@@ -67,6 +67,8 @@ def _layer_syntax(context, parameter, value):
 @click.option("--chunk-seconds", type=click.FloatRange(min=2), default=30.0, show_default=True, help="Longer recordings run in windows of at most this length.")
 @click.option("--overlap-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Least overlap between windows.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available).")
+@click.option("--devices", default=None,
+              help="One worker process per device, one part each: cuda:0,cuda:1, all (every GPU) or cpu,cpu.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Compute precision (default: float16 on CUDA, float32 on CPU).")
 @click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision.")
@@ -82,12 +84,14 @@ def _layer_syntax(context, parameter, value):
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--dry-run", is_flag=True, help="Print file count, duration and estimated output size; write nothing.")
+@click.option("--manifest", default=None, metavar="FILE.tsv",
+              help="With --dry-run: write the input listing with lengths to FILE.tsv, for job arrays to read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @trust_checkpoint_option
 @reports_errors
 def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
-            overlap_seconds, device, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
-            id_prefix, part, overwrite, strict, dry_run, quiet, trust_checkpoint):
+            overlap_seconds, device, devices, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
+            id_prefix, part, overwrite, strict, dry_run, manifest, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from .errors import InputError
@@ -109,6 +113,15 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint, root=root, id_prefix=id_prefix,
     )
     stdin = click.get_text_stream("stdin") if "-" in inputs else None
+    if manifest is not None:
+        if not dry_run:
+            raise InputError("--manifest writes the listing of a dry run: add --dry-run")
+        from dataclasses import replace
+
+        from .manifest import write_listing
+
+        click.echo(write_listing(options, manifest, stdin=stdin).line())
+        options, stdin = replace(options, inputs=[manifest]), None  # the plan reads the lengths just written
     if dry_run:
         click.echo(plan_extract(options, stdin=stdin).line())
         return
@@ -116,7 +129,11 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     extraction = None
     try:
         with _interrupts_commit_once():
-            extraction = Extraction(options, stdin=stdin, progress=not quiet and sys.stderr.isatty())
+            show_progress = not quiet and sys.stderr.isatty()
+            if devices is not None:
+                extraction = _device_run(options, devices, device, stdin, show_progress)
+            else:
+                extraction = Extraction(options, stdin=stdin, progress=show_progress)
             summary = extraction.run()
     except KeyboardInterrupt:
         done = extraction.summary.extracted if extraction is not None else 0
@@ -131,6 +148,15 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         if quiet:
             click.echo(f"Error: {summary.failed} files failed (see {summary.failures_path})", err=True)
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _device_run(options, devices: str, device, stdin, show_progress: bool):
+    from .devices import DeviceRun, parse_devices
+    from .errors import InputError
+
+    if device is not None:
+        raise InputError("--device and --devices cannot be combined: --devices names every device")
+    return DeviceRun(options, parse_devices(devices), stdin=stdin, progress=show_progress)
 
 
 class _interrupts_commit_once:

@@ -8,7 +8,6 @@ writing on a background thread, and bookkeeping (resume, failures, progress)."""
 from __future__ import annotations
 
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from .background import BackgroundWriter
 from .decoding import SHORT_FLAG
 from .errors import AudioError, InputError
+from .parts import parse_part, select_part  # noqa: F401  (parse_part: the CLI's import)
 from .options import ExtractOptions
 from .run_metadata import SAMPLE_RATE, build_metadata
 from .summary import DryRunReport, ExtractSummary
@@ -44,25 +44,6 @@ class _Item:
     flags: str = ""
     statistics: object = None  # a long recording's RecordingStatistics, measured ahead
     fingerprint: object = None  # the file's size and mtime before it was read (resume.Fingerprint)
-
-
-def select_part(sources: list, part: tuple) -> list:
-    """The K-th of N parts, stable across runs and machines (hash of the utterance id)."""
-    k, n = part
-    if n == 1:
-        return sources
-    return [s for s in sources if zlib.crc32(s.utt_id.encode("utf-8")) % n == k - 1]
-
-
-def parse_part(text: str) -> tuple:
-    try:
-        k, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise InputError(f"invalid --shard '{text}': expected K/N, e.g. 3/8") from None
-    if not 1 <= k <= n:
-        raise InputError(f"invalid --shard '{text}': K must be between 1 and N")
-    return k, n
-
 
 
 # ---- planning ---------------------------------------------------------------------------
@@ -134,13 +115,16 @@ def _cnn_width(checkpoint) -> int:
 class Extraction:
     """One run of `lebench extract`; `run()` returns an ExtractSummary.
 
-    progress: a `progress.Progress` to report to (True: a ProgressBar on stderr)."""
+    progress: a `progress.Progress` to report to (True: a ProgressBar on stderr).
+    sources: this part's sources, already listed (`--devices` lists once for all its workers);
+    by default the inputs of `options` are listed and split here."""
 
-    def __init__(self, options: ExtractOptions, stdin=None, progress=None):
+    def __init__(self, options: ExtractOptions, stdin=None, progress=None, sources=None):
         from .progress import ProgressBar
 
         self.options = options.resolved()
         self.stdin = stdin
+        self.sources = sources
         self.progress = ProgressBar() if progress is True else (progress or None)
         self.summary = ExtractSummary()
         self._float32_encoder = None
@@ -157,7 +141,7 @@ class Extraction:
 
         options = self.options
         started = time.monotonic()
-        sources = discover_sources(options, self.stdin)
+        sources = self.sources if self.sources is not None else discover_sources(options, self.stdin)
         output = Path(options.output)
         # Every check before the first side effect: a run that cannot start leaves OUT as it
         # found it (absent stays absent), and the cheap checks come before the model loads.

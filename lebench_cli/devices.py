@@ -1,0 +1,327 @@
+"""`lebench extract --devices cuda:0,cuda:1,...`: one worker process per device, one part each,
+into one output folder, with one progress bar and one summary.
+
+The inputs are listed (and their lengths read) once, here, and split into parts by audio
+duration; each worker runs the library's Extraction on its part. With `--shard K/N` and D
+devices, the run is part K of N split D ways: the workers run parts (K-1)*D+1 .. K*D of N*D,
+so every task of a job array must use the same N and D. Workers send their progress through a
+pipe each (a worker killed while writing to a shared queue would hold its lock and block the
+others); a worker that dies stops the others (they commit) and the run ends with one line
+naming its device; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Optional
+
+from .errors import InputError, LebenchError
+from .options import ExtractOptions
+from .summary import ExtractSummary
+
+
+class WorkerError(LebenchError):
+    """A `--devices` worker that died or stopped on an error; the others committed."""
+
+
+def parse_devices(text: str) -> list:
+    """'cuda:0,cuda:1', 'all' (every CUDA device) or 'cpu,cpu' -> ['cuda:0', 'cuda:1', ...]."""
+    import torch
+
+    available = torch.cuda.device_count()
+    if text.strip() == "all":
+        if available == 0:
+            raise InputError("--devices all: no CUDA device found (--devices cpu,cpu runs CPU workers)")
+        return [f"cuda:{index}" for index in range(available)]
+    devices = [item.strip() for item in text.split(",")]
+    for device in devices:
+        if device == "cpu":
+            continue
+        index = device[len("cuda:"):] if device.startswith("cuda:") else None
+        if index is None or not index.isdigit():
+            raise InputError(f"--devices: '{device}' is not a device (expected cpu, cuda:N or all)")
+        if int(index) >= available:
+            raise InputError(f"--devices: {device} does not exist (this machine has {available} CUDA devices)")
+    return devices
+
+
+@dataclass(frozen=True)
+class _Worker:
+    index: int
+    device: str
+    part: int
+    num_parts: int
+
+    def name(self) -> str:
+        return f"the worker on {self.device} (part {self.part}/{self.num_parts})"
+
+
+class DeviceRun:
+    """Like Extraction (same options, `run()` returns one ExtractSummary, `summary` holds the
+    work done so far), over one worker process per device."""
+
+    def __init__(self, options: ExtractOptions, devices: list, stdin=None, progress: bool = False):
+        if options.overwrite:
+            raise InputError("--overwrite cannot be combined with --devices: each worker would delete the "
+                             "others' features; empty OUTPUT first")
+        self.options, self.devices, self.stdin, self.show_progress = options, devices, stdin, progress
+        self.summary = ExtractSummary()
+
+    def run(self) -> ExtractSummary:
+        from .extract import discover_sources
+        from .parts import split_parts
+
+        started = time.monotonic()
+        k, n = self.options.shard
+        sources = discover_sources(replace(self.options, shard=(1, 1)), self.stdin)
+        count = len(self.devices)
+        parts = split_parts(sources, n * count)
+        workers = [_Worker(j, device, (k - 1) * count + j + 1, n * count) for j, device in enumerate(self.devices)]
+        outcome = self._run_workers(workers, parts)
+        self.summary = _merged(outcome.summaries, self.options.output, n * count)
+        self.summary.elapsed_seconds = time.monotonic() - started
+        if outcome.error is not None:
+            raise WorkerError(outcome.error)
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        return self.summary
+
+    def _run_workers(self, workers: list, parts: list) -> "_Outcome":
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot run in a forked process
+        pipes = [context.Pipe(duplex=False) for _ in workers]
+        processes = [
+            context.Process(target=_work, name=f"lebench-{w.device}-{w.part}", args=(
+                self._worker_options(w), parts[w.part - 1], _threads(w.device, self.devices), sender, w.index))
+            for w, (_, sender) in zip(workers, pipes)
+        ]
+        bar = self._progress_bar()
+        collector = _Collector(workers, processes, [receiver for receiver, _ in pipes], bar)
+        try:
+            for process, (_, sender) in zip(processes, pipes):
+                process.start()
+                sender.close()  # the worker holds the only writing end: its exit closes the pipe
+            return collector.collect()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _worker_options(self, worker: _Worker) -> ExtractOptions:
+        workers = self.options.workers
+        if workers is None and worker.device.startswith("cuda"):  # the node's cores shared by its GPUs
+            workers = max(1, min(4, (os.cpu_count() or 2) // len(self.devices) - 1))
+        return replace(self.options, device=worker.device, shard=(worker.part, worker.num_parts), workers=workers)
+
+    def _progress_bar(self):
+        from .progress import ProgressBar
+
+        return ProgressBar() if self.show_progress else None
+
+
+def _threads(device: str, devices: list) -> int:
+    """CPU workers share the cores instead of each starting one thread per core."""
+    cpu_workers = sum(1 for d in devices if d == "cpu")
+    return max(1, (os.cpu_count() or 1) // max(1, cpu_workers)) if device == "cpu" else 0
+
+
+@dataclass
+class _Outcome:
+    summaries: list
+    error: Optional[str] = None
+    interrupted: bool = False
+
+
+class _Collector:
+    """The parent's loop: progress into the one bar, each worker's last word, deaths."""
+
+    def __init__(self, workers, processes, receivers, bar):
+        self.workers, self.processes, self.bar = workers, processes, bar
+        self.open = dict(zip(receivers, workers))  # pipes not yet closed by their worker
+        self.finished: dict = {}  # worker index -> its summary (a dict), None when it died
+        self.error: Optional[str] = None
+        self.interrupted = False
+        self.stopping = False
+        self.starts: dict = {}  # worker index -> (files, audio seconds) it has to do
+        self.early: list = []  # advances that came before the bar could start
+
+    def collect(self) -> _Outcome:
+        from multiprocessing.connection import wait
+
+        previous = _on_stop_signals(self._interrupt)
+        try:
+            while self.open:
+                for receiver in wait(list(self.open), timeout=1.0):
+                    self._read(receiver)
+            for process in self.processes:
+                process.join()
+        finally:
+            _on_stop_signals(*previous)
+        summaries = [summary for summary in self.finished.values() if summary is not None]
+        return _Outcome(summaries, self.error, self.interrupted)
+
+    def _read(self, receiver):
+        worker = self.open[receiver]
+        try:
+            message = receiver.recv()
+        except (EOFError, OSError):  # the worker exited (a partial last message, if killed mid-write)
+            del self.open[receiver]
+            receiver.close()
+            if worker.index not in self.finished:
+                self.finished[worker.index] = None
+                process = self.processes[worker.index]
+                process.join(timeout=10)
+                self._fail(f"{worker.name()} died ({_how(process.exitcode)}); the other workers committed "
+                           "their work: rerun the same command to resume")
+            return
+        self._handle(message)
+
+    def _handle(self, message):
+        kind, index, *rest = message
+        if kind in ("start", "advance"):
+            self._progress(kind, index, *rest)
+            return
+        summary, *detail = rest
+        self.finished[index] = summary
+        if kind == "error":
+            self._fail(f"{self.workers[index].name()} stopped: {detail[0]}")
+        elif kind == "interrupted" and not self.stopping:  # signalled directly (scancel, srun): all stop
+            self.interrupted = True
+            self._stop_all()
+
+    def _progress(self, kind: str, index: int, files: int, seconds: float):
+        """One bar for all workers: it starts once every worker has said how much it has to
+        do (after loading its model); advances that come before then are replayed."""
+        if self.bar is None:
+            return
+        if kind == "advance":
+            if len(self.starts) < len(self.workers):
+                self.early.append((files, seconds))
+            else:
+                self.bar.advance(files, seconds)
+            return
+        self.starts[index] = (files, seconds)
+        if len(self.starts) == len(self.workers):
+            self.bar.start(sum(f for f, _ in self.starts.values()), sum(s for _, s in self.starts.values()))
+            for files, seconds in self.early:
+                self.bar.advance(files, seconds)
+
+    def _interrupt(self, signum=None, frame=None):
+        """Ctrl-C or SIGTERM: every worker commits, then 130. A flag rather than an exception:
+        one raised in the middle of reading a message would garble the pipe."""
+        self.interrupted = True
+        self._stop_all()
+
+    def _fail(self, message: str):
+        if self.error is None:
+            self.error = message
+        self._stop_all()
+
+    def _stop_all(self):
+        if self.stopping:
+            return
+        self.stopping = True
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+def _on_stop_signals(on_int, on_term=None) -> tuple:
+    """Installs handlers for SIGINT and SIGTERM (the same one when `on_term` is None);
+    returns the previous ones."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, on_int)
+    signal.signal(signal.SIGTERM, on_int if on_term is None else on_term)
+    return previous
+
+
+def _how(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "closed its pipe"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def _merged(summaries: list, output: str, num_parts: int) -> ExtractSummary:
+    """One summary for the run: counts add up; the processing span is the longest worker's
+    (they run side by side), so the rate is the whole run's."""
+    merged = ExtractSummary()
+    for summary in summaries:
+        for field in fields(ExtractSummary):
+            value = summary[field.name]
+            if field.name == "processing_seconds":
+                merged.processing_seconds = max(merged.processing_seconds, value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(merged, field.name, getattr(merged, field.name) + value)
+    failed = [s for s in summaries if s["failed"]]
+    merged.failures_path = failed[0]["failures_path"] if len(failed) == 1 else os.path.join(
+        output, f"failures-*of{num_parts}.jsonl")
+    merged.first_failure = next((s["first_failure"] for s in failed if s["first_failure"]), None)
+    return merged
+
+
+# ---- in the worker process ------------------------------------------------------------------
+
+def _work(options: ExtractOptions, sources: list, threads: int, messages, index: int):
+    """One worker: its part through Extraction; its progress and its last word sent through
+    `messages`, the writing end of its pipe."""
+    _stop_on_first_signal()
+    summary = ExtractSummary()
+    try:
+        from .extract import Extraction
+        from .options import return_large_blocks_to_the_os
+
+        return_large_blocks_to_the_os()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        extraction = Extraction(options, sources=sources, progress=_PipeProgress(messages, index))
+        summary = extraction.summary
+        messages.send(("done", index, asdict(extraction.run())))
+    except KeyboardInterrupt:
+        messages.send(("interrupted", index, asdict(summary)))
+    except LebenchError as error:
+        messages.send(("error", index, asdict(summary), str(error)))
+    except BaseException as error:  # CUDA out of memory, or a bug: one line in the parent
+        text = str(error).strip().splitlines()
+        messages.send(("error", index, asdict(summary), f"{type(error).__name__}: {text[0] if text else ''}"))
+
+
+class _PipeProgress:
+    """A worker's `progress.Progress`: every call goes to the parent, which draws the bar."""
+
+    def __init__(self, messages, index: int):
+        self.messages, self.index = messages, index
+
+    def start(self, files: int, audio_seconds: float) -> None:
+        self.messages.send(("start", self.index, files, audio_seconds))
+
+    def advance(self, files: int = 1, audio_seconds: float = 0.0) -> None:
+        self.messages.send(("advance", self.index, files, audio_seconds))
+
+    def close(self) -> None:
+        pass
+
+
+def _stop_on_first_signal():
+    """SIGINT (Ctrl-C reaches every process of the terminal) or SIGTERM (the parent's): stop
+    and commit, once; a second signal during the commit must not break it."""
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
