@@ -158,3 +158,10 @@ def test_devices_that_do_not_exist_are_refused(checkpoints, tmp_path):
     result = invoke(tmp_path / "a.wav", "-o", tmp_path / "out", "-m", checkpoints("base"), "--devices", missing)
     assert (result.exit_code, result.output) == (
         1, f"Error: --devices: {missing} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)\n")
+
+
+def test_the_devices_benchmark_parses_its_options():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_devices.py"), "--help"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "--devices DEVICES" in result.stdout
