@@ -294,6 +294,9 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
     except LebenchError as error:
         messages.send(("error", index, asdict(summary), str(error)))
     except BaseException as error:  # CUDA out of memory, or a bug: one line in the parent
+        if _stop_requested:  # the stop landed mid-import or in a callback and broke something there
+            messages.send(("interrupted", index, asdict(summary)))
+            return
         text = str(error).strip().splitlines()
         messages.send(("error", index, asdict(summary), f"{type(error).__name__}: {text[0] if text else ''}"))
 
@@ -314,11 +317,16 @@ class _PipeProgress:
         pass
 
 
+_stop_requested = False
+
+
 def _stop_on_first_signal():
     """SIGINT (Ctrl-C reaches every process of the terminal) or SIGTERM (the parent's): stop
     and commit, once; a second signal during the commit must not break it."""
 
     def stop(signum, frame):
+        global _stop_requested
+        _stop_requested = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
