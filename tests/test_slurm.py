@@ -192,3 +192,21 @@ def test_a_three_task_array_with_a_cancelled_and_a_time_limited_task_makes_the_s
     assert f"lebench: time limit near: requeueing task {job}_2\n" in (tmp_path / f"lebench-{job}_2.log").read_text()
     assert "Restarts=0" in _task_record(slurm_env, f"{job}_3")
     assert_same_store(out, reference)
+
+
+def test_submit_prints_the_job_id_of_an_array_that_runs(slurm_env, tmp_path):
+    lebench = [sys.executable, "-m", "lebench_cli"]
+    submitted = subprocess.run([*lebench, "slurm", "--submit", "--array", "2", "--", "extract", "missing", "-o",
+                                "out", "--model", "m", "--device", "cpu"],
+                               cwd=tmp_path, env=slurm_env, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    assert job.isdigit()
+    assert submitted.stderr == (f"lebench: submitted array job {job} (2 tasks, logs lebench-{job}_*.log); "
+                                f"follow it with: squeue -j {job}\n")
+    _wait(lambda: not _in_queue(slurm_env, job), 120, f"array job {job} to finish")
+    for index in (1, 2):
+        assert "ExitCode=1:0" in _task_record(slurm_env, f"{job}_{index}")
+        log = (tmp_path / f"lebench-{job}_{index}.log").read_text()
+        assert log == (f"lebench: part {index}/2 from SLURM_ARRAY_TASK_ID={index}\n"
+                       f"Error: no such file or folder: missing\n")

@@ -101,15 +101,16 @@ def _connect(ray, address: Optional[str]) -> bool:
     """Connects to the cluster (address, RAY_ADDRESS, else a new local one); False when the
     caller had already connected this process."""
     import logging
+    import os
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    local = {} if address else {"include_dashboard": False}
     try:
-        ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False if not address else None)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, ValueError, RuntimeError) as error:
-        where = address or "RAY_ADDRESS"
-        raise InputError(f"cannot connect to the Ray cluster at {where}: {str(error).splitlines()[0]}") from None
+        raise InputError(f"cannot connect to the Ray cluster at {address}: {_first_line(error)}") from None
     return True
 
 
