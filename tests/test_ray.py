@@ -17,6 +17,11 @@ from lebench_cli.cli import main
 from scaleout_helpers import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
 
 
+# Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`
+# writes one): the test cluster and its drivers agree on no token, whatever that file says.
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
 def _free_port() -> int:
     import socket
 
@@ -31,7 +36,7 @@ def ray_address():
     folder = Path(tempfile.mkdtemp(prefix="lebench-ray-"))  # short: Ray's socket paths have a length limit
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", **NO_TOKEN}
     ray_cli = Path(sys.executable).parent / "ray"
     log = open(folder / "ray-start.log", "w")
     head = subprocess.Popen(
@@ -84,7 +89,7 @@ def _session_members(session: int) -> list:
 
 
 def _lebench_ray(*args, env=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **NO_TOKEN, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "lebench_cli", "ray", *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -147,7 +152,7 @@ def test_a_node_that_does_not_see_the_output_folder_fails_its_part(tmp_path):
     from lebench_cli.scaleout.ray_parts import run_part
 
     result = run_part(ExtractOptions(inputs=[], output=str(tmp_path), model="m", shard=(2, 3)),
-                      ".lebench-ray-0123", "0123")
+                      ".lebench-ray-0123", "0123", str(tmp_path))
     assert (result.part, result.parts, result.exit_code) == (2, 3, 1)
     assert result.line().endswith(f"failed: {tmp_path} is not the driver's folder on this node (its marker "
                                   ".lebench-ray-0123 is missing): the output folder must be on a filesystem every "

@@ -56,7 +56,9 @@ def test_script_runs_each_part_requeues_at_the_time_limit_and_quotes_arguments(t
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
-def test_no_gpu_line_for_cpu_runs():
+def test_no_gpu_line_for_cpu_runs(tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
     result = slurm("--array", "3", "--", "extract", "x", "-o", "out", "--model", "m", "--device", "cpu")
     assert result.exit_code == 0
     assert "--gres" not in result.output and "#SBATCH --array=1-3\n" in result.output
@@ -65,6 +67,7 @@ def test_no_gpu_line_for_cpu_runs():
 
 
 @pytest.mark.parametrize("args, code, message", [
+    (["--", "extract", "nowhere", "-o", "out", "--model", "m"], 1, "Error: no such file or folder: nowhere"),
     (["--", "extract", "x", "-o", "out", "--modle", "m"], 2, "Error: No such option '--modle'"),
     (["--", "extract", "x", "-o", "out"], 2, "Error: Missing option '-m' / '--model'."),
     (["--", "extract", "x", "-o", "out", "--model", "m", "--shard", "2/3"], 2,
@@ -79,13 +82,17 @@ def test_no_gpu_line_for_cpu_runs():
     (["--partition", "a b", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
      "Error: invalid --partition 'a b': #SBATCH values cannot contain spaces"),
 ])
-def test_argument_errors_fail_before_any_script(args, code, message):
+def test_argument_errors_fail_before_any_script(args, code, message, tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
     result = slurm(*args)
     assert result.exit_code == code
     assert message in result.output and "#!/bin/bash" not in result.output
 
 
 def test_submit_without_sbatch_is_a_one_line_error(monkeypatch, tmp_path):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     result = slurm("--submit", "--", "extract", "x", "-o", "out", "--model", "m")
     assert (result.exit_code, result.output) == (1, "Error: sbatch not found: run lebench slurm --submit on a SLURM "
@@ -196,7 +203,8 @@ def test_a_three_task_array_with_a_cancelled_and_a_time_limited_task_makes_the_s
 
 def test_submit_prints_the_job_id_of_an_array_that_runs(slurm_env, tmp_path):
     lebench = [sys.executable, "-m", "lebench_cli"]
-    submitted = subprocess.run([*lebench, "slurm", "--submit", "--array", "2", "--", "extract", "missing", "-o",
+    (tmp_path / "corpus").mkdir()  # no audio in it: each task stops before loading a model
+    submitted = subprocess.run([*lebench, "slurm", "--submit", "--array", "2", "--", "extract", "corpus", "-o",
                                 "out", "--model", "m", "--device", "cpu"],
                                cwd=tmp_path, env=slurm_env, capture_output=True, text=True)
     assert submitted.returncode == 0, submitted.stderr
@@ -209,4 +217,4 @@ def test_submit_prints_the_job_id_of_an_array_that_runs(slurm_env, tmp_path):
         assert "ExitCode=1:0" in _task_record(slurm_env, f"{job}_{index}")
         log = (tmp_path / f"lebench-{job}_{index}.log").read_text()
         assert log == (f"lebench: part {index}/2 from SLURM_ARRAY_TASK_ID={index}\n"
-                       f"Error: no such file or folder: missing\n")
+                       "Error: no audio files found in corpus\n")

@@ -3,8 +3,12 @@ command's own parser, so that a typo fails on the login node, not in every task.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from click.core import ParameterSource
+
+from ..errors import InputError
 
 # Options each part sets for itself, or that would make parts undo each other.
 _REFUSED = {
@@ -29,6 +33,9 @@ def parse_extract_args(args: tuple, command_name: str) -> dict:
     if "-" in context.params["inputs"]:
         raise click.UsageError(f"lebench {command_name} cannot read paths from stdin (-): list them in a file "
                                "and pass the file")
+    for path in context.params["inputs"]:
+        if not Path(path).exists():  # what extract would say, but in every task
+            raise InputError(f"no such file or folder: {path}")
     return context.params
 
 

@@ -8,6 +8,7 @@ the part's committed shards."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -101,7 +102,6 @@ def _connect(ray, address: Optional[str]) -> bool:
     """Connects to the cluster (address, RAY_ADDRESS, else a new local one); False when the
     caller had already connected this process."""
     import logging
-    import os
 
     if ray.is_initialized():
         return False
@@ -151,8 +151,9 @@ def _run(ray, options, ray_options, gpus, parts, marker, on_part_done) -> list:
         retry_exceptions=False,
     )
     marker_path, token = marker
+    workdir = os.getcwd()
     pending = {
-        remote.remote(dataclasses.replace(options, shard=(k, parts)), marker_path.name, token): k
+        remote.remote(dataclasses.replace(options, shard=(k, parts)), marker_path.name, token, workdir): k
         for k in range(1, parts + 1)
     }
     results = []
@@ -162,8 +163,8 @@ def _run(ray, options, ray_options, gpus, parts, marker, on_part_done) -> list:
             part = pending.pop(done)
             try:
                 result = ray.get(done)
-            except ray.exceptions.RayError as error:  # the worker died more than max_retries times
-                result = PartResult(part, parts, "?", error=_first_line(error), exit_code=1)
+            except ray.exceptions.RayError as error:  # a bug, or a worker that died more than max_retries times
+                result = PartResult(part, parts, "?", error=_describe(ray, error), exit_code=1)
             results.append(result)
             if on_part_done is not None:
                 on_part_done(result)
@@ -174,27 +175,38 @@ def _run(ray, options, ray_options, gpus, parts, marker, on_part_done) -> list:
     return sorted(results, key=lambda result: result.part)
 
 
-def run_part(options: ExtractOptions, marker_name: str, token: str) -> PartResult:
-    """One part, in a Ray worker."""
+def run_part(options: ExtractOptions, marker_name: str, token: str, workdir: str) -> PartResult:
+    """One part, in a Ray worker, from the driver's working folder: relative paths, and the
+    ids of files given by path, mean what they meant to the driver."""
     from ..extract import Extraction, return_large_blocks_to_the_os
 
     part, parts = options.shard
     node = socket.gethostname()
-    marker = Path(options.output) / marker_name
+    previous = os.getcwd()
     try:
-        seen = marker.read_text()
+        os.chdir(workdir)
     except OSError:
-        seen = None
-    if seen != token:
         return PartResult(part, parts, node, exit_code=1, error=(
-            f"{options.output} is not the driver's folder on this node (its marker {marker_name} is missing): "
-            "the output folder must be on a filesystem every node shares"))
-    return_large_blocks_to_the_os()
+            f"the driver's working folder {workdir} does not exist on this node: run lebench ray from a "
+            "folder every node shares"))
     try:
-        summary = Extraction(options).run()
-    except LebenchError as error:
-        return PartResult(part, parts, node, error=str(error), exit_code=error.exit_code)
-    return PartResult(part, parts, node, summary=summary)
+        marker = Path(options.output) / marker_name
+        try:
+            seen = marker.read_text()
+        except OSError:
+            seen = None
+        if seen != token:
+            return PartResult(part, parts, node, exit_code=1, error=(
+                f"{options.output} is not the driver's folder on this node (its marker {marker_name} is "
+                "missing): the output folder must be on a filesystem every node shares"))
+        return_large_blocks_to_the_os()
+        try:
+            summary = Extraction(options).run()
+        except LebenchError as error:
+            return PartResult(part, parts, node, error=str(error), exit_code=error.exit_code)
+        return PartResult(part, parts, node, summary=summary)
+    finally:
+        os.chdir(previous)
 
 
 def merge_summaries(results: list, output: Path, parts: int) -> ExtractSummary:
@@ -207,6 +219,13 @@ def merge_summaries(results: list, output: Path, parts: int) -> ExtractSummary:
         merged.first_failure = merged.first_failure or summary.first_failure
     merged.failures_path = str(output / f"failures-*of{parts}.jsonl")
     return merged
+
+
+def _describe(ray, error: BaseException) -> str:
+    cause = getattr(error, "cause", None) if isinstance(error, ray.exceptions.RayTaskError) else None
+    if cause is not None:
+        return f"{type(cause).__name__}: {_first_line(cause)}"
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:
