@@ -170,3 +170,21 @@ def test_extract_args_are_checked_before_connecting():
     result = CliRunner().invoke(main, ["ray", "--", "extract", "x", "-o", "out", "--model", "m", "--shard", "1/2"])
     assert result.exit_code == 2
     assert "Error: lebench ray cannot pass --shard: each part gets its own" in result.output
+
+
+def test_lebench_ray_builds_the_options_lebench_extract_builds(checkpoints, tmp_path, monkeypatch):
+    """The parts get what `lebench extract` with the same ARGS would run: an option added to
+    extract and not passed on to the parts fails here."""
+    import lebench_cli.extract
+    from lebench_cli.commands.extract_args import extract_options, parse_extract_args
+
+    (tmp_path / "corpus").mkdir()
+    args = ["extract", str(tmp_path / "corpus"), "-o", str(tmp_path / "out"), "--model", "m", "--layers", "1,3",
+            "--pool", "mean", "--frames", "--ext", "wav,.FLAC", "--channel", "1", "--batch-seconds", "7",
+            "--chunk-seconds", "12", "--overlap-seconds", "2", "--device", "cpu", "--dtype", "float32",
+            "--save-dtype", "float32", "--shard-size", "8KB", "--compression", "gzip", "--commit-seconds", "9",
+            "--workers", "2", "--root", str(tmp_path), "--id-prefix", "train/", "--strict", "--trust-checkpoint"]
+    seen = {}
+    monkeypatch.setattr(lebench_cli.extract, "plan_extract", lambda options, stdin=None: seen.setdefault("o", options))
+    CliRunner().invoke(main, [*args, "--shard", "2/3", "--dry-run"])
+    assert extract_options(parse_extract_args(tuple(args), "ray"), shard=(2, 3)) == seen["o"]

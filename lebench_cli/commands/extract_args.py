@@ -42,7 +42,7 @@ def parse_extract_args(args: tuple, command_name: str) -> dict:
 def extract_options(params: dict, shard: tuple):
     """ExtractOptions for the parsed extract parameters, as part `shard` (k, n). Mirrors the
     conversions of the extract command's body."""
-    from ..extract import ExtractOptions, parse_size
+    from ..options import ExtractOptions, parse_size
 
     extensions = params["extensions"]
     return ExtractOptions(
@@ -55,6 +55,7 @@ def extract_options(params: dict, shard: tuple):
         compression=None if params["compression"] == "none" else params["compression"],
         commit_seconds=params["commit_seconds"], workers=params["workers"], shard=shard,
         overwrite=False, strict=params["strict"], trust_checkpoint=params["trust_checkpoint"],
+        root=params["root"], id_prefix=params["id_prefix"],
     )
 
 
