@@ -112,7 +112,8 @@ def _connect(ray, address: Optional[str]) -> bool:
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, ValueError, RuntimeError) as error:
-        raise InputError(f"cannot connect to the Ray cluster at {address}: {_first_line(error)}") from None
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray cluster"
+        raise InputError(f"cannot {where}: {_first_line(error)}") from None
     return True
 
 
