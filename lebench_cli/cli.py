@@ -80,7 +80,8 @@ def _layer_syntax(context, parameter, value):
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
               help="Make every id the file's path relative to this folder (for files given one by one, on stdin or in lists).")
 @click.option("--id-prefix", default="", help="Paste this before every id, e.g. train/ (several corpora in one OUTPUT).")
-@click.option("--shard", "part", default="1/1", show_default=True, help="Process part K of N (job arrays), e.g. 3/8.")
+@click.option("--shard", "part", default="1/1", show_default=True,
+              help="Process part K of N (job arrays), e.g. 3/8; auto: from SLURM's or torchrun's variables.")
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--dry-run", is_flag=True, help="Print file count, duration and estimated output size; write nothing.")
@@ -109,7 +110,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         channel=channel, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
         device=device, dtype=dtype, save_dtype=save_dtype, shard_size=parse_size(shard_size),
         compression=None if compression == "none" else compression, commit_seconds=commit_seconds,
-        workers=workers, shard=parse_part(part),
+        workers=workers, shard=_part_from_environment() if part == "auto" else parse_part(part),
         overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint, root=root, id_prefix=id_prefix,
     )
     stdin = click.get_text_stream("stdin") if "-" in inputs else None
@@ -157,6 +158,16 @@ def _device_run(options, devices: str, device, stdin, show_progress: bool):
     if device is not None:
         raise InputError("--device and --devices cannot be combined: --devices names every device")
     return DeviceRun(options, parse_devices(devices), stdin=stdin, progress=show_progress)
+
+
+def _part_from_environment() -> tuple:
+    import os
+
+    from .scaleout.environment import part_from_environment
+
+    k, n, where = part_from_environment(os.environ)
+    click.echo(f"lebench: part {k}/{n} from {where}", err=True)
+    return k, n
 
 
 class _interrupts_commit_once:
@@ -222,5 +233,9 @@ def show(output):
 
 # Commands in modules of their own (lebench_cli/commands/), registered here.
 from .commands.fetch import fetch  # noqa: E402
+from .commands.ray import ray  # noqa: E402
+from .commands.slurm import slurm  # noqa: E402
 
 main.add_command(fetch)
+main.add_command(slurm)
+main.add_command(ray)

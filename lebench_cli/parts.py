@@ -23,7 +23,8 @@ def parse_part(text: str) -> tuple:
     except ValueError:
         raise InputError(f"invalid --shard '{text}': expected K/N, e.g. 3/8") from None
     if not 1 <= k <= n:
-        raise InputError(f"invalid --shard '{text}': K must be between 1 and N")
+        raise InputError(f"invalid --shard '{text}': K must be between 1 and N"
+                         + (" (parts count from 1; --shard auto reads SLURM array ids)" if k == 0 else ""))
     return k, n
 
 

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-env.sh
+# The SLURM tests start a one-node SLURM as root; this lets them apt-get slurm-wlm and munge.
+export LEBENCH_TEST_INSTALL_SLURM="${LEBENCH_TEST_INSTALL_SLURM:-1}"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

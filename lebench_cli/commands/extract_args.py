@@ -1,0 +1,65 @@
+"""The `-- extract ARGS...` tail of `lebench slurm` and `lebench ray`: parsed by the extract
+command's own parser, so that a typo fails on the login node, not in every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ..errors import InputError
+
+# Options each part sets for itself, or that would make parts undo each other.
+_REFUSED = {
+    "part": "--shard: each part gets its own",
+    "overwrite": "--overwrite: each part would delete the others' features (empty OUTPUT first)",
+    "dry_run": "--dry-run: run `lebench extract --dry-run` directly",
+}
+
+
+def parse_extract_args(args: tuple, command_name: str) -> dict:
+    """The extract command's parameters for ARGS (`extract INPUTS... -o OUT --model M ...`)."""
+    from ..cli import extract
+
+    args = list(args)
+    if not args or args[0] != "extract":
+        raise click.UsageError(f"expected `lebench {command_name} [OPTIONS] -- extract INPUTS... -o OUTPUT "
+                               "--model MODEL ...`")
+    context = extract.make_context("lebench extract", args[1:])
+    for name, reason in _REFUSED.items():
+        if context.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"lebench {command_name} cannot pass {reason}")
+    if "-" in context.params["inputs"]:
+        raise click.UsageError(f"lebench {command_name} cannot read paths from stdin (-): list them in a file "
+                               "and pass the file")
+    for path in context.params["inputs"]:
+        if not Path(path).exists():  # what extract would say, but in every task
+            raise InputError(f"no such file or folder: {path}")
+    return context.params
+
+
+def extract_options(params: dict, shard: tuple):
+    """ExtractOptions for the parsed extract parameters, as part `shard` (k, n). Mirrors the
+    conversions of the extract command's body."""
+    from ..options import ExtractOptions, parse_size
+
+    extensions = params["extensions"]
+    return ExtractOptions(
+        inputs=list(params["inputs"]), output=params["output"], model=params["model"], layers=params["layers"],
+        pool=params["pool"], store_frames=params["store_frames"],
+        extensions=tuple(e.strip().lstrip(".").lower() for e in extensions.split(",") if e.strip()) if extensions else (),
+        channel=params["channel"], batch_seconds=params["batch_seconds"], chunk_seconds=params["chunk_seconds"],
+        overlap_seconds=params["overlap_seconds"], device=params["device"], dtype=params["dtype"],
+        save_dtype=params["save_dtype"], shard_size=parse_size(params["shard_size"]),
+        compression=None if params["compression"] == "none" else params["compression"],
+        commit_seconds=params["commit_seconds"], workers=params["workers"], shard=shard,
+        overwrite=False, strict=params["strict"], trust_checkpoint=params["trust_checkpoint"],
+        root=params["root"], id_prefix=params["id_prefix"],
+    )
+
+
+def default_gpus(params: dict) -> int:
+    """One GPU per part unless the extract ARGS ask for the CPU."""
+    device = params.get("device") or ""
+    return 0 if device.startswith("cpu") else 1

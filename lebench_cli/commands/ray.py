@@ -1,0 +1,49 @@
+"""`lebench ray`: the parts of `lebench extract` as tasks on a Ray cluster."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import EXIT_INTERRUPTED, EXIT_SOME_FAILED, reports_errors
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--parts", type=click.IntRange(min=1), default=None,
+              help="Number of parts (default: one per GPU of the cluster, or per --cpus-per-part CPUs).")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster).")
+@click.option("--gpus-per-part", type=click.FloatRange(min=0), default=None,
+              help="GPUs per part (default: 1 when the cluster has GPUs and ARGS do not say --device cpu).")
+@click.option("--cpus-per-part", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs per part (also its torch threads).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Reruns of a part whose worker dies; a rerun resumes.")
+@click.argument("extract_args", nargs=-1, type=click.UNPROCESSED, required=True)
+@reports_errors
+def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, extract_args):
+    """Run `lebench extract ARGS` as Ray tasks, one per part, into one OUTPUT that every node
+    of the cluster must see (a shared filesystem).
+
+    Usage: lebench ray [OPTIONS] -- extract INPUTS... -o OUTPUT --model MODEL ..."""
+    from ..scaleout.ray_parts import RayOptions, run_parts_on_ray
+    from .extract_args import extract_options, parse_extract_args
+
+    params = parse_extract_args(extract_args, "ray")
+    quiet = params["quiet"]
+    options = extract_options(params, shard=(1, 1))
+    ray_options = RayOptions(parts=parts, address=address, gpus_per_part=gpus_per_part,
+                             cpus_per_part=cpus_per_part, max_retries=max_retries)
+    report = None if quiet else (lambda result: click.echo(result.line(), err=True))
+    try:
+        summary = run_parts_on_ray(options, ray_options, on_part_done=report)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted: the parts were stopped; committed work stays: rerun the same command "
+                   "to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if not quiet:
+        click.echo(summary.line(), err=True)
+    if summary.failed:
+        if quiet:
+            click.echo(f"Error: {summary.failed} files failed (see {summary.failures_path})", err=True)
+        sys.exit(EXIT_SOME_FAILED)

@@ -1,0 +1,123 @@
+"""An sbatch script that runs one extraction as a SLURM job array: task i runs
+`lebench extract ARGS --shard auto` (part i of N), stops cleanly before the time limit and
+requeues itself; a rerun of a part resumes it.
+
+Why USR1 and not TERM before the time limit: `scancel` sends TERM too, and a task must not
+requeue itself when a person cancels it. The batch shell gets the signal (`B:`), tells
+lebench to stop (TERM: commit, exit 130) and then requeues the task.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..errors import InputError
+
+STOP_SECONDS = 300  # SLURM may send the signal up to a minute early; committing takes seconds
+
+_ARRAY = re.compile(r"^(\d+)(?:%(\d+))?$")
+
+
+@dataclass
+class SlurmOptions:
+    """What `lebench slurm` puts in the #SBATCH lines; None leaves the cluster's default."""
+
+    tasks: int = 1
+    throttle: Optional[int] = None  # at most this many tasks at once (`%` in --array)
+    gpus_per_task: int = 1
+    cpus_per_task: Optional[int] = None
+    mem: Optional[str] = None
+    time: Optional[str] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    job_name: str = "lebench"
+
+
+def parse_array(text: str) -> tuple:
+    """`N` or `N%M` (at most M tasks at once) -> (N, M or None)."""
+    match = _ARRAY.match(str(text).strip())
+    if not match or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
+        raise InputError(f"invalid --array '{text}': expected a task count N, or N%M to run at most M at once")
+    return int(match[1]), int(match[2]) if match[2] else None
+
+
+def render_script(options: SlurmOptions, command: Sequence[str], workdir: str, output: str) -> str:
+    """The sbatch script; `command` is the full `lebench extract ... --shard auto` argv,
+    run from `workdir` (where its relative paths were checked); `output` names the store in
+    the closing comment."""
+    array = f"1-{options.tasks}" + (f"%{options.throttle}" if options.throttle else "")
+    directives = [
+        ("job-name", options.job_name),
+        ("array", array),
+        ("output", f"{options.job_name}-%A_%a.log"),
+        ("open-mode", "append"),  # a requeued task adds to its log instead of replacing it
+        ("requeue", None),
+        ("signal", f"B:USR1@{STOP_SECONDS}"),
+        ("ntasks", "1"),
+        ("cpus-per-task", options.cpus_per_task),
+        ("mem", options.mem),
+        ("gres", f"gpu:{options.gpus_per_task}" if options.gpus_per_task else None),
+        ("time", options.time),
+        ("partition", options.partition),
+        ("account", options.account),
+    ]
+    lines = ["#!/bin/bash"]
+    for name, value in directives:
+        if value is None and name != "requeue":
+            continue
+        _check_directive(name, value)
+        lines.append(f"#SBATCH --{name}" + ("" if value is None else f"={value}"))
+    out = shlex.quote(output)
+    lines += [
+        f"# Written by `lebench slurm`: task i of the array extracts part i of {options.tasks} into {output}.",
+        f"# {STOP_SECONDS} s before the time limit SLURM sends USR1: lebench commits, exits, and the task",
+        "# requeues itself; its rerun resumes. `scancel` stops a task without requeueing it.",
+        "",
+        f"cd -- {shlex.quote(workdir)} || exit 1",
+        " ".join(shlex.quote(word) for word in command) + " &",
+        "lebench_pid=$!",
+        "time_limit=",
+        "trap 'time_limit=1; kill -TERM \"$lebench_pid\" 2>/dev/null' USR1",
+        "trap 'kill -TERM \"$lebench_pid\" 2>/dev/null' TERM",
+        "# A trapped signal interrupts `wait`: wait again until lebench has committed and exited;",
+        "# bash keeps its exit status for the last `wait`.",
+        "while kill -0 \"$lebench_pid\" 2>/dev/null; do wait \"$lebench_pid\"; done",
+        "wait \"$lebench_pid\"",
+        "status=$?",
+        "if [ -n \"$time_limit\" ] && [ \"$status\" -eq 130 ]; then",
+        "  echo \"lebench: time limit near: requeueing task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\" >&2",
+        "  scontrol requeue \"$SLURM_JOB_ID\"",
+        "fi",
+        "exit \"$status\"",
+        "",
+        "# Check completion once no task is left in `squeue --me`:",
+        f"#   lebench ls {out} | wc -l     (one line per stored utterance)",
+        f"#   lebench show {out}           (metadata and utterance count)",
+        f"#   cat {out}/failures-*.jsonl   (files that could not be used, and why)",
+        "# Submitting this script again finishes any part cut short; finished parts exit at once.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _check_directive(name: str, value) -> None:
+    # An #SBATCH line is not parsed by a shell: no quoting can protect a space in it.
+    if value is not None and (not str(value) or any(c.isspace() for c in str(value))):
+        raise InputError(f"invalid --{name} '{value}': #SBATCH values cannot contain spaces")
+
+
+def submit_script(script: str) -> str:
+    """Submits the script with `sbatch --parsable`; the job id."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None:
+        raise InputError("sbatch not found: run lebench slurm --submit on a SLURM login node, or pipe the "
+                         "script to sbatch there")
+    result = subprocess.run(["sbatch", "--parsable"], input=script, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise InputError(f"sbatch refused the script: {reason}")
+    return result.stdout.strip().split(";")[0]

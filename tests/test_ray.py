@@ -1,0 +1,190 @@
+"""`lebench ray` on a real Ray cluster: one head node on 127.0.0.1 with 2 CPUs, started once
+for this module (`ray start --head --block` in a session of its own, stopped by its process
+group)."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lebench_cli.cli import main
+from scaleout_helpers import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
+
+
+# Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`
+# writes one): the test cluster and its drivers agree on no token, whatever that file says.
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'lebench[ray]')")
+    folder = Path(tempfile.mkdtemp(prefix="lebench-ray-"))  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "RAY_USAGE_STATS_ENABLED": "0", **NO_TOKEN}
+    ray_cli = Path(sys.executable).parent / "ray"
+    log = open(folder / "ray-start.log", "w")
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
+         "--temp-dir", str(folder / "ray")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in (folder / "ray-start.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, \
+                "ray start failed:\n" + (folder / "ray-start.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop_session(head)
+        log.close()
+        subprocess.run(["rm", "-rf", str(folder)])
+
+
+def _stop_session(process):
+    """Everything the head started is in its session (Ray's workers in process groups of their
+    own): stopped by pid, SIGTERM first (`ray start --block` takes its time), a test cluster's
+    state is not kept."""
+    for signum, patience in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        members = _session_members(process.pid)
+        for pid in members:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=patience)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _session_members(session: int) -> list:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == session:  # stat fields after the name: state ppid pgrp session
+                members.append(int(entry.name))
+    return members
+
+
+def _lebench_ray(*args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **NO_TOKEN, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "lebench_cli", "ray", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _lock_holder(out: Path, part: int, parts: int):
+    try:
+        text = (out / f".lock-{part}of{parts}").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text else None
+
+
+def test_three_parts_with_a_killed_worker_and_broken_files_make_the_single_process_store(
+        ray_address, checkpoints, tmp_path):
+    """One test, not three (each lebench worker costs seconds of a 2-core machine): 3 parts on
+    RAY_ADDRESS's cluster; the worker running part 1 is killed (kill -9) mid-part and Ray
+    reruns it, which resumes; two unreadable files make exit code 3 with the records of
+    every part counted in the summary."""
+    corpus = make_corpus(tmp_path / "corpus", 60)
+    for name in ("broken1.wav", "broken2.wav"):
+        (corpus / name).write_text("not audio")
+    reference = tmp_path / "reference"
+    with pytest.raises(AssertionError):  # exit code 3: the broken files
+        single_process_run(corpus, reference, checkpoints("base"))
+    out = tmp_path / "out"
+    run = _lebench_ray("--parts", "3", "--max-retries", "2", "--", *extract_args(corpus, out, checkpoints("base")),
+                       env={"RAY_ADDRESS": ray_address})
+    deadline = time.monotonic() + 240
+    while not (part_shards(out, 1, 3) and _lock_holder(out, 1, 3)):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.1)
+    worker = _lock_holder(out, 1, 3)
+    assert worker != run.pid
+    os.kill(worker, signal.SIGKILL)  # raises if part 1 had already ended
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 3, stderr
+    lines = stderr.splitlines()
+    part_lines = sorted(line for line in lines if line.startswith("part "))
+    assert [line.split(" on ")[0] for line in part_lines] == ["part 1/3", "part 2/3", "part 3/3"], stderr
+    assert "already stored" in part_lines[0]  # the rerun resumed
+    assert lines[-1].startswith("extracted ")
+    assert lines[-1].endswith(f"; 2 failed (see {out}/failures-*of3.jsonl)"), lines[-1]
+    assert "lebench" not in stdout  # Ray prints its own notice of the dead worker there
+    from lebench_cli.storage import read_failures
+
+    assert sorted(f["id"] for f in read_failures(out)) == ["broken1", "broken2"]
+    assert not list(out.glob(".lebench-ray-*"))  # the shared-folder marker is removed
+    assert_same_store(out, reference)
+
+
+def test_more_gpus_than_the_cluster_has_is_a_one_line_error(ray_address, tmp_path):
+    run = _lebench_ray("--address", ray_address, "--gpus-per-part", "1", "--", "extract", tmp_path, "-o",
+                       tmp_path / "out", "--model", "m")
+    _, stderr = run.communicate(timeout=120)
+    assert (run.returncode, stderr) == (1, "Error: --gpus-per-part 1: the Ray cluster has 0 GPUs\n")
+
+
+def test_a_node_that_does_not_see_the_output_folder_fails_its_part(tmp_path):
+    from lebench_cli.extract import ExtractOptions
+    from lebench_cli.scaleout.ray_parts import run_part
+
+    result = run_part(ExtractOptions(inputs=[], output=str(tmp_path), model="m", shard=(2, 3)),
+                      ".lebench-ray-0123", "0123", str(tmp_path))
+    assert (result.part, result.parts, result.exit_code) == (2, 3, 1)
+    assert result.line().endswith(f"failed: {tmp_path} is not the driver's folder on this node (its marker "
+                                  ".lebench-ray-0123 is missing): the output folder must be on a filesystem every "
+                                  "node shares")
+
+
+def test_without_ray_the_command_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    result = CliRunner().invoke(main, ["ray", "--", "extract", str(tmp_path), "-o", str(tmp_path / "out"),
+                                       "--model", "m"])
+    assert (result.exit_code, result.output) == (1, "Error: lebench ray needs Ray: pip install 'lebench[ray]'\n")
+
+
+def test_extract_args_are_checked_before_connecting():
+    result = CliRunner().invoke(main, ["ray", "--", "extract", "x", "-o", "out", "--model", "m", "--shard", "1/2"])
+    assert result.exit_code == 2
+    assert "Error: lebench ray cannot pass --shard: each part gets its own" in result.output
+
+
+def test_lebench_ray_builds_the_options_lebench_extract_builds(checkpoints, tmp_path, monkeypatch):
+    """The parts get what `lebench extract` with the same ARGS would run: an option added to
+    extract and not passed on to the parts fails here."""
+    import lebench_cli.extract
+    from lebench_cli.commands.extract_args import extract_options, parse_extract_args
+
+    (tmp_path / "corpus").mkdir()
+    args = ["extract", str(tmp_path / "corpus"), "-o", str(tmp_path / "out"), "--model", "m", "--layers", "1,3",
+            "--pool", "mean", "--frames", "--ext", "wav,.FLAC", "--channel", "1", "--batch-seconds", "7",
+            "--chunk-seconds", "12", "--overlap-seconds", "2", "--device", "cpu", "--dtype", "float32",
+            "--save-dtype", "float32", "--shard-size", "8KB", "--compression", "gzip", "--commit-seconds", "9",
+            "--workers", "2", "--root", str(tmp_path), "--id-prefix", "train/", "--strict", "--trust-checkpoint"]
+    seen = {}
+    monkeypatch.setattr(lebench_cli.extract, "plan_extract", lambda options, stdin=None: seen.setdefault("o", options))
+    CliRunner().invoke(main, [*args, "--shard", "2/3", "--dry-run"])
+    assert extract_options(parse_extract_args(tuple(args), "ray"), shard=(2, 3)) == seen["o"]

@@ -1,0 +1,220 @@
+"""`lebench slurm`: the sbatch script, and a real one-node SLURM running it (scripts/start-slurm.sh
+starts munged, slurmctld and slurmd on 127.0.0.1; skipped, with the reason, where they cannot)."""
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lebench_cli.cli import main
+from scaleout_helpers import (ROOT, assert_same_store, extract_args, make_corpus, part_shards,
+                              single_process_run)
+
+
+def slurm(*args):
+    return CliRunner().invoke(main, ["slurm", *map(str, args)])
+
+
+# ---- the script ------------------------------------------------------------------------------
+
+def test_script_runs_each_part_requeues_at_the_time_limit_and_quotes_arguments(tmp_path, monkeypatch):
+    (tmp_path / "my corpus").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = slurm("--array", "16%4", "--time", "20:00:00", "--partition", "gpu_p2", "--account", "abc@v100",
+                   "--cpus-per-task", "10", "--mem", "40G", "--", "extract", "my corpus", "-o", "feats $HOME",
+                   "--model", "LeBenchmark/wav2vec2-FR-7K-large", "--layers", "all")
+    assert result.exit_code == 0, result.output
+    script = result.output
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert directives == [
+        "#SBATCH --job-name=lebench", "#SBATCH --array=1-16%4", "#SBATCH --output=lebench-%A_%a.log",
+        "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=10", "#SBATCH --mem=40G", "#SBATCH --gres=gpu:1", "#SBATCH --time=20:00:00",
+        "#SBATCH --partition=gpu_p2", "#SBATCH --account=abc@v100",
+    ]
+    lebench = Path(sys.executable).parent / "lebench"
+    program = [str(lebench)] if lebench.is_file() else [sys.executable, "-m", "lebench_cli"]
+    command = shlex.join([*program, "extract", "my corpus", "-o", "feats $HOME", "--model",
+                          "LeBenchmark/wav2vec2-FR-7K-large", "--layers", "all", "--shard", "auto"])
+    assert f"\n{command} &\n" in script
+    assert f"\ncd -- {shlex.quote(str(tmp_path))} || exit 1\n" in script
+    assert "scontrol requeue \"$SLURM_JOB_ID\"" in script
+    assert script.rstrip().splitlines()[-4:] == [
+        "#   lebench ls 'feats $HOME' | wc -l     (one line per stored utterance)",
+        "#   lebench show 'feats $HOME'           (metadata and utterance count)",
+        "#   cat 'feats $HOME'/failures-*.jsonl   (files that could not be used, and why)",
+        "# Submitting this script again finishes any part cut short; finished parts exit at once.",
+    ]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_no_gpu_line_for_cpu_runs(tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = slurm("--array", "3", "--", "extract", "x", "-o", "out", "--model", "m", "--device", "cpu")
+    assert result.exit_code == 0
+    assert "--gres" not in result.output and "#SBATCH --array=1-3\n" in result.output
+    result = slurm("--gpus-per-task", "2", "--", "extract", "x", "-o", "out", "--model", "m")
+    assert "#SBATCH --gres=gpu:2\n" in result.output and "#SBATCH --array=1-1\n" in result.output
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--", "extract", "nowhere", "-o", "out", "--model", "m"], 1, "Error: no such file or folder: nowhere"),
+    (["--", "extract", "x", "-o", "out", "--modle", "m"], 2, "Error: No such option '--modle'"),
+    (["--", "extract", "x", "-o", "out"], 2, "Error: Missing option '-m' / '--model'."),
+    (["--", "extract", "x", "-o", "out", "--model", "m", "--shard", "2/3"], 2,
+     "Error: lebench slurm cannot pass --shard: each part gets its own"),
+    (["--", "extract", "x", "-o", "out", "--model", "m", "--overwrite"], 2,
+     "Error: lebench slurm cannot pass --overwrite: each part would delete the others' features (empty OUTPUT first)"),
+    (["--", "extract", "-", "-o", "out", "--model", "m"], 2,
+     "Error: lebench slurm cannot read paths from stdin (-): list them in a file and pass the file"),
+    (["--", "info"], 2, "Error: expected `lebench slurm [OPTIONS] -- extract INPUTS... -o OUTPUT --model MODEL ...`"),
+    (["--array", "0", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+     "Error: invalid --array '0': expected a task count N, or N%M to run at most M at once"),
+    (["--partition", "a b", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+     "Error: invalid --partition 'a b': #SBATCH values cannot contain spaces"),
+])
+def test_argument_errors_fail_before_any_script(args, code, message, tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = slurm(*args)
+    assert result.exit_code == code
+    assert message in result.output and "#!/bin/bash" not in result.output
+
+
+def test_submit_without_sbatch_is_a_one_line_error(monkeypatch, tmp_path):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = slurm("--submit", "--", "extract", "x", "-o", "out", "--model", "m")
+    assert (result.exit_code, result.output) == (1, "Error: sbatch not found: run lebench slurm --submit on a SLURM "
+                                                    "login node, or pipe the script to sbatch there\n")
+
+
+# ---- a real SLURM ------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """SLURM_CONF of a one-node SLURM started for these tests, stopped after them by pid.
+    LEBENCH_TEST_INSTALL_SLURM=1 (set by scripts/run-tests.sh) lets it apt-get the packages."""
+    if os.geteuid() != 0:
+        pytest.skip("a real SLURM needs root (slurmd runs jobs as their user)")
+    # Not under pytest's tmp folder: SLURM's and munge's paths stay short and every daemon can reach them.
+    folder = Path(tempfile.mkdtemp(prefix="lebench-slurm-"))
+    env = {**os.environ, "SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
+    install = ["--install"] if os.environ.get("LEBENCH_TEST_INSTALL_SLURM") == "1" else []
+    started = subprocess.run(["bash", str(ROOT / "scripts" / "start-slurm.sh"), str(folder), *install],
+                             env=env, capture_output=True, text=True)
+    try:
+        if started.returncode == 2:
+            pytest.skip(started.stderr.strip().splitlines()[-1] + " (scripts/run-tests.sh sets LEBENCH_TEST_INSTALL_SLURM=1)")
+        assert started.returncode == 0, started.stderr + "".join(
+            f"\n--- {log.name}\n" + log.read_text()[-2000:] for log in folder.glob("*.log"))
+        yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PYTHONPATH": _pythonpath()}
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "stop-slurm.sh"), str(folder)])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pythonpath() -> str:
+    # The jobs run this checkout's lebench, whether or not it is the installed one.
+    return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def _submit(env, workdir: Path, corpus: Path, out: Path, checkpoint: Path, tasks: int) -> str:
+    lebench = shlex.join([sys.executable, "-m", "lebench_cli"])
+    command = (f"{lebench} slurm --array {tasks} -- {shlex.join(extract_args(corpus, out, checkpoint))} "
+               "| sbatch --parsable")
+    submitted = subprocess.run(command, shell=True, cwd=workdir, env=env, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip()
+
+
+def _in_queue(env, job: str) -> list:
+    listed = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %T"], env=env, capture_output=True, text=True)
+    return listed.stdout.split("\n")[:-1]
+
+
+def _wait(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _task_record(env, task: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", task], env=env, capture_output=True, text=True).stdout
+
+
+def _check_tasks_completed(env, job: str, tasks: int, workdir: Path) -> None:
+    for index in range(1, tasks + 1):
+        record = _task_record(env, f"{job}_{index}")
+        log = (workdir / f"lebench-{job}_{index}.log").read_text()
+        assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, record + log
+        assert f"lebench: part {index}/{tasks} from SLURM_ARRAY_TASK_ID={index}\n" in log
+
+
+def test_a_three_task_array_with_a_cancelled_and_a_time_limited_task_makes_the_single_process_store(
+        slurm_env, checkpoints, tmp_path):
+    """An array of 3 parts on CPU. Task 1 is cancelled mid-run (scancel: it commits and does not
+    requeue), then requeued by hand; task 2 gets the time-limit warning (USR1 to its batch
+    shell, as --signal=B:USR1@300 sends it) and requeues itself; task 3 runs undisturbed.
+    One test, not three: each lebench process costs seconds of a 2-core machine."""
+    corpus = make_corpus(tmp_path / "corpus", 60)
+    reference = tmp_path / "reference"
+    single_process_run(corpus, reference, checkpoints("base"))
+    out = tmp_path / "out"
+    job = _submit(slurm_env, tmp_path, corpus, out, checkpoints("base"), tasks=3)
+    _wait(lambda: part_shards(out, 1, 3) and part_shards(out, 2, 3), 180, "parts 1 and 2 to commit a shard")
+    subprocess.run(["scancel", f"{job}_1"], env=slurm_env, check=True)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_2"], env=slurm_env, check=True)
+    _wait(lambda: "JobState=CANCELLED" in _task_record(slurm_env, f"{job}_1"), 60, "task 1 to be cancelled")
+    log = (tmp_path / f"lebench-{job}_1.log").read_text()
+    assert "Error: interrupted after " in log and "rerun the same command to resume" in log, log
+    subprocess.run(["scontrol", "requeue", f"{job}_1"], env=slurm_env, check=True)
+    _wait(lambda: not _in_queue(slurm_env, job), 300, f"array job {job} to finish")
+    _check_tasks_completed(slurm_env, job, 3, tmp_path)
+    assert sorted(p.name for p in out.glob("index-*.tsv")) == ["index-1of3.tsv", "index-2of3.tsv", "index-3of3.tsv"]
+    for index in (1, 2):
+        assert "Restarts=1" in _task_record(slurm_env, f"{job}_{index}")
+        log = (tmp_path / f"lebench-{job}_{index}.log").read_text()
+        assert log.count(f"lebench: part {index}/3 from SLURM_ARRAY_TASK_ID={index}\n") == 2, log  # appended
+        assert "already stored" in log.splitlines()[-1], log  # the rerun resumed
+    assert f"lebench: time limit near: requeueing task {job}_2\n" in (tmp_path / f"lebench-{job}_2.log").read_text()
+    assert "Restarts=0" in _task_record(slurm_env, f"{job}_3")
+    assert_same_store(out, reference)
+
+
+def test_submit_prints_the_job_id_of_an_array_that_runs(slurm_env, tmp_path):
+    lebench = [sys.executable, "-m", "lebench_cli"]
+    (tmp_path / "corpus").mkdir()  # no audio in it: each task stops before loading a model
+    submitted = subprocess.run([*lebench, "slurm", "--submit", "--array", "2", "--", "extract", "corpus", "-o",
+                                "out", "--model", "m", "--device", "cpu"],
+                               cwd=tmp_path, env=slurm_env, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    assert job.isdigit()
+    assert submitted.stderr == (f"lebench: submitted array job {job} (2 tasks, logs lebench-{job}_*.log); "
+                                f"follow it with: squeue -j {job}\n")
+    _wait(lambda: not _in_queue(slurm_env, job), 120, f"array job {job} to finish")
+    for index in (1, 2):
+        assert "ExitCode=1:0" in _task_record(slurm_env, f"{job}_{index}")
+        log = (tmp_path / f"lebench-{job}_{index}.log").read_text()
+        assert log == (f"lebench: part {index}/2 from SLURM_ARRAY_TASK_ID={index}\n"
+                       "Error: no audio files found in corpus\n")
