@@ -95,24 +95,19 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
             id_prefix, part, overwrite, strict, dry_run, manifest, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
+    from .commands.extract_args import extract_options
     from .errors import InputError
-    from .extract import Extraction, parse_part, plan_extract
-    from .options import ExtractOptions, parse_size, return_large_blocks_to_the_os
+    from .extract import Extraction, plan_extract
+    from .options import return_large_blocks_to_the_os
+    from .parts import parse_part
 
     if overwrite and part != "1/1":
         raise InputError("--overwrite cannot be combined with --shard: each part would delete the others' "
                          "features; empty OUTPUT before launching the job array")
     if overlap_seconds * 2 >= chunk_seconds:
         raise InputError(f"--overlap-seconds {overlap_seconds:g} must be under half of --chunk-seconds {chunk_seconds:g}")
-    options = ExtractOptions(
-        inputs=list(inputs), output=output, model=model, layers=layers, pool=pool, store_frames=store_frames,
-        extensions=tuple(e.strip().lstrip(".").lower() for e in extensions.split(",") if e.strip()) if extensions else (),
-        channel=channel, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
-        device=device, dtype=dtype, save_dtype=save_dtype, shard_size=parse_size(shard_size),
-        compression=None if compression == "none" else compression, commit_seconds=commit_seconds,
-        workers=workers, shard=_part_from_environment() if part == "auto" else parse_part(part),
-        overwrite=overwrite, strict=strict, trust_checkpoint=trust_checkpoint, root=root, id_prefix=id_prefix,
-    )
+    shard = _part_from_environment() if part == "auto" else parse_part(part)
+    options = extract_options(click.get_current_context().params, shard, overwrite=overwrite)
     stdin = click.get_text_stream("stdin") if "-" in inputs else None
     if manifest is not None:
         if not dry_run:

@@ -19,7 +19,7 @@ from .background import BackgroundWriter
 from .decoding import SHORT_FLAG
 from .errors import AudioError, InputError
 from .options import ExtractOptions
-from .parts import parse_part, select_part  # noqa: F401  (parse_part: the CLI's import)
+from .parts import select_part
 from .run_metadata import SAMPLE_RATE, build_metadata
 from .summary import DryRunReport, ExtractSummary
 

@@ -15,11 +15,13 @@ _REFUSED = {
     "part": "--shard: each part gets its own",
     "overwrite": "--overwrite: each part would delete the others' features (empty OUTPUT first)",
     "dry_run": "--dry-run: run `lebench extract --dry-run` directly",
+    "manifest": "--manifest: write it first with `lebench extract --dry-run --manifest FILE.tsv`, then pass FILE.tsv",
 }
 
 
-def parse_extract_args(args: tuple, command_name: str) -> dict:
-    """The extract command's parameters for ARGS (`extract INPUTS... -o OUT --model M ...`)."""
+def parse_extract_args(args: tuple, command_name: str, refused: dict = None) -> dict:
+    """The extract command's parameters for ARGS (`extract INPUTS... -o OUT --model M ...`);
+    `refused`: more options this command cannot pass on ({parameter name: why})."""
     from ..cli import extract
 
     args = list(args)
@@ -27,7 +29,7 @@ def parse_extract_args(args: tuple, command_name: str) -> dict:
         raise click.UsageError(f"expected `lebench {command_name} [OPTIONS] -- extract INPUTS... -o OUTPUT "
                                "--model MODEL ...`")
     context = extract.make_context("lebench extract", args[1:])
-    for name, reason in _REFUSED.items():
+    for name, reason in {**_REFUSED, **(refused or {})}.items():
         if context.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             raise click.UsageError(f"lebench {command_name} cannot pass {reason}")
     if "-" in context.params["inputs"]:
@@ -39,9 +41,9 @@ def parse_extract_args(args: tuple, command_name: str) -> dict:
     return context.params
 
 
-def extract_options(params: dict, shard: tuple):
-    """ExtractOptions for the parsed extract parameters, as part `shard` (k, n). Mirrors the
-    conversions of the extract command's body."""
+def extract_options(params: dict, shard: tuple, overwrite: bool = False):
+    """ExtractOptions for the parsed extract parameters, as part `shard` (k, n): what the
+    extract command itself runs, and what `lebench ray` hands each part."""
     from ..options import ExtractOptions, parse_size
 
     extensions = params["extensions"]
@@ -54,7 +56,7 @@ def extract_options(params: dict, shard: tuple):
         save_dtype=params["save_dtype"], shard_size=parse_size(params["shard_size"]),
         compression=None if params["compression"] == "none" else params["compression"],
         commit_seconds=params["commit_seconds"], workers=params["workers"], shard=shard,
-        overwrite=False, strict=params["strict"], trust_checkpoint=params["trust_checkpoint"],
+        overwrite=overwrite, strict=params["strict"], trust_checkpoint=params["trust_checkpoint"],
         root=params["root"], id_prefix=params["id_prefix"],
     )
 

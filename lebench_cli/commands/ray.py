@@ -29,7 +29,8 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, extract_args)
     from ..scaleout.ray_parts import RayOptions, run_parts_on_ray
     from .extract_args import extract_options, parse_extract_args
 
-    params = parse_extract_args(extract_args, "ray")
+    params = parse_extract_args(extract_args, "ray", refused={
+        "devices": "--devices: each part is one Ray task; use --gpus-per-part and more --parts"})
     quiet = params["quiet"]
     options = extract_options(params, shard=(1, 1))
     ray_options = RayOptions(parts=parts, address=address, gpus_per_part=gpus_per_part,
