@@ -81,24 +81,24 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     from .models import load_checkpoint
     from .resume import plan_resume
     from .storage import stored_sources
+    from .storage.sizing import estimate_store_bytes
 
     options = options.resolved()
     sources = discover_sources(options, stdin)
     stored = stored_sources(Path(options.output)) if Path(options.output, "lebench.json").exists() else {}
     resume = plan_resume(sources, stored)
     todo = [_Item(s) for s in resume.todo]
-    unreadable = sum(1 for item in todo if _probe(item) is not None)
+    readable = [item for item in todo if _probe(item) is None]
+    unreadable = len(todo) - len(readable)
     seconds = sum(item.seconds for item in todo)
     checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
     layers = parse_layers(options.layers, checkpoint.layers)
     widths = [_cnn_width(checkpoint) if layer == "cnn" else checkpoint.width for layer in layers]
-    itemsize = np.dtype(options.save_dtype).itemsize
-    frames = sum(max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in todo)
-    size = 0
-    if options.store_frames:
-        size += frames * sum(widths) * itemsize
-    if options.pool == "mean":
-        size += len(todo) * sum(widths) * itemsize
+    size = estimate_store_bytes(
+        frames=[max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in readable],
+        text_bytes=[len(item.source.utt_id.encode()) + len(str(item.source.path).encode()) for item in readable],
+        widths=widths, itemsize=np.dtype(options.save_dtype).itemsize, store_frames=options.store_frames,
+        store_mean=options.pool == "mean", shard_size_bytes=options.shard_size)
     return DryRunReport(len(todo) - unreadable, resume.already_stored, unreadable, seconds, size,
                         conflicts=len(resume.conflicts))
 

@@ -21,10 +21,10 @@ from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atom
 from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
                      _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
 from .locks import _HELD_LOCKS, lock_key
+from .sizing import chunk_rows
 from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _layer_value, _mean_of,
                         compression_options)
 
-_CHUNK_BYTES = 256 * 1024
 _ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
 
@@ -205,7 +205,7 @@ class ShardWriter:
         if not self._rows:
             self._discard_shard()
             return
-        self._flush()
+        self._flush(complete=True)
         try:
             self._trim_to_rows()
             self._write_table()
@@ -317,8 +317,9 @@ class ShardWriter:
             self._fail(error)
         self._started = time.monotonic()
 
-    def _flush(self) -> None:
-        """Writes the buffered rows' arrays; safe to repeat after an interruption."""
+    def _flush(self, complete: bool = False) -> None:
+        """Writes the buffered rows' arrays; safe to repeat after an interruption. complete:
+        these are the shard's last rows (commit), so a dataset made now is made to fit them."""
         todo = self._rows[self._flushed:]
         if not todo:
             return
@@ -326,20 +327,20 @@ class ShardWriter:
         try:
             for key, buffer in self._pending.buffers.items():
                 if key.endswith("/frames"):
-                    self._write_block(key, todo[0].offset, buffer[:frames])
+                    self._write_block(key, todo[0].offset, buffer[:frames], complete)
                 else:
-                    self._write_block(key, self._flushed, buffer[: len(todo)])
+                    self._write_block(key, self._flushed, buffer[: len(todo)], complete)
         except _WRITE_ERRORS as error:
             self._fail(error)
         self._flushed += len(todo)
         self._pending.clear()
 
-    def _write_block(self, key: str, start: int, block: np.ndarray) -> None:
+    def _write_block(self, key: str, start: int, block: np.ndarray, complete: bool = False) -> None:
         if key in self._file:
             dataset = self._file[key]
         else:
             width = block.shape[1]
-            rows = max(1, _CHUNK_BYTES // (width * block.itemsize))
+            rows = chunk_rows(width, block.itemsize, start + len(block) if complete else None)
             dataset = self._file.create_dataset(key, shape=(0, width), maxshape=(None, width),
                                                 dtype=block.dtype, chunks=(rows, width),
                                                 **self._compression)
