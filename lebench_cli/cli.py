@@ -227,6 +227,7 @@ def show(output):
 
 
 # Commands in modules of their own (lebench_cli/commands/), registered here.
+from .commands.export import export  # noqa: E402
 from .commands.fetch import fetch  # noqa: E402
 from .commands.ray import ray  # noqa: E402
 from .commands.slurm import slurm  # noqa: E402
@@ -234,3 +235,4 @@ from .commands.slurm import slurm  # noqa: E402
 main.add_command(fetch)
 main.add_command(slurm)
 main.add_command(ray)
+main.add_command(export)

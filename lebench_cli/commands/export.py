@@ -1,0 +1,38 @@
+"""`lebench export`: a store's features as kaldi ark/scp, .npy files or a lhotse CutSet."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import reports_errors
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "export_format", type=click.Choice(["kaldi", "npy", "lhotse"]), required=True,
+              help="kaldi (ark/scp), npy (one file per utterance) or lhotse (a CutSet).")
+@click.option("-o", "--output", required=True, help="Destination folder; - streams a kaldi ark to stdout (one layer).")
+@click.option("--layers", default="all", show_default=True, help="Stored layers to export: all, last, cnn, 6,12, 0-24.")
+@click.option("--stack", is_flag=True, help="npy: one [layers, frames, width] array per utterance.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Convert to this dtype (default: as stored; kaldi: always float32).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@reports_errors
+def export(store, export_format, output, layers, stack, dtype, quiet):
+    """Export the features of STORE (an output folder of `lebench extract`) for other tools."""
+    from ..errors import InputError
+    from ..export import ExportOptions, export_features
+
+    if stack and export_format != "npy":
+        raise InputError("--stack applies to --format npy only")
+    options = ExportOptions(store=store, format=export_format, destination=output, layers=layers, stack=stack,
+                            dtype=dtype)
+    try:
+        summary = export_features(options, progress=not quiet and sys.stderr.isatty())
+    except BrokenPipeError:  # the reading end of `-o - | ...` stopped early: its choice
+        sys.stderr.close()
+        sys.exit(1)
+    if not quiet:
+        click.echo(summary.line(), err=True)

@@ -1,0 +1,115 @@
+"""Kaldi ark/scp through kaldiio: DEST/layer_L/feats.ark and feats.scp, one float32 matrix
+('BFM') per utterance; or, with DEST "-" and one layer, a binary ark on standard output for
+pipes (`lebench export ... -o - | copy-feats ark:- ark,scp:...`).
+
+Kaldi has no float16 matrix type, so float16 features are written as float32 (exact). Atomic
+per layer: feats.ark.tmp and feats.scp.tmp are renamed at the end; the scp names the final
+ark by its absolute path. A rerun skips a layer whose feats.scp exists."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, OutputError
+from . import ExportSummary, layer_folder, require
+
+
+def check_dependencies() -> None:
+    require("kaldiio", "kaldi")
+
+
+class _NamedAs:
+    """A file kaldiio writes into under a temporary name while the scp lines name the final one."""
+
+    def __init__(self, file, name: str):
+        self._file, self.name = file, name
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+def export(store, layers: list, options, bar) -> ExportSummary:
+    if options.dtype == "float16":
+        raise InputError("kaldi matrices are float32 or float64: drop --dtype float16")
+    if options.destination == "-":
+        return _to_stdout(store, layers[0], bar)
+    destination = Path(options.destination).resolve()
+    summary = ExportSummary(destination=options.destination)
+    todo = [layer for layer in layers if not (destination / layer_folder(layer) / "feats.scp").exists()]
+    if not todo:
+        summary.skipped = len(store)
+        bar.close()
+        return summary
+    try:
+        _write_layers(store, todo, destination, bar)
+    except OSError as error:
+        raise OutputError(f"cannot write under {destination}: {error.strerror or error}") from error
+    summary.utterances = len(store)
+    return summary
+
+
+def _write_layers(store, layers: list, destination: Path, bar) -> None:
+    import kaldiio
+
+    files = {}
+    try:
+        for layer in layers:
+            folder = destination / layer_folder(layer)
+            folder.mkdir(parents=True, exist_ok=True)
+            ark = open(folder / "feats.ark.tmp", "wb")
+            scp = open(folder / "feats.scp.tmp", "w", encoding="utf-8")
+            files[layer] = (_NamedAs(ark, str(folder / "feats.ark")), ark, scp)
+        with bar:
+            for utt_id in store.ids:
+                _check_key(utt_id)
+                for layer, (named, _, scp) in files.items():
+                    kaldiio.save_ark(named, {utt_id: _matrix(store.read(utt_id, layer))}, scp=scp)
+                bar.update()
+        for layer, (_, ark, scp) in files.items():
+            folder = destination / layer_folder(layer)
+            for file in (ark, scp):
+                file.flush()
+                os.fsync(file.fileno())
+                file.close()
+            os.replace(folder / "feats.ark.tmp", folder / "feats.ark")
+            os.replace(folder / "feats.scp.tmp", folder / "feats.scp")  # last: the layer is done
+    finally:
+        for _, ark, scp in files.values():
+            ark.close()
+            scp.close()
+
+
+def _to_stdout(store, layer, bar) -> ExportSummary:
+    import kaldiio
+
+    stdout = sys.stdout.buffer
+    summary = ExportSummary(destination="-")
+    with bar:
+        for utt_id in store.ids:
+            _check_key(utt_id)
+            kaldiio.save_ark(stdout, {utt_id: _matrix(store.read(utt_id, layer))})
+            summary.utterances += 1
+            bar.update()
+    stdout.flush()
+    return summary
+
+
+def _matrix(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _check_key(utt_id: str) -> None:
+    # Kaldi tables split a line at the first whitespace: such an id would be read back cut.
+    if not utt_id or any(character.isspace() for character in utt_id):
+        raise InputError(f"utterance id {utt_id!r} holds whitespace, which Kaldi tables cannot: "
+                         "export to npy or lhotse instead")

@@ -1,0 +1,101 @@
+"""A lhotse CutSet per layer: DEST/layer_L/cuts.jsonl.gz, MonoCuts whose Features live in
+DEST/layer_L/feats.h5 (lhotse's own `numpy_hdf5` storage, exact), so that lhotse reads them
+without lebench: `cut.load_features()`, its samplers and datasets.
+
+Each cut lasts frames x 0.02 s: a wav2vec2 frame sees 25 ms every 20 ms, and lhotse counts
+round(duration / frame_shift) frames, so the audio's real duration would count one frame too
+many. A cut has a Recording (the source audio) when the source file still exists and lasts
+at least the cut; otherwise it is features-only. Atomic per layer: feats-partial.h5 and
+cuts-partial.jsonl.gz are renamed at the end, cuts last; a rerun skips a layer whose
+cuts.jsonl.gz exists. Paths in the manifests are absolute."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import OutputError
+from . import ExportSummary, converted, layer_folder, require
+
+FRAME_SHIFT = 0.02
+SAMPLE_RATE = 16000
+
+
+def check_dependencies() -> None:
+    require("lhotse", "lhotse")
+
+
+def export(store, layers: list, options, bar) -> ExportSummary:
+    destination = Path(options.destination).resolve()
+    summary = ExportSummary(destination=options.destination)
+    todo = [layer for layer in layers if not (destination / layer_folder(layer) / "cuts.jsonl.gz").exists()]
+    if not todo:
+        summary.skipped = len(store)
+        bar.close()
+        return summary
+    try:
+        summary.without_audio = _write_layers(store, todo, destination, options.dtype, bar)
+    except OSError as error:
+        raise OutputError(f"cannot write under {destination}: {error.strerror or error}") from error
+    summary.utterances = len(store)
+    return summary
+
+
+def _write_layers(store, layers: list, destination: Path, dtype, bar) -> int:
+    from lhotse import CutSet, MonoCut
+    from lhotse.features.io import NumpyHdf5Writer
+
+    model = store.metadata.get("model", {}) if isinstance(store.metadata.get("model"), dict) else {}
+    name = (model.get("hub_id") or "wav2vec2").split("/")[-1]
+    outputs, without_audio = {}, 0
+    try:
+        for layer in layers:
+            folder = destination / layer_folder(layer)
+            folder.mkdir(parents=True, exist_ok=True)
+            outputs[layer] = (NumpyHdf5Writer(folder / "feats-partial.h5"),
+                              CutSet.open_writer(folder / "cuts-partial.jsonl.gz"), f"lebench-{name}-L{layer}")
+        with bar:
+            for row in store.utterances():
+                recording = _recording(row)
+                without_audio += recording is None
+                for layer, (features_writer, cuts_writer, kind) in outputs.items():
+                    array = converted(store.read(row["id"], layer), dtype)
+                    key = features_writer.write(row["id"], array)
+                    features = _features(array, kind, folder=destination / layer_folder(layer), key=key,
+                                         recording=recording)
+                    cuts_writer.write(MonoCut(id=row["id"], start=0.0, duration=features.duration, channel=0,
+                                              features=features, recording=recording))
+                bar.update()
+        for layer, (features_writer, cuts_writer, _) in outputs.items():
+            features_writer.close()
+            cuts_writer.close()
+            folder = destination / layer_folder(layer)
+            os.replace(folder / "feats-partial.h5", folder / "feats.h5")
+            os.replace(folder / "cuts-partial.jsonl.gz", folder / "cuts.jsonl.gz")  # last: the layer is done
+    finally:
+        for features_writer, cuts_writer, _ in outputs.values():
+            features_writer.close()
+            cuts_writer.close()
+    return without_audio
+
+
+def _features(array, kind: str, folder: Path, key: str, recording):
+    from lhotse import Features
+
+    return Features(type=kind, num_frames=array.shape[0], num_features=array.shape[1], frame_shift=FRAME_SHIFT,
+                    sampling_rate=SAMPLE_RATE, start=0.0, duration=round(array.shape[0] * FRAME_SHIFT, 6),
+                    storage_type="numpy_hdf5", storage_path=str(folder / "feats.h5"), storage_key=key,
+                    recording_id=recording.id if recording is not None else None, channels=0)
+
+
+def _recording(row: dict):
+    from lhotse import Recording
+
+    source = row["source"]
+    if not source or not os.path.isfile(source):
+        return None
+    try:
+        recording = Recording.from_file(source, recording_id=row["id"])
+    except Exception:  # a file lhotse's audio backends cannot read: features-only
+        return None
+    return recording if recording.duration + 1e-6 >= row["frames"] * FRAME_SHIFT else None
