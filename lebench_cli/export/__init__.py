@@ -69,6 +69,7 @@ def export_features(options: ExportOptions, progress: bool = False) -> ExportSum
     with open_features(options.store) as store:
         layers = select_layers(store, options.layers)
         _check_destination(options, layers)
+        _check_frames_stored(store, layers)
         return writer.export(store, layers, options, _progress_bar(len(store), progress))
 
 
@@ -124,6 +125,15 @@ def _check_destination(options: ExportOptions, layers: list) -> None:
         raise InputError(f"{destination} is not a folder")
     if destination.resolve() == Path(options.store).resolve():
         raise InputError(f"{destination} is the store itself: export to another folder")
+
+
+def _check_frames_stored(store, layers: list) -> None:
+    for layer in layers:
+        try:
+            if store.ids:
+                store.read(store.ids[0], layer)
+        except KeyError as error:  # a store of utterance means only (--pool mean)
+            raise InputError(f"{error.args[0]}; export needs frames") from None
 
 
 def _progress_bar(total: int, enabled: bool):
