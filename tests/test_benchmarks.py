@@ -35,3 +35,23 @@ def test_gpu_session_script_parses_and_refuses_unknown_phases(tmp_path):
     unknown = subprocess.run(["bash", script, tmp_path / "out", "nonsense"], capture_output=True, text=True,
                              env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "SITE": str(tmp_path / "site")})
     assert unknown.returncode == 2 and "unknown phase 'nonsense'" in unknown.stderr
+
+
+def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
+    results = tmp_path / "read.json"
+    completed = subprocess.run(
+        [sys.executable, REPO / "benchmarks" / "bench_read.py", "--quick", "--cold", "fadvise",
+         "--work", tmp_path / "work", "--json-out", results],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(results.read_text())
+    formats = ["lebench", "npy", "npy-stacked", "numpy_hdf5", "lilcom_chunky", "kaldi"]
+    if "lilcom_chunky" not in report["disk_gb"]:  # lilcom is not a lebench dependency
+        formats.remove("lilcom_chunky")
+        assert "skipped (not installed): lilcom_chunky" in completed.stderr
+    rows = report["rows"]
+    assert [(r["cache"], r["layers"], r["format"]) for r in rows] == [
+        (cache, layers, name) for cache in ("warm", "cold") for layers in (1, 25) for name in formats]
+    assert all(r["utterances"] == report["utterances"] and r["utt_per_s"] > 0 and r["mb_per_s"] > 0 for r in rows)
+    assert max(r["vs_best_peer"] for r in rows if r["format"] != "lebench") == 1.0
+    assert report["cold_method"] == "fadvise" and "vs best peer" in completed.stdout

@@ -1,0 +1,433 @@
+#!/usr/bin/env python
+"""How fast stored features come back for training: lebench's store against the formats
+downstream tools read, on one corpus, through a torch DataLoader.
+
+One run builds one corpus of random float16 features with large-model shapes (25 layers of
+1024, a log-normal 2-20 s length mix), written by lebench's ShardWriter and, from the same
+arrays, as every peer format:
+
+  lebench       lebench's HDF5 shards, read with open_features(...).read(id, layer) per layer
+  npy           one ID.npy per utterance and layer (np.load)
+  npy-stacked   one ID.npy [25, frames, 1024] per utterance (np.load with mmap_mode, the
+                selected layers copied out)
+  numpy_hdf5    lhotse's NumpyHdf5Writer/Reader, one file per layer, exact
+  lilcom_chunky lhotse's LilcomChunkyWriter/Reader, one file per layer: LOSSY (lilcom
+                quantises; about 4x smaller), shown for its speed only; needs `lilcom`
+  kaldi         one float32 ark/scp per layer written by kaldiio, read through load_scp
+                (kaldi has no float16 matrices: twice the bytes on disk)
+
+Each case reads every utterance once in random order through a DataLoader (batches of
+about --batch-seconds of frames, num_workers 0 and 4; items are [layers, frames, 1024]
+tensors, batches are lists: no padding, which would cost every format the same). Each case
+runs in its own process, so no file handle crosses a fork. "warm": an untimed pass first;
+"cold": the page cache emptied of the corpus before the pass, with `echo 3 >
+/proc/sys/vm/drop_caches` where allowed (--cold drop), or posix_fadvise(POSIX_FADV_DONTNEED)
+on every file of the corpus (--cold fadvise: only this corpus's pages, others' stay);
+auto takes drop when /proc/sys/vm/drop_caches is writable. MB/s counts the float16 bytes
+delivered (frames x width x layers x 2), whatever the format holds on disk.
+
+Run with the project's interpreter:  .venv/bin/python benchmarks/bench_read.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FORMATS = ("lebench", "npy", "npy-stacked", "numpy_hdf5", "lilcom_chunky", "kaldi")
+NUM_LAYERS, WIDTH, FRAME_RATE = 25, 1024, 50
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gb", type=float, default=1.5, help="lebench store size to build, GB (default 1.5)")
+    parser.add_argument("--quick", action="store_true", help="a tiny corpus and one case per format (a smoke test)")
+    parser.add_argument("--layers", default="1,3,25", help="layer counts to read (default 1,3,25)")
+    parser.add_argument("--workers", default="0,4", help="DataLoader num_workers values (default 0,4)")
+    parser.add_argument("--batch-seconds", type=float, default=100.0, help="audio seconds of frames per batch (default 100)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"which formats (default {','.join(FORMATS)})")
+    parser.add_argument("--cache", default="warm,cold", help="warm, cold or both (default both)")
+    parser.add_argument("--cold", choices=("auto", "drop", "fadvise"), default="auto",
+                        help="how the cold case empties the page cache (default auto)")
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench-read",
+                        help="corpus folder (kept and reused when its parameters match)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
+    args = parser.parse_args(argv)
+    if args.quick:  # cases run in this process (no worker forks): cold figures are warmer than real
+        args.gb, args.layers, args.workers = min(args.gb, 0.02), "1,25", "0"
+    args.layer_counts = [int(count) for count in args.layers.split(",")]
+    args.worker_counts = [int(count) for count in args.workers.split(",")]
+    args.format_list = [name for name in args.formats.split(",") if name]
+    unknown = set(args.format_list) - set(FORMATS)
+    if unknown or any(not 1 <= count <= NUM_LAYERS for count in args.layer_counts):
+        parser.error(f"formats are {', '.join(FORMATS)}; layer counts 1..{NUM_LAYERS}")
+    return args
+
+
+# ---- the corpus -------------------------------------------------------------------------------
+
+def utterance_frames(gb: float, seed: int) -> list:
+    """Log-normal 2-20 s utterances (median about 5 s) up to GB of 25 x 1024 float16 frames."""
+    generator = np.random.default_rng(seed)
+    budget, frames = gb * 1e9 / (NUM_LAYERS * WIDTH * 2), []
+    while sum(frames) < budget:
+        seconds = float(np.clip(generator.lognormal(np.log(5.0), 0.6), 2.0, 20.0))
+        frames.append(int((seconds * 16000 - 400) // 320 + 1))
+    return frames
+
+
+def build_corpus(work: Path, frames: list, formats: list, seed: int) -> dict:
+    """Writes every format from the same arrays, one utterance at a time; skips what exists."""
+    stamp = work / "corpus.json"
+    described = {"frames": frames, "seed": seed, "layers": NUM_LAYERS, "width": WIDTH}
+    done = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if {key: done.get(key) for key in described} != described:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        done = dict(described, formats=[])
+    todo = [name for name in formats if name not in done.get("formats", []) and available(name)]
+    if todo:
+        started = time.perf_counter()
+        writers = [WRITERS[name](work / name) for name in todo]
+        generator = np.random.default_rng(seed)
+        for index, count in enumerate(frames):
+            layers = generator.standard_normal((NUM_LAYERS, count, WIDTH), dtype=np.float32).astype(np.float16)
+            for writer in writers:
+                writer.add(f"spk{index % 10}/utt{index:05d}", layers)
+        for writer in writers:
+            writer.close()
+        done["formats"] = sorted(set(done.get("formats", [])) | set(todo))
+        stamp.write_text(json.dumps(done))
+        print(f"built {', '.join(todo)} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return done
+
+
+def available(name: str) -> bool:
+    if name != "lilcom_chunky":
+        return True
+    try:
+        import lilcom  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LebenchCorpus:
+    def __init__(self, folder: Path):
+        from lebench_cli.storage import PartLock, ShardWriter, WriterOptions, prepare_output
+
+        layers = [str(layer) for layer in range(NUM_LAYERS)]
+        prepare_output(folder, {"identity": {"layers": layers}, "model": {"num_layers": NUM_LAYERS - 1}},
+                       overwrite=False)
+        self.lock = PartLock(folder, 1, 1)
+        self.lock.__enter__()
+        self.writer = ShardWriter(folder, WriterOptions(layers=layers))
+
+    def add(self, utt_id: str, layers: np.ndarray) -> None:
+        from lebench_cli.storage import StoredUtterance
+
+        states = {str(layer): layers[layer] for layer in range(NUM_LAYERS)}
+        self.writer.add(StoredUtterance(utt_id, f"{utt_id}.wav", len(layers[0]) / FRAME_RATE, len(layers[0]), states))
+
+    def close(self) -> None:
+        self.writer.close()
+        self.lock.__exit__(None, None, None)
+
+
+class NpyCorpus:
+    def __init__(self, folder: Path, stacked: bool = False):
+        self.folder, self.stacked = folder, stacked
+
+    def add(self, utt_id: str, layers: np.ndarray) -> None:
+        targets = [(self.folder / f"{utt_id}.npy", layers)] if self.stacked else [
+            (self.folder / f"layer_{layer}" / f"{utt_id}.npy", layers[layer]) for layer in range(NUM_LAYERS)]
+        for path, array in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, array)
+
+    def close(self) -> None:
+        pass
+
+
+class LhotseCorpus:
+    def __init__(self, folder: Path, storage: str):
+        from lhotse.features.io import LilcomChunkyWriter, NumpyHdf5Writer
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.lossy = folder, storage == "lilcom_chunky"
+        writer = LilcomChunkyWriter if self.lossy else NumpyHdf5Writer
+        self.writers = [writer(folder / f"layer_{layer}") for layer in range(NUM_LAYERS)]
+        self.keys = {}
+
+    def add(self, utt_id: str, layers: np.ndarray) -> None:
+        keys = []
+        for writer, array in zip(self.writers, layers):
+            keys.append(writer.write(utt_id, array.astype(np.float32) if self.lossy else array))
+        self.keys[utt_id] = keys
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        paths = [writer.storage_path for writer in self.writers]
+        (self.folder / "keys.json").write_text(json.dumps({"paths": paths, "keys": self.keys}))
+
+
+class KaldiCorpus:
+    def __init__(self, folder: Path):
+        import kaldiio
+
+        self.writers = []
+        for layer in range(NUM_LAYERS):
+            (folder / f"layer_{layer}").mkdir(parents=True, exist_ok=True)
+            spec = f"ark,scp:{folder}/layer_{layer}/feats.ark,{folder}/layer_{layer}/feats.scp"
+            self.writers.append(kaldiio.WriteHelper(spec))
+
+    def add(self, utt_id: str, layers: np.ndarray) -> None:
+        for writer, array in zip(self.writers, layers):
+            writer(utt_id, array.astype(np.float32))
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+WRITERS = {
+    "lebench": LebenchCorpus,
+    "npy": NpyCorpus,
+    "npy-stacked": lambda folder: NpyCorpus(folder, stacked=True),
+    "numpy_hdf5": lambda folder: LhotseCorpus(folder, "numpy_hdf5"),
+    "lilcom_chunky": lambda folder: LhotseCorpus(folder, "lilcom_chunky"),
+    "kaldi": KaldiCorpus,
+}
+
+
+# ---- readers: (utterance id, layer indices) -> [layers, frames, width] ------------------------
+
+def lebench_reader(folder: Path):
+    from lebench_cli.reader import open_features
+
+    store = open_features(folder)
+
+    def read(utt_id: str, layers: list) -> np.ndarray:
+        # One read() per layer until the reader takes a list of layers in one call.
+        return np.stack([store.read(utt_id, layer) for layer in layers])
+    return read
+
+
+def npy_reader(folder: Path):
+    return lambda utt_id, layers: np.stack([np.load(folder / f"layer_{layer}" / f"{utt_id}.npy") for layer in layers])
+
+
+def npy_stacked_reader(folder: Path):
+    def read(utt_id: str, layers: list) -> np.ndarray:
+        array = np.load(folder / f"{utt_id}.npy", mmap_mode="r")
+        return np.array(array) if len(layers) == NUM_LAYERS else np.ascontiguousarray(array[layers])
+    return read
+
+
+def lhotse_reader(storage: str):
+    def make(folder: Path):
+        from lhotse.features.io import get_reader
+
+        described = json.loads((folder / "keys.json").read_text())
+        readers = [get_reader(storage)(path) for path in described["paths"]]
+        keys = described["keys"]
+        return lambda utt_id, layers: np.stack([readers[layer].read(keys[utt_id][layer]) for layer in layers])
+    return make
+
+
+def kaldi_reader(folder: Path):
+    import kaldiio
+
+    tables = [kaldiio.load_scp(str(folder / f"layer_{layer}" / "feats.scp")) for layer in range(NUM_LAYERS)]
+    return lambda utt_id, layers: np.stack([tables[layer][utt_id] for layer in layers])
+
+
+READERS = {"lebench": lebench_reader, "npy": npy_reader, "npy-stacked": npy_stacked_reader,
+           "numpy_hdf5": lhotse_reader("numpy_hdf5"), "lilcom_chunky": lhotse_reader("lilcom_chunky"),
+           "kaldi": kaldi_reader}
+
+
+# ---- one case, in its own process ---------------------------------------------------------------
+
+class ReadDataset:
+    """torch Dataset: item i is utterance ids[i]'s selected layers as a tensor."""
+
+    def __init__(self, name: str, folder: Path, ids: list, layers: list):
+        self.name, self.folder, self.ids, self.layers = name, folder, ids, layers
+        self._read = None  # opened in the process that reads (a DataLoader worker)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        if self._read is None:
+            self._read = READERS[self.name](self.folder)
+        return torch.from_numpy(self._read(self.ids[index], self.layers))
+
+
+def batches(frames: list, budget_frames: int, seed: int) -> list:
+    """Random order, cut into batches of at most budget_frames frames."""
+    order = np.random.default_rng(seed).permutation(len(frames))
+    out, batch, total = [], [], 0
+    for index in order:
+        if batch and total + frames[index] > budget_frames:
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(int(index))
+        total += frames[index]
+    return out + ([batch] if batch else [])
+
+
+def run_case(spec: dict) -> dict:
+    import torch
+
+    import h5py  # noqa: F401  (imports are not what is timed)
+    import kaldiio  # noqa: F401
+    import lhotse.features.io  # noqa: F401
+    import lebench_cli.reader  # noqa: F401
+
+    torch.set_num_threads(1)
+    frames, work = spec["frames"], Path(spec["work"])
+    ids = [f"spk{index % 10}/utt{index:05d}" for index in range(len(frames))]
+    layers = spread_layers(spec["layers"])
+    dataset = ReadDataset(spec["format"], work / spec["format"], ids, layers)
+    sampler = batches(frames, int(spec["batch_seconds"] * FRAME_RATE), spec["seed"])
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec["workers"],
+                                         collate_fn=list, persistent_workers=spec["workers"] > 0)
+    if spec["cache"] == "warm":
+        consume(loader)
+    else:
+        empty_page_cache(work / spec["format"], spec["cold_method"])
+    started = time.perf_counter()
+    delivered = consume(loader)
+    seconds = time.perf_counter() - started
+    return {"utterances": len(ids), "seconds": seconds, "utt_per_s": len(ids) / seconds,
+            "mb_per_s": delivered / seconds / 1e6}
+
+
+def consume(loader) -> int:
+    """Bytes of float16 features delivered in one pass."""
+    total = 0
+    for batch in loader:
+        total += sum(item.shape[0] * item.shape[1] * item.shape[2] * 2 for item in batch)
+    return total
+
+
+def spread_layers(count: int) -> list:
+    """count layers spread over 0..24 (1: the middle one; 3: 8, 12, 24 -like spread)."""
+    if count == NUM_LAYERS:
+        return list(range(NUM_LAYERS))
+    if count == 1:
+        return [12]
+    return sorted({int(round(value)) for value in np.linspace(6, NUM_LAYERS - 1, count)})
+
+
+def cold_method(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "drop" if os.access("/proc/sys/vm/drop_caches", os.W_OK) else "fadvise"
+
+
+def empty_page_cache(folder: Path, method: str) -> None:
+    if method == "drop":
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
+    for path in folder.rglob("*"):
+        if path.is_file():
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(descriptor)
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+    frames = utterance_frames(args.gb, args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus(args.work, frames, args.format_list, args.seed)
+    formats = [name for name in args.format_list if name in corpus["formats"]]
+    skipped = [name for name in args.format_list if name not in formats]
+    method = cold_method(args.cold)
+    seconds = sum(frames) / FRAME_RATE
+    header = {
+        "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores", "python": platform.python_version(), "utterances": len(frames),
+        "audio_hours": round(seconds / 3600, 3), "store_gb": round(sum(frames) * NUM_LAYERS * WIDTH * 2 / 1e9, 3),
+        "disk_gb": {name: round(folder_bytes(args.work / name) / 1e9, 3) for name in formats},
+        "cold_method": method, "batch_seconds": args.batch_seconds, "command": " ".join(sys.argv),
+    }
+    print(json.dumps(header, indent=1), file=sys.stderr)
+    if skipped:
+        print(f"skipped (not installed): {', '.join(skipped)} (lilcom_chunky needs `pip install lilcom`)",
+              file=sys.stderr)
+    rows = []
+    for cache in [name for name in ("warm", "cold") if name in args.cache.split(",")]:
+        for layers in args.layer_counts:
+            for workers in args.worker_counts:
+                group = []
+                for name in formats:
+                    spec = {"format": name, "layers": layers, "workers": workers, "cache": cache, "frames": frames,
+                            "work": str(args.work), "batch_seconds": args.batch_seconds, "seed": args.seed,
+                            "cold_method": method}
+                    result = run_case(spec) if args.quick else run_child(spec)
+                    group.append({"format": name, "cache": cache, "layers": layers, "workers": workers, **result})
+                best_peer = max(row["utt_per_s"] for row in group if row["format"] != "lebench") if len(group) > 1 else None
+                for row in group:
+                    row["vs_best_peer"] = row["utt_per_s"] / best_peer if best_peer else None
+                    print_row(row, first=not rows)
+                    rows.append(row)
+    if args.json_out:
+        args.json_out.write_text(json.dumps({**header, "rows": rows}, indent=1))
+    return 0
+
+
+def run_child(spec: dict) -> dict:
+    completed = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                   filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    if completed.returncode != 0:
+        raise SystemExit(f"{spec['format']} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def print_row(row: dict, first: bool) -> None:
+    if first:
+        print(f"{'cache':<5} {'layers':>6} {'workers':>7} {'format':<13} {'utt/s':>8} {'MB/s':>8} {'vs best peer':>12}")
+    ratio = "-" if row["vs_best_peer"] is None else f"{row['vs_best_peer']:.2f}"
+    print(f"{row['cache']:<5} {row['layers']:>6} {row['workers']:>7} {row['format']:<13} "
+          f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12}", flush=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
