@@ -19,7 +19,8 @@ arrays, as every peer format:
 Each case reads every utterance once in random order through a DataLoader (batches of
 about --batch-seconds of frames, num_workers 0 and 4; items are [layers, frames, 1024]
 tensors, batches are lists: no padding, which would cost every format the same). Each case
-runs in its own process, so no file handle crosses a fork. "warm": an untimed pass first;
+runs in its own process, so no file handle crosses a fork. "warm": an untimed pass first,
+then passes for at least --min-seconds;
 "cold": the page cache emptied of the corpus before the pass, with `echo 3 >
 /proc/sys/vm/drop_caches` where allowed (--cold drop), or posix_fadvise(POSIX_FADV_DONTNEED)
 on every file of the corpus (--cold fadvise: only this corpus's pages, others' stay);
@@ -64,8 +65,12 @@ def parse_args(argv):
                         help="how the cold case empties the page cache (default auto)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench-read",
                         help="corpus folder (kept and reused when its parameters match)")
+    parser.add_argument("--min-seconds", type=float, default=3.0,
+                        help="warm: repeat passes until this long (default 3; --quick: one pass)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead: where one lebench read's time goes (warm), per utterance")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
     if args.quick:  # cases run in this process (no worker forks): cold figures are warmer than real
@@ -222,8 +227,10 @@ WRITERS = {
 def lebench_reader(folder: Path):
     from lebench_cli.reader import open_features
 
-    store = open_features(folder)
+    return lebench_reader_of(open_features(folder))
 
+
+def lebench_reader_of(store):
     def read(utt_id: str, layers: list) -> np.ndarray:
         # One read() per layer until the reader takes a list of layers in one call.
         return np.stack([store.read(utt_id, layer) for layer in layers])
@@ -317,10 +324,12 @@ def run_case(spec: dict) -> dict:
         consume(loader)
     else:
         empty_page_cache(work / spec["format"], spec["cold_method"])
-    started = time.perf_counter()
-    delivered = consume(loader)
+    started, passes, delivered = time.perf_counter(), 0, 0
+    while not passes or (spec["cache"] == "warm" and time.perf_counter() - started < spec["min_seconds"]):
+        delivered += consume(loader)
+        passes += 1
     seconds = time.perf_counter() - started
-    return {"utterances": len(ids), "seconds": seconds, "utt_per_s": len(ids) / seconds,
+    return {"utterances": len(ids), "passes": passes, "seconds": seconds, "utt_per_s": passes * len(ids) / seconds,
             "mb_per_s": delivered / seconds / 1e6}
 
 
@@ -372,6 +381,8 @@ def main(argv=None) -> int:
     frames = utterance_frames(args.gb, args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(args.work, frames, args.format_list, args.seed)
+    if args.breakdown:
+        return breakdown(args.work / "lebench")
     formats = [name for name in args.format_list if name in corpus["formats"]]
     skipped = [name for name in args.format_list if name not in formats]
     method = cold_method(args.cold)
@@ -395,7 +406,7 @@ def main(argv=None) -> int:
                 for name in formats:
                     spec = {"format": name, "layers": layers, "workers": workers, "cache": cache, "frames": frames,
                             "work": str(args.work), "batch_seconds": args.batch_seconds, "seed": args.seed,
-                            "cold_method": method}
+                            "cold_method": method, "min_seconds": 0 if args.quick else args.min_seconds}
                     result = run_case(spec) if args.quick else run_child(spec)
                     group.append({"format": name, "cache": cache, "layers": layers, "workers": workers, **result})
                 best_peer = max(row["utt_per_s"] for row in group if row["format"] != "lebench") if len(group) > 1 else None
@@ -423,6 +434,38 @@ def print_row(row: dict, first: bool) -> None:
     ratio = "-" if row["vs_best_peer"] is None else f"{row['vs_best_peer']:.2f}"
     print(f"{row['cache']:<5} {row['layers']:>6} {row['workers']:>7} {row['format']:<13} "
           f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12}", flush=True)
+
+
+def breakdown(folder: Path) -> int:
+    """ms per utterance, best of 5 warm passes in random order: the public read() against the
+    same rows read from h5py Dataset objects made once, the lookups alone, and a numpy copy."""
+    import h5py
+
+    from lebench_cli.reader import open_features
+
+    store = open_features(folder)
+    order = np.random.default_rng(0).permutation(len(store))
+    offsets, frames = store._offsets, store._frames  # the reader's own index (the bench may peek)
+    shard = h5py.File(store._shards[0], "r", locking=False)
+
+    def per_utterance(read) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for index in order:
+                read(index)
+            best = min(best, time.perf_counter() - started)
+        return best / len(order) * 1e3
+
+    print(f"{'layers':>6} {'store.read':>10} {'made-once datasets':>18} {'lookups':>8} {'numpy copy':>10}  (ms per utterance)")
+    for layers in (spread_layers(1), spread_layers(NUM_LAYERS)):
+        datasets = [shard[f"layers/{layer}/frames"] for layer in layers]
+        public = per_utterance(lambda index: lebench_reader_of(store)(store.ids[index], layers))
+        cached = per_utterance(lambda index: np.stack([d[offsets[index]:offsets[index] + frames[index]] for d in datasets]))
+        lookups = per_utterance(lambda index: [shard[f"layers/{layer}/frames"] for layer in layers])
+        copy = per_utterance(lambda index: np.empty((len(layers), frames[index], WIDTH), np.float16).copy())
+        print(f"{len(layers):>6} {public:>10.2f} {cached:>18.2f} {lookups:>8.2f} {copy:>10.2f}")
+    return 0
 
 
 def folder_bytes(folder: Path) -> int:
