@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .commands.common import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE,  # noqa: F401
-                              reports_errors, trust_checkpoint_option)
+                              report_summary, reports_errors, trust_checkpoint_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -138,12 +138,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
             "rerun the same command to resume", err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    if not quiet:
-        click.echo(summary.line(), err=True)
-    if summary.failed:
-        if quiet:
-            click.echo(f"Error: {summary.failed} files failed (see {summary.failures_path})", err=True)
-        sys.exit(EXIT_SOME_FAILED)
+    report_summary(summary, quiet)
 
 
 def _device_run(options, devices: str, device, stdin, show_progress: bool):

@@ -35,3 +35,14 @@ trust_checkpoint_option = click.option(
     is_flag=True,
     help="Load pickled checkpoint content outside the allowlist (can run code: only for files you trust).",
 )
+
+
+def report_summary(summary, quiet: bool) -> None:
+    """An extraction's summary line on stderr (one Error line under --quiet when files
+    failed), and exit code 3 when any did."""
+    if not quiet:
+        click.echo(summary.line(), err=True)
+    if summary.failed:
+        if quiet:
+            click.echo(f"Error: {summary.failed} files failed (see {summary.failures_path})", err=True)
+        sys.exit(EXIT_SOME_FAILED)

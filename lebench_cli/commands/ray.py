@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import EXIT_INTERRUPTED, EXIT_SOME_FAILED, reports_errors
+from .common import EXIT_INTERRUPTED, report_summary, reports_errors
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -42,9 +42,4 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, extract_args)
         click.echo("Error: interrupted: the parts were stopped; committed work stays: rerun the same command "
                    "to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    if not quiet:
-        click.echo(summary.line(), err=True)
-    if summary.failed:
-        if quiet:
-            click.echo(f"Error: {summary.failed} files failed (see {summary.failures_path})", err=True)
-        sys.exit(EXIT_SOME_FAILED)
+    report_summary(summary, quiet)
