@@ -2,6 +2,7 @@
 
 import importlib.util
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,10 +108,11 @@ def test_dry_run_writes_the_manifest_then_plans_from_it(checkpoints, mixed_corpu
     result = run(mixed_corpus, "-o", tmp_path / "out", "-m", checkpoints("base"), "--device", "cpu",
                  "--dry-run", "--manifest", listing)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
-        f"wrote {listing}: 10 files (18.0 s of audio), 1 unreadable (listed without a length)",
-        "9 files to extract (18.0 s of audio), 0 already stored, 1 unreadable; estimated output 55.8 KB",
-    ]
+    wrote, plan = result.output.splitlines()
+    assert wrote == f"wrote {listing}: 10 files (18.0 s of audio), 1 unreadable (listed without a length)"
+    # The estimate's fixed costs depend on path lengths (tests/test_sizing.py checks its accuracy).
+    assert re.fullmatch(r"9 files to extract \(18\.0 s of audio\), 0 already stored, 1 unreadable; "
+                        r"estimated output \d+\.\d KB", plan), plan
     assert not (tmp_path / "out").exists()
     result = run(mixed_corpus, "-o", tmp_path / "out", "-m", checkpoints("base"), "--manifest", listing)
     assert (result.exit_code, result.output) == (1, "Error: --manifest writes the listing of a dry run: add --dry-run\n")
