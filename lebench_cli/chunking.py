@@ -58,3 +58,31 @@ def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sam
         end_sample = start_sample + (window_frames - 1) * SAMPLES_PER_FRAME + RECEPTIVE_FIELD
         windows.append(Window(start_sample, end_sample, cut_before - first, cut_after - first, first))
     return windows
+
+
+def normalised_window_batches(path, channel, windows: list, batch_seconds: float, chunk_seconds: float,
+                              mean: float, std: float):
+    """(windows, waveforms) for a long recording's `windows`, as many at a time as
+    `batch_seconds` holds, each waveform normalised with the whole recording's mean and std.
+    The file is read a block at a time: memory holds about one batch of windows, not the
+    recording. AudioError when it cannot be read, or ends before its last window (it changed
+    since it was measured)."""
+    import numpy as np
+
+    from .audio import stream_audio
+    from .errors import AudioError
+
+    per_batch = max(1, int(batch_seconds // chunk_seconds))
+    blocks = stream_audio(path, channel=channel)
+    buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
+    for first in range(0, len(windows), per_batch):
+        group = windows[first: first + per_batch]
+        while buffer_start + len(buffer) < group[-1].end_sample:
+            try:
+                buffer = np.concatenate([buffer, next(blocks)])
+            except StopIteration:
+                raise AudioError(path, "changed while being read") from None
+        yield group, [(buffer[w.start_sample - buffer_start: w.end_sample - buffer_start] - mean) / std
+                      for w in group]
+        following = windows[first + per_batch].start_sample if first + per_batch < len(windows) else buffer_start
+        buffer, buffer_start = buffer[following - buffer_start:], following

@@ -267,8 +267,7 @@ class Extraction:
         """A long recording, read twice a block at a time (its statistics, usually measured
         ahead in a decoding worker, then its windows), its frames written as they come:
         memory is bounded by the window, not the recording."""
-        from .audio import stream_audio
-        from .chunking import frame_count, plan_windows
+        from .chunking import frame_count, normalised_window_batches, plan_windows
         from .decoding import recording_statistics
         from .resume import stored_path
 
@@ -280,30 +279,22 @@ class Extraction:
             return
         samples, mean, std = statistics.samples, statistics.mean, statistics.std
         windows = plan_windows(samples, self.options.chunk_seconds, self.options.overlap_seconds)
-        per_batch = max(1, int(self.options.batch_seconds // self.options.chunk_seconds))
         source = item.source
         self._finish_all()  # the utterances before this one reach the writer first
         background.put("begin_utterance", source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
                        frame_count(samples), flags=CHUNKED_FLAG if len(windows) > 1 else "",
                        **_fingerprint_fields(item))
-        blocks = stream_audio(source.path, channel=self.options.channel)
-        buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
+        batches = normalised_window_batches(source.path, self.options.channel, windows, self.options.batch_seconds,
+                                            self.options.chunk_seconds, mean, std)
         try:
-            for first in range(0, len(windows), per_batch):
-                group = windows[first: first + per_batch]
-                while buffer_start + len(buffer) < group[-1].end_sample:
-                    buffer = np.concatenate([buffer, next(blocks)])
-                waves = [(buffer[w.start_sample - buffer_start: w.end_sample - buffer_start] - mean) / std for w in group]
+            for group, waves in batches:
                 self._launch(waves, lambda states, group=group: self._append_windows(group, states, background),
                              normalize=False)
-                following = windows[first + per_batch].start_sample if first + per_batch < len(windows) else buffer_start
-                buffer, buffer_start = buffer[following - buffer_start:], following
             self._finish_all()
-        except (AudioError, StopIteration) as error:
+        except AudioError as error:
             self._in_flight.clear()  # windows of this recording only: it is dropped
             background.put("abort_utterance")
-            reason = error.reason if isinstance(error, AudioError) else "changed while being read"
-            self._fail(failures, item, reason)
+            self._fail(failures, item, error.reason)
             return
         except BaseException:
             self._in_flight.clear()

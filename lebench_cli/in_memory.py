@@ -148,8 +148,7 @@ def _decoded(items: list, settings: _Settings, normalize: bool) -> Iterator[_Pen
 def _windowed(item: _Pending, runner: "_Runner", settings: _Settings) -> Optional[dict]:
     """A long recording, read a block at a time, in overlapping windows whose kept frames
     are joined (lebench_cli/chunking.py), normalised as a whole as extract does."""
-    from .audio import stream_audio
-    from .chunking import plan_windows
+    from .chunking import normalised_window_batches, plan_windows
     from .decoding import recording_statistics
 
     path = item.source.path
@@ -159,27 +158,17 @@ def _windowed(item: _Pending, runner: "_Runner", settings: _Settings) -> Optiona
         if reason is not None:
             return _failed(path, reason, settings)
     windows = plan_windows(statistics.samples, settings.chunk_seconds, settings.overlap_seconds)
-    per_batch = max(1, int(settings.batch_seconds // settings.chunk_seconds))
     kept: dict = {layer: [] for layer in runner.layers}
-    blocks = stream_audio(path, channel=settings.channel)
-    buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
+    batches = normalised_window_batches(path, settings.channel, windows, settings.batch_seconds,
+                                        settings.chunk_seconds, statistics.mean, statistics.std)
     try:
-        for first in range(0, len(windows), per_batch):
-            group = windows[first: first + per_batch]
-            while buffer_start + len(buffer) < group[-1].end_sample:
-                buffer = np.concatenate([buffer, next(blocks)])
-            waves = [(buffer[w.start_sample - buffer_start: w.end_sample - buffer_start] - statistics.mean)
-                     / statistics.std for w in group]
+        for group, waves in batches:
             states = runner.run(waves, normalize=False)
             for position, window in enumerate(group):
                 for layer in runner.layers:
                     kept[layer].append(states[layer][position][window.keep_from: window.keep_to])
-            following = windows[first + per_batch].start_sample if first + per_batch < len(windows) else buffer_start
-            buffer, buffer_start = buffer[following - buffer_start:], following
     except AudioError as error:
         return _failed(path, error.reason, settings)
-    except StopIteration:
-        return _failed(path, "changed while being read", settings)
     return {layer: np.concatenate(parts).astype(np.float32, copy=False) for layer, parts in kept.items()}
 
 
