@@ -56,3 +56,20 @@ def test_windows_cover_every_frame_once(samples):
         # cuts sit inside overlaps, away from both windows' edges
         for window in windows[1:-1]:
             assert window.keep_from >= 100 and window.keep_to <= frame_count(480_000) - 100
+
+
+def test_window_batches_of_a_file_shorter_than_measured_fail_as_changed(tmp_path):
+    import soundfile as sf
+
+    from lebench_cli.chunking import normalised_window_batches, plan_windows
+    from lebench_cli.errors import AudioError
+
+    path = tmp_path / "short.wav"
+    sf.write(path, np.full(16000 * 10, 0.5, dtype=np.float32), 16000)
+    windows = plan_windows(16000 * 70, 30, 5)  # measured at 70 s, now 10 s long
+    batches = normalised_window_batches(path, None, windows, 30, 30, 0.25, 0.5)
+    with pytest.raises(AudioError, match=r"short\.wav: changed while being read$"):
+        list(batches)
+    whole = plan_windows(16000 * 10, 30, 5)
+    ((group, (wave,)),) = normalised_window_batches(path, None, whole, 30, 30, 0.25, 0.5)
+    assert group == whole and np.allclose(wave, 0.5)
