@@ -234,10 +234,11 @@ def test_dry_run_writes_nothing(checkpoints, corpus, tmp_path):
     result = extract(corpus, "-o", out, "--model", checkpoints("base"), "--layers", "1,3", "--device", "cpu",
                      "--dry-run")
     assert result.exit_code == 0
-    # 1.3 + 0.7 + 2.1 + 1.9 + 0.45 s = 6.45 s -> 64+34+104+94+22 = 318 frames x 2 layers x 32 x 2 bytes
-    # = 39.8 KB, plus one shard's fixed cost and the tables (tests/test_sizing.py checks the total)
+    # 1.3 + 0.7 + 2.1 + 1.9 + 0.45 s = 6.45 s -> 64+34+104+94+22 = 318 frames, each utterance from a
+    # 16-row chunk boundary: 64+48+112+96+32 = 352 rows x 2 layers x 32 x 2 bytes = 45.1 KB, plus one
+    # shard's fixed cost, the chunk tables and the utterance tables (tests/test_sizing.py checks the total)
     assert re.fullmatch(r"5 files to extract \(6\.5 s of audio\), 0 already stored, 0 unreadable; "
-                        r"estimated output 6\d\.\d KB\n", result.output), result.output
+                        r"estimated output 7\d\.\d KB\n", result.output), result.output
     assert not out.exists()
 
 

@@ -314,10 +314,17 @@ def check_shards(out: Path, reference: Reference, context: str = "") -> dict:
             ids = list(shard["ids"].asstr()[:])
             offsets, frames = shard["offsets"][:], shard["frames"][:]
             assert len(ids) == len(offsets) == len(frames) == len(shard["durations"]) > 0, (path, context)
-            assert list(offsets) == [0, *np.cumsum(frames)[:-1]], (path, context)
+            chunk_rows = shard[f"layers/{LAYERS[0]}/frames"].chunks[0]
+            ends = [-(-(start + count) // chunk_rows) * chunk_rows for start, count in zip(offsets, frames)]
+            assert list(offsets) == [0, *ends[:-1]], (path, context)  # each from a chunk boundary
             for layer in LAYERS:
-                matrix = shard[f"layers/{layer}/frames"][:]
-                assert len(matrix) == frames.sum(), (path, layer, context)
+                dataset = shard[f"layers/{layer}/frames"]
+                assert dataset.chunks[0] == chunk_rows, (path, layer, context)
+                table = shard[f"layers/{layer}/frames_chunk_offsets"][:]
+                assert table.tolist() == [dataset.id.get_chunk_info_by_coord((number * chunk_rows, 0)).byte_offset
+                                          for number in range(len(table))], (path, layer, context)
+                matrix = dataset[:]
+                assert len(matrix) == offsets[-1] + frames[-1], (path, layer, context)
                 for utt_id, start, count in zip(ids, offsets, frames):
                     assert_same_features(matrix[start:start + count], reference.arrays[utt_id][layer],
                                          f"{utt_id} layer {layer} in {path.name} {context}")

@@ -64,15 +64,21 @@ def test_shard_holds_the_documented_datasets(tmp_path):
         assert dict(shard.attrs) == {"format": "lebench-shard", "format_version": 1, "part": 1,
                                      "num_parts": 1, "sequence": 0}
         assert list(shard["ids"].asstr()[:]) == ["a", "b"]
-        assert shard["offsets"][:].tolist() == [0, 3]
+        # 8 wide float16: 16 rows a chunk (the most), and "b" starts on the next chunk boundary
+        assert shard["offsets"][:].tolist() == [0, 16]
         assert shard["frames"][:].tolist() == [3, 4]
         assert shard["durations"].dtype == np.float64
         assert list(shard["flags"].asstr()[:]) == ["", "padded"]
         frames = shard["layers/12/frames"]
-        assert frames.shape == (7, 8) and frames.dtype == np.float16
-        assert frames.maxshape == (None, 8) and frames.chunks is not None
+        assert frames.shape == (20, 8) and frames.dtype == np.float16
+        assert frames.maxshape == (None, 8) and frames.chunks == (16, 8)
         assert frames.compression == "gzip" and frames.compression_opts == 5
+        assert "layers/12/frames_chunk_offsets" not in shard  # compressed: read through HDF5
         assert shard["layers/cnn/mean"].shape == (2, 8)
+    write(tmp_path / "raw", [utterance("a", 3)])
+    with h5py.File(tmp_path / "raw" / "shards" / "part-1of1-00000.h5", "r") as shard:
+        assert set(shard["layers/12"]) == {"frames", "frames_chunk_offsets"}
+        assert shard["layers/12/frames_chunk_offsets"].dtype == np.int64
 
 
 def test_int_layer_keys_from_the_encoder_are_accepted(tmp_path):

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-from h5py import h5s
 
 from ..errors import InputError
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
+from ..storage.placement import CHUNK_OFFSETS
+from .rows import LayerRows, read_runs
 from .selection import Layers, frame_range, layer_names, sorted_layers
 
 _OPEN_SHARDS = 64  # handles kept open at once; a store may have thousands of shards
@@ -50,12 +51,12 @@ class FeatureSet:
         counts = [len(table.ids) for table in tables]
         self._shard_of = np.repeat(np.arange(len(tables)), counts)
         self._row_of = _joined([np.arange(count) for count in counts], np.int64)
-        self._offsets = _joined([table.offsets for table in tables], np.int64)
         self._frames = _joined([table.frames for table in tables], np.int64)
         self._durations = _joined([table.durations for table in tables], np.float64)
         self._sources = [source for table in tables for source in table.sources]
         self._flags = [flags for table in tables for flags in table.flags]
         self._shard_layers = [table.layers for table in tables]
+        self._shard_offsets = [np.asarray(table.offsets, dtype=np.int64) for table in tables]
         self._layer_names = {name for table in tables for name in table.layers}
         self.layers = sorted_layers(self._layer_names)
         self._index = self._build_index()
@@ -78,19 +79,18 @@ class FeatureSet:
         index = self._position(utt_id)
         names, stacked = self._names(layers)
         rows = self._frame_range(index, start, end)
-        first = self._offsets[index] + rows.start
-        datasets = {name: self._dataset(index, name, "frames") for name in dict.fromkeys(names)}
+        matrices = {name: self._frames_of(index, name) for name in dict.fromkeys(names)}
         if not stacked:
-            out = np.empty((len(rows), datasets[names[0]].shape[1]), datasets[names[0]].dtype)
-            _read_rows(datasets[names[0]], first, out)
+            out = np.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
+            self._read_rows(index, rows.start, [(matrices[names[0]], out)])
             return out
-        out = np.empty((len(names), len(rows), _common_width(datasets)), _common_dtype(datasets))
-        for position, name in enumerate(names):
-            earlier = names.index(name)
-            if earlier < position:  # a layer listed twice is read once
-                out[position] = out[earlier]
-            else:
-                _read_rows(datasets[name], first, out[position])
+        out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
+        firsts = [names.index(name) for name in names]  # a layer listed twice is read once
+        self._read_rows(index, rows.start, [(matrices[name], out[position])
+                                            for position, name in enumerate(names) if firsts[position] == position])
+        for position, first in enumerate(firsts):
+            if first < position:
+                out[position] = out[first]
         return out
 
     def read_mean(self, utt_id: str, layers: Layers) -> np.ndarray:
@@ -180,50 +180,84 @@ class FeatureSet:
         return self._shards[self._shard_of[index]].relative_to(self.path).as_posix()
 
     def _dataset(self, index: int, name: str, kind: str):
+        return self._handle(self._shard_with(index, name, kind)).dataset(f"layers/{name}/{kind}")
+
+    def _read_rows(self, index: int, skip: int, targets: list) -> None:
+        """Rows skip.. of utterance `index` of each (LayerRows, out): the raw runs of all of
+        them in one pass over the file (an utterance's layers lie side by side), the others
+        through HDF5."""
+        row, runs = int(self._row_of[index]), []
+        for matrix, out in targets:
+            layer_runs = matrix.runs(row, skip, out)
+            if layer_runs is None:
+                matrix.read_through_hdf5(row, skip, out)
+            else:
+                runs.extend(layer_runs)
+        if runs:
+            read_runs(self._handle(self._shard_of[index]).descriptor, runs, targets[0][0].dataset)
+
+    def _frames_of(self, index: int, name: str) -> LayerRows:
+        shard = self._shard_with(index, name, "frames")
+        return self._handle(shard).rows(name, self._shard_offsets[shard])
+
+    def _shard_with(self, index: int, name: str, kind: str) -> int:
         shard = self._shard_of[index]
         if kind not in self._shard_layers[shard].get(name, ()):
             raise KeyError(_missing_kind_message(name, kind, self._shard_name(index)))
-        return self._handle(shard).dataset(f"layers/{name}/{kind}")
+        return shard
 
     def _handle(self, shard: int) -> "_OpenShard":
         if self._pid != os.getpid():
             # Handles inherited through fork share HDF5 state with the parent: never use them.
+            for handle in self._handles.values():
+                handle.close_descriptor()  # a plain descriptor is this process's own copy
             self._handles, self._pid = OrderedDict(), os.getpid()
         if shard in self._handles:
             self._handles.move_to_end(shard)
         else:
             if len(self._handles) >= _OPEN_SHARDS:
                 self._handles.popitem(last=False)[1].close()
-            self._handles[shard] = _OpenShard(open_h5(self._shards[shard]))
+            self._handles[shard] = _OpenShard(self._shards[shard])
         return self._handles[shard]
 
 
 class _OpenShard:
-    """An open shard and the layer datasets looked up in it (a lookup by path costs more than
-    reading a short utterance)."""
+    """An open shard: its h5py file, a plain descriptor of the same file for raw row reads,
+    and the layer datasets looked up in it (a lookup by path costs more than reading a short
+    utterance)."""
 
-    def __init__(self, file):
-        self.file = file
-        self._datasets = {}
+    def __init__(self, path: Path):
+        self.file = open_h5(path)
+        try:
+            self.descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self.file.close()
+            raise
+        self._datasets, self._rows = {}, {}
 
     def dataset(self, key: str):
         if key not in self._datasets:
             self._datasets[key] = self.file[key]
         return self._datasets[key]
 
+    def rows(self, name: str, offsets: np.ndarray) -> LayerRows:
+        """Layer `name`'s frames matrix; offsets: the shard's first row of each utterance."""
+        if name not in self._rows:
+            table_key = f"layers/{name}/{CHUNK_OFFSETS}"
+            table = self.file[table_key] if table_key in self.file else None
+            self._rows[name] = LayerRows(self.dataset(f"layers/{name}/frames"), offsets, table)
+        return self._rows[name]
+
     def close(self) -> None:
         self._datasets.clear()
+        self._rows.clear()
         self.file.close()
+        self.close_descriptor()
 
-
-def _read_rows(dataset, first: int, out: np.ndarray) -> None:
-    """Rows first .. first + len(out) of dataset, straight into out (no intermediate copy).
-    h5py's low-level read: its slicing and read_direct spend longer building selections in
-    Python than HDF5 takes to read a short utterance."""
-    if len(out):
-        file_space = dataset.id.get_space()
-        file_space.select_hyperslab((int(first), 0), out.shape)
-        dataset.id.read(h5s.create_simple(out.shape), file_space, out)
+    def close_descriptor(self) -> None:
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            self.descriptor = -1
 
 
 def _common_width(datasets: dict) -> int:

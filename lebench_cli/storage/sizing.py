@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .placement import frames_chunk_rows, padded_rows
+
 CHUNK_BYTES = 256 * 1024  # the largest chunk of a layer dataset
 
 # What a store costs besides its features, measured with h5py 3.16 (HDF5 1.14) on shards of
@@ -15,6 +17,7 @@ DATASET_BYTES = 2_900  # one layers/NAME/frames or layers/NAME/mean dataset
 ROW_BYTES = 124  # one utterance in a shard's tables, besides its id and source strings
 INDEX_ROW_BYTES = 40  # its line in index-KofN.tsv, besides its id and source
 METADATA_BYTES = 2_000  # lebench.json
+CHUNK_OFFSET_BYTES = 8  # one chunk's entry in layers/NAME/frames_chunk_offsets
 
 
 def chunk_rows(width: int, itemsize: int, total_rows: Optional[int] = None) -> int:
@@ -35,9 +38,12 @@ def estimate_store_bytes(frames: list, text_bytes: list, widths: list, itemsize:
     text_bytes: per utterance, the length of its id plus its source path. Shards cut by
     --commit-seconds in a long run add SHARD_BYTES + layer overhead each (negligible there)."""
     row_width = sum(widths) * itemsize
-    payload = row_width * ((sum(frames) if store_frames else 0) + (len(frames) if store_mean else 0))
+    chunk_rows = frames_chunk_rows(widths, itemsize) if widths else 1
+    rows = padded_rows(frames, chunk_rows) if store_frames else 0  # each utterance from a chunk boundary
+    payload = row_width * (rows + (len(frames) if store_mean else 0))
+    payload += CHUNK_OFFSET_BYTES * len(widths) * -(-rows // chunk_rows)
     shards = max(1, -(-payload // max(1, shard_size_bytes))) if frames else 0
-    datasets = len(widths) * (int(store_frames) + int(store_mean))
+    datasets = len(widths) * (2 * int(store_frames) + int(store_mean))  # frames and their chunk table
     per_shard = SHARD_BYTES + LAYER_BYTES * len(widths) + DATASET_BYTES * datasets
     tables = sum(ROW_BYTES + INDEX_ROW_BYTES + 2 * text for text in text_bytes)
     return payload + shards * per_shard + tables + METADATA_BYTES

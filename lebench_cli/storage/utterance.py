@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from .layout import SAVE_DTYPES
 
 _LAYER_NAME = re.compile(r"^(0|[1-9]\d*|cnn)$")
@@ -103,3 +103,13 @@ def compression_options(spec: Optional[str]) -> dict:
     if name == "gzip" and (level == "" or (level.isdigit() and int(level) <= 9)):
         return {"compression": "gzip", "compression_opts": int(level or 4), "shuffle": True}
     raise InputError(f"unknown compression {spec!r}: use gzip, gzip:LEVEL (0-9), lzf or none")
+
+
+def range_check(utt_id: str, dtype: np.dtype):
+    """check(key, source, converted): float16 turns values past 65504 into inf without a
+    warning; this makes that an error."""
+    def check(key: str, source: np.ndarray, converted: np.ndarray) -> None:
+        if dtype.itemsize < source.dtype.itemsize and np.isinf(converted).any():
+            raise OutputError(f"{utt_id}: {key} holds values beyond the {dtype} range "
+                              f"(max {np.finfo(dtype).max:.0f}); use --save-dtype float32")
+    return check

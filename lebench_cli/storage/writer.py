@@ -21,9 +21,10 @@ from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atom
 from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
                      _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
 from .locks import _HELD_LOCKS, lock_key
+from .placement import aligned, frames_chunk_rows, write_chunk_tables, write_rows
 from .sizing import chunk_rows
 from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _layer_value, _mean_of,
-                        compression_options)
+                        compression_options, range_check)
 
 _ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
@@ -130,19 +131,22 @@ class ShardWriter:
         if stream is None:
             raise RuntimeError("append_frames() without begin_utterance()")
         row = stream.row
-        count = None
+        count, pieces = None, {}
+        for name in self._layers:  # every width is known before a first matrix is made
+            piece = _layer_value(states, name)
+            piece = None if piece is None else np.asarray(piece)
+            if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
+                raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
+            count = len(piece)
+            if stream.written + count > row.frames:
+                raise ValueError(f"{row.utt_id}: more than the announced {row.frames} frames")
+            if self.options.store_frames:
+                self._check_width(row.utt_id, f"layers/{name}/frames", piece.shape[1])
+            pieces[name] = piece
         try:
-            for name in self._layers:
-                piece = _layer_value(states, name)
-                piece = None if piece is None else np.asarray(piece)
-                if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
-                    raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
-                count = len(piece)
-                if stream.written + count > row.frames:
-                    raise ValueError(f"{row.utt_id}: more than the announced {row.frames} frames")
+            for name, piece in pieces.items():
                 if self.options.store_frames:
                     key = f"layers/{name}/frames"
-                    self._check_width(row.utt_id, key, piece.shape[1])
                     self._write_block(key, row.offset + stream.written, self._converted(row.utt_id, key, piece))
                 if self.options.store_mean:
                     stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
@@ -187,12 +191,20 @@ class ShardWriter:
             raise ValueError(f"{utt_id}: {key} is {width} wide, earlier utterances {self._widths[key]}")
 
     def _next_offset(self) -> int:
-        """The first row of the frames matrices after the open shard's utterances."""
+        """The first row of the frames matrices for the next utterance: the first chunk
+        boundary after the open shard's utterances (see placement.py)."""
+        return aligned(self._frames_end(), self._frames_chunk_rows()) if self._rows else 0
+
+    def _frames_end(self) -> int:
         return self._rows[-1].offset + self._rows[-1].frames if self._rows else 0
+
+    def _frames_chunk_rows(self) -> int:
+        widths = [width for key, width in self._widths.items() if key.endswith("/frames")]
+        return frames_chunk_rows(widths, self._pending.itemsize) if widths else 1
 
     def _trim_to_rows(self) -> None:
         """Drop what an unfinished streamed utterance wrote past the last row."""
-        frames_end = self._next_offset()
+        frames_end = self._frames_end()
         for name in self._layers:
             for key, end in ((f"layers/{name}/frames", frames_end), (f"layers/{name}/mean", len(self._rows))):
                 if key in self._file and self._file[key].shape[0] > end:
@@ -209,6 +221,7 @@ class ShardWriter:
         try:
             self._trim_to_rows()
             self._write_table()
+            write_chunk_tables(self._file, self._layers)
             self._file.close()
             fsync_path(self._tmp)
             os.replace(self._tmp, self._final)
@@ -262,15 +275,7 @@ class ShardWriter:
         return converted
 
     def _range_check(self, utt_id: str):
-        """check(key, source, converted): float16 turns values past 65504 into inf without
-        a warning; this makes that an error."""
-        dtype = self._pending.dtype
-
-        def check(key: str, source: np.ndarray, converted: np.ndarray) -> None:
-            if dtype.itemsize < source.dtype.itemsize and np.isinf(converted).any():
-                raise OutputError(f"{utt_id}: {key} holds values beyond the {dtype} range "
-                                  f"(max {np.finfo(dtype).max:.0f}); use --save-dtype float32")
-        return check
+        return range_check(utt_id, self._pending.dtype)
 
     def _write_rows(self, utt_id: str, arrays: dict) -> None:
         """One utterance written at once, after the buffered ones (the buffers are empty)."""
@@ -294,6 +299,7 @@ class ShardWriter:
 
     def _reset_shard(self) -> None:
         self._file = None
+        self._datasets, self._lengths = {}, {}  # the open shard's layer datasets, their rows
         self._tmp = self._final = None
         self._rows = []
         self._flushed = 0  # rows whose arrays are in the file; the others' are in self._pending
@@ -323,12 +329,15 @@ class ShardWriter:
         todo = self._rows[self._flushed:]
         if not todo:
             return
-        frames = sum(row.frames for row in todo)
         try:
+            frames_keys = [key for key in self._pending.buffers if key.endswith("/frames")]
+            first = 0
+            for row in todo:  # utterance by utterance, layer after layer: see placement.py
+                for key in frames_keys:
+                    self._write_block(key, row.offset, self._pending.buffers[key][first: first + row.frames])
+                first += row.frames
             for key, buffer in self._pending.buffers.items():
-                if key.endswith("/frames"):
-                    self._write_block(key, todo[0].offset, buffer[:frames], complete)
-                else:
+                if not key.endswith("/frames"):
                     self._write_block(key, self._flushed, buffer[: len(todo)], complete)
         except _WRITE_ERRORS as error:
             self._fail(error)
@@ -336,18 +345,24 @@ class ShardWriter:
         self._pending.clear()
 
     def _write_block(self, key: str, start: int, block: np.ndarray, complete: bool = False) -> None:
-        if key in self._file:
-            dataset = self._file[key]
-        else:
+        # Datasets and their lengths are kept: looking them up in h5py costs more than
+        # writing a short utterance, and each utterance's layers are written one by one.
+        dataset = self._datasets.get(key)
+        if dataset is None:
             width = block.shape[1]
-            rows = chunk_rows(width, block.itemsize, start + len(block) if complete else None)
+            if key.endswith("/frames"):
+                rows = self._frames_chunk_rows()
+            else:
+                rows = chunk_rows(width, block.itemsize, start + len(block) if complete else None)
             dataset = self._file.create_dataset(key, shape=(0, width), maxshape=(None, width),
                                                 dtype=block.dtype, chunks=(rows, width),
                                                 **self._compression)
+            self._datasets[key], self._lengths[key] = dataset, 0
         end = start + len(block)
-        if dataset.shape[0] < end:
+        if self._lengths[key] < end:
             dataset.resize(end, axis=0)
-        dataset[start:end] = block
+            self._lengths[key] = end
+        write_rows(dataset, start, block)
 
     def _write_table(self) -> None:
         strings = h5py.string_dtype()
@@ -401,3 +416,4 @@ class ShardWriter:
             except OSError:
                 pass  # removed on the next start of this part
         self._reset_shard()
+
