@@ -93,7 +93,7 @@ class LayerRows:
             self._chunk_at[number] = self.dataset.id.get_chunk_info_by_coord(corner).byte_offset
         return self._chunk_at[number]
 
-    def _checked(self, table) -> Optional[np.ndarray]:
+    def _checked(self, table) -> Optional[list]:
         """The table, when it covers the matrix and its first and last written chunks are
         where HDF5's chunk index says: a tool that rewrote the shard (h5repack...) moved the
         chunks and copied a stale table."""

@@ -6,7 +6,9 @@ Each utterance starts on a chunk boundary of the frames matrices (so no chunk ho
 utterances) and its layers are written one after the other, so HDF5 places its chunks of
 each layer in one run and its layers together: one layer is one contiguous read, all layers
 one sequential read, like a .npy file per utterance. The padding rows cost half a chunk per
-utterance on average (about 2.7% on a 2-20 s mix with 1024-wide float16 layers).
+utterance on average (about 2.7% on a 2-20 s mix with 1024-wide float16 layers), and the
+writer, which writes 8x as many chunks as with 256 KiB ones, one utterance's layer at a time,
+is 1.5-2x slower (docs/performance.md): features are written once and read every epoch.
 """
 
 from __future__ import annotations
