@@ -348,7 +348,9 @@ class ShardWriter:
         # Datasets and their lengths are kept: looking them up in h5py costs more than
         # writing a short utterance, and each utterance's layers are written one by one.
         dataset = self._datasets.get(key)
-        if dataset is None:
+        if dataset is None and key in self._file:  # made by a write that an interruption cut short
+            dataset = self._file[key]
+        elif dataset is None:
             width = block.shape[1]
             if key.endswith("/frames"):
                 rows = self._frames_chunk_rows()
@@ -357,7 +359,8 @@ class ShardWriter:
             dataset = self._file.create_dataset(key, shape=(0, width), maxshape=(None, width),
                                                 dtype=block.dtype, chunks=(rows, width),
                                                 **self._compression)
-            self._datasets[key], self._lengths[key] = dataset, 0
+        if key not in self._datasets:
+            self._datasets[key], self._lengths[key] = dataset, dataset.shape[0]
         end = start + len(block)
         if self._lengths[key] < end:
             dataset.resize(end, axis=0)
