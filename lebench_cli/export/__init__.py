@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
 FORMATS = ("kaldi", "npy", "lhotse")
 EXPORT_DTYPES = ("float16", "float32")
@@ -92,6 +92,26 @@ def select_layers(store, spec: str) -> list:
 
 def layer_folder(layer) -> str:
     return f"layer_{layer}"
+
+
+def export_per_layer(store, layers: list, destination: str, marker: str, write, bar) -> ExportSummary:
+    """The formats with one folder per layer (kaldi, lhotse): a layer whose `marker` file
+    exists under DEST/layer_L is done (each is written atomically), the others are written by
+    write(store, todo, destination path, bar), which returns the count of features-only items
+    (lhotse) or None."""
+    path = Path(destination).resolve()
+    summary = ExportSummary(destination=destination)
+    todo = [layer for layer in layers if not (path / layer_folder(layer) / marker).exists()]
+    if not todo:
+        summary.skipped = len(store)
+        bar.close()
+        return summary
+    try:
+        summary.without_audio = write(store, todo, path, bar) or 0
+    except OSError as error:
+        raise OutputError(f"cannot write under {path}: {error.strerror or error}") from error
+    summary.utterances = len(store)
+    return summary
 
 
 def converted(array: np.ndarray, dtype: Optional[str]) -> np.ndarray:

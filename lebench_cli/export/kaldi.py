@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, OutputError
-from . import ExportSummary, layer_folder, require
+from ..errors import InputError
+from . import ExportSummary, export_per_layer, layer_folder, require
 
 
 def check_dependencies() -> None:
@@ -43,19 +43,7 @@ def export(store, layers: list, options, bar) -> ExportSummary:
         raise InputError("kaldi matrices are float32 or float64: drop --dtype float16")
     if options.destination == "-":
         return _to_stdout(store, layers[0], bar)
-    destination = Path(options.destination).resolve()
-    summary = ExportSummary(destination=options.destination)
-    todo = [layer for layer in layers if not (destination / layer_folder(layer) / "feats.scp").exists()]
-    if not todo:
-        summary.skipped = len(store)
-        bar.close()
-        return summary
-    try:
-        _write_layers(store, todo, destination, bar)
-    except OSError as error:
-        raise OutputError(f"cannot write under {destination}: {error.strerror or error}") from error
-    summary.utterances = len(store)
-    return summary
+    return export_per_layer(store, layers, options.destination, "feats.scp", _write_layers, bar)
 
 
 def _write_layers(store, layers: list, destination: Path, bar) -> None:

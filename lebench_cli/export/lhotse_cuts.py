@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import OutputError
-from . import ExportSummary, converted, layer_folder, require
+from . import ExportSummary, converted, export_per_layer, layer_folder, require
 
 FRAME_SHIFT = 0.02
 SAMPLE_RATE = 16000
@@ -26,19 +25,9 @@ def check_dependencies() -> None:
 
 
 def export(store, layers: list, options, bar) -> ExportSummary:
-    destination = Path(options.destination).resolve()
-    summary = ExportSummary(destination=options.destination)
-    todo = [layer for layer in layers if not (destination / layer_folder(layer) / "cuts.jsonl.gz").exists()]
-    if not todo:
-        summary.skipped = len(store)
-        bar.close()
-        return summary
-    try:
-        summary.without_audio = _write_layers(store, todo, destination, options.dtype, bar)
-    except OSError as error:
-        raise OutputError(f"cannot write under {destination}: {error.strerror or error}") from error
-    summary.utterances = len(store)
-    return summary
+    def write(store, todo: list, destination: Path, bar) -> int:
+        return _write_layers(store, todo, destination, options.dtype, bar)
+    return export_per_layer(store, layers, options.destination, "cuts.jsonl.gz", write, bar)
 
 
 def _write_layers(store, layers: list, destination: Path, dtype, bar) -> int:
