@@ -140,9 +140,10 @@ def _pread_fully(descriptor: int, buffers: list, at: int, dataset) -> None:
     a sequence of reads ahead in large folios (measured cold: 1.3-1.5x one read of 14 MB). A
     short one (a layer) goes in one read: a sequence would make the kernel read past its end."""
     buffers = list(buffers)
-    step = _READ_BYTES if sum(len(buffer) for buffer in buffers) >= _SPLIT_FROM else None
+    total = sum(len(buffer) for buffer in buffers)
+    step = _READ_BYTES if total >= _SPLIT_FROM else total
     while buffers:
-        batch, room = [], step or sum(len(buffer) for buffer in buffers)
+        batch, room = [], step
         for buffer in buffers:
             if room <= 0 or len(batch) >= _MAX_BUFFERS:
                 break
