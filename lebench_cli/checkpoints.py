@@ -78,8 +78,18 @@ def _resolve_global(name: str):
     return getattr(module, attr)
 
 
-def _allowed_global_objects():
-    return [_resolve_global(name) for name in sorted(ALLOWED_GLOBALS)]
+def _allowed_global_objects(path, names=ALLOWED_GLOBALS) -> list:
+    """The allowlisted classes NAMES, imported; a missing package (omegaconf, which fairseq
+    checkpoints' configs are made of) is named, not blamed on the file."""
+    objects = []
+    for name in sorted(names):
+        try:
+            objects.append(_resolve_global(name))
+        except ImportError as error:
+            package = (error.name or name).split(".")[0]
+            raise CheckpointError(f"{path}: reading it needs the {package} package, which does not import "
+                                  f"({_one_line(error)}): see docs/install.md") from None
+    return objects
 
 
 def load_torch_file(path: Path, trust: bool = False) -> dict:
@@ -101,8 +111,11 @@ def load_torch_file(path: Path, trust: bool = False) -> dict:
         refused = sorted(set(needed) - ALLOWED_GLOBALS)
         if refused:
             raise UnsafeCheckpointError(_unsafe_message(path, refused[0]))
+        allowed = _allowed_global_objects(path, set(needed))
+    else:
+        allowed = _allowed_global_objects(path)
     try:
-        with torch.serialization.safe_globals(_allowed_global_objects()):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(_unsafe_message(path, _offending_global(error))) from None

@@ -53,7 +53,7 @@ def _layer_syntax(context, parameter, value):
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("-o", "--output", required=True, help="Output folder.")
 @click.option("-m", "--model", required=True, help="Hub id, alias, checkpoint file or model folder.")
 @click.option("--layers", default="last", show_default=True, callback=_layer_syntax,
               help="all, last, cnn, lists and ranges: 6,12 or 0-24,cnn (stored as a set: order and repeats do not matter).")
@@ -108,7 +108,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         raise InputError(f"--overlap-seconds {overlap_seconds:g} must be under half of --chunk-seconds {chunk_seconds:g}")
     shard = _part_from_environment() if part == "auto" else parse_part(part)
     options = extract_options(click.get_current_context().params, shard, overwrite=overwrite)
-    stdin = click.get_text_stream("stdin") if "-" in inputs else None
+    stdin = sys.stdin if "-" in inputs else None
     if manifest is not None:
         if not dry_run:
             raise InputError("--manifest writes the listing of a dry run: add --dry-run")
@@ -193,8 +193,10 @@ class _interrupts_commit_once:
         return False
 
 
+# OUTPUT is checked by open_features, not by Click: a missing folder is then an error (exit 1)
+# like a folder that holds no features, not a usage error (exit 2).
 @main.command(name="ls")
-@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.argument("output")
 @click.option("--header", is_flag=True, help="Print a header line first.")
 @reports_errors
 def list_utterances(output, header):
@@ -209,7 +211,7 @@ def list_utterances(output, header):
 
 
 @main.command()
-@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.argument("output")
 @reports_errors
 def show(output):
     """Print the metadata of OUTPUT (JSON), with its utterance count."""

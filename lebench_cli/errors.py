@@ -7,6 +7,12 @@ class LebenchError(Exception):
     exit_code = 1
 
 
+def install_extra_hint(extra: str) -> str:
+    """How to add an optional extra: lebench is installed from its checkout (it is not on
+    PyPI), into the venv that `make install` made."""
+    return f".venv/bin/pip install -e '.[{extra}]' in the lebench checkout"
+
+
 class InputError(LebenchError):
     """An input path, manifest or option value that cannot be used."""
 

@@ -55,7 +55,12 @@ class ProgressBar:
         if self._bar is None:
             return
         self._done_files += files
-        self._describe(self._bar.n + audio_seconds)
+        done = self._bar.n + audio_seconds
+        if done > self._bar.total:
+            # The total comes from headers and manifests before decoding; a file can turn out
+            # longer. Past the total, tqdm warns (clamping frac) and shows a negative ETA.
+            self._bar.total = done
+        self._describe(done)
         self._bar.update(audio_seconds)
 
     def close(self) -> None:

@@ -193,7 +193,8 @@ def test_a_missing_extra_says_how_to_install_it(store, tmp_path, monkeypatch, ex
     monkeypatch.setitem(sys.modules, module, None)
     result = export(store, "--format", export_format, "-o", tmp_path / "x")
     assert result.exit_code == 1
-    assert result.output == f"Error: this export needs {module}: pip install 'lebench[{extra}]'\n"
+    assert result.output == (f"Error: this export needs {module}: "
+                             f".venv/bin/pip install -e '.[{extra}]' in the lebench checkout\n")
     assert not (tmp_path / "x").exists()
 
 

@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_address():
-    pytest.importorskip("ray", reason="ray is not installed (pip install 'lebench[ray]')")
+    pytest.importorskip("ray", reason="ray is not installed (.venv/bin/pip install -e '.[ray]')")
     folder = Path(tempfile.mkdtemp(prefix="lebench-ray-"))  # short: Ray's socket paths have a length limit
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -163,7 +163,8 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     result = CliRunner().invoke(main, ["ray", "--", "extract", str(tmp_path), "-o", str(tmp_path / "out"),
                                        "--model", "m"])
-    assert (result.exit_code, result.output) == (1, "Error: lebench ray needs Ray: pip install 'lebench[ray]'\n")
+    assert (result.exit_code, result.output) == (
+        1, "Error: lebench ray needs Ray: .venv/bin/pip install -e '.[ray]' in the lebench checkout\n")
 
 
 def test_extract_args_are_checked_before_connecting():

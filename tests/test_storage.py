@@ -390,7 +390,7 @@ def test_a_missing_identity_key_is_named(tmp_path):
 
 def test_an_output_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("")
-    with pytest.raises(OutputError, match=f"^{re.escape(str(tmp_path / 'out'))} exists and is not a folder$"):
+    with pytest.raises(OutputError, match=f"^cannot write to {re.escape(str(tmp_path / 'out'))}: it exists and is not a folder$"):
         prepare_output(tmp_path / "out", {"identity": IDENTITY}, overwrite=False)
     with pytest.raises(OutputError, match=f"^cannot write to {re.escape(str(tmp_path / 'out' / 'sub'))}: "):
         prepare_output(tmp_path / "out" / "sub", {"identity": IDENTITY}, overwrite=False)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, install_extra_hint
 
 FORMATS = ("kaldi", "npy", "lhotse")
 EXPORT_DTYPES = ("float16", "float32")
@@ -22,12 +22,12 @@ EXPORT_DTYPES = ("float16", "float32")
 
 @dataclass
 class ExportOptions:
-    """What `lebench export` does; layers as in `extract --layers`, `all` meaning every stored one."""
+    """What `lebench export` does; layers as in `extract --layers` (`all`: the stored 0..L)."""
 
     store: str  # the output folder of `lebench extract`
     format: str  # kaldi, npy or lhotse
     destination: str  # a folder; "-" (kaldi, one layer) streams a binary ark to stdout
-    layers: str = "all"
+    layers: Optional[str] = None  # None: every stored layer, cnn included
     stack: bool = False  # npy: one [layers, frames, width] array per utterance
     dtype: Optional[str] = None  # None: the stored dtype (kaldi: always float32)
 
@@ -54,7 +54,7 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"this export needs {module}: pip install 'lebench[{extra}]'") from None
+        raise InputError(f"this export needs {module}: {install_extra_hint(extra)}") from None
 
 
 def export_features(options: ExportOptions, progress: bool = False) -> ExportSummary:
@@ -73,15 +73,23 @@ def export_features(options: ExportOptions, progress: bool = False) -> ExportSum
         return writer.export(store, layers, options, _progress_bar(len(store), progress))
 
 
-def select_layers(store, spec: str) -> list:
-    """Stored layer keys (ints and "cnn") named by SPEC; `all` is every stored layer."""
-    from ..layers import parse_layers
+def select_layers(store, spec: Optional[str]) -> list:
+    """Stored layer keys (ints and "cnn") named by SPEC, as `extract --layers` and `read` name
+    them: `all` is every stored layer 0..L (not cnn); None (the default) every stored layer."""
+    from ..layers import check_layer_syntax, parse_layers
 
-    if str(spec).strip().lower() == "all":
+    if spec is None:
         return list(store.layers)
+    check_layer_syntax(spec)
     numbered = [layer for layer in store.layers if layer != "cnn"]
     num_layers = int(store.metadata.get("model", {}).get("num_layers", max(numbered, default=0)))
-    layers = parse_layers(spec, num_layers)
+    layers: list = []
+    for part in str(spec).split(","):
+        if part.strip().lower() == "all" and not numbered:
+            raise InputError(f"'all' means the stored layers 0..L, and none is stored in {store.path} "
+                             f"(stored: {', '.join(map(str, store.layers))}): export cnn by its name")
+        asked = numbered if part.strip().lower() == "all" else parse_layers(part, num_layers)
+        layers += [layer for layer in asked if layer not in layers]
     missing = [str(layer) for layer in layers if layer not in store.layers]
     if missing:
         named = f"layer {missing[0]} is" if len(missing) == 1 else f"layers {', '.join(missing)} are"

@@ -288,6 +288,8 @@ def _joined(arrays: list, dtype) -> np.ndarray:
 
 
 def _load_metadata(path: Path) -> dict:
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     if not path.is_dir():
         raise InputError(f"{path} is not a folder")
     metadata = path / METADATA_FILE

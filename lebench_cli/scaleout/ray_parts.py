@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import InputError, LebenchError, OutputError
+from ..errors import InputError, LebenchError, OutputError, install_extra_hint
 from ..options import ExtractOptions
 from ..summary import ExtractSummary
 
 MARKER_PREFIX = ".lebench-ray-"
-INSTALL_HINT = "lebench ray needs Ray: pip install 'lebench[ray]'"
+INSTALL_HINT = f"lebench ray needs Ray: {install_extra_hint('ray')}"
 
 
 class MissingExtraError(LebenchError):

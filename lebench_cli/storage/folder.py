@@ -56,7 +56,7 @@ def _identity_of(metadata: dict) -> dict:
 
 def require_writable_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a folder")
+        raise OutputError(f"cannot write to {out}: it exists and is not a folder")
     probe = out / f".lebench-probe-{os.getpid()}"
     try:
         (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def check_writable_destination(out: Path) -> None:
     probe file is created and removed in OUT, or else in the nearest folder above it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a folder")
+        raise OutputError(f"cannot write to {out}: it exists and is not a folder")
     target = out
     while not target.exists() and target != target.parent:
         target = target.parent
