@@ -11,7 +11,11 @@ install:
 	bash scripts/install-env.sh
 
 demo: install
-	.venv/bin/lebench extract samples -o "$(OUT)" --model "$(MODEL)" --layers "$(LAYERS)"
+	.venv/bin/lebench extract samples -o "$(OUT)" --model "$(MODEL)" --layers "$(LAYERS)" || { \
+	  status=$$?; \
+	  echo "make demo: no model at hand or no network? make demo-offline runs the demo with random weights," \
+	    "or pass MODEL=/path/to/checkpoint_best.pt" >&2; \
+	  exit $$status; }
 	.venv/bin/lebench ls "$(OUT)" --header
 
 demo-offline: install

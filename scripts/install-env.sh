@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates (or completes) the project's virtual environment: CPU torch, fairseq, lebench.
+# Creates (or completes) the project's virtual environment: torch, fairseq, lebench.
 # A stamp in the venv records what it was built from (the packaging files and the specs
 # below): when they have not changed, the script does nothing, without network, in well
 # under a second. Otherwise a step whose result is already there is skipped.
@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+# Empty: torch from PyPI, which for Linux x86-64 is the CUDA build (several GB of nvidia-*
+# wheels). https://download.pytorch.org/whl/cpu gives the CPU build (docs/install.md).
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
 FAIRSEQ_SPEC="${FAIRSEQ_SPEC:-fairseq-fixed==0.12.3.1}"
 # fairseq's own requirements minus torchaudio: lebench never imports it, and the wheel pip
 # picks for it does not load against a newer torch, which then breaks `import transformers`.
@@ -19,7 +22,7 @@ log() { printf 'install-env: %s\n' "$*" >&2; }
 
 stamp_key() {
   { cat setup.cfg setup.py scripts/install-env.sh
-    printf '%s\n' "$TORCH_SPEC" "$FAIRSEQ_SPEC" "${FAIRSEQ_DEPS[@]}"
+    printf '%s\n' "$TORCH_SPEC" "$TORCH_INDEX_URL" "$FAIRSEQ_SPEC" "${FAIRSEQ_DEPS[@]}"
   } | { sha256sum 2>/dev/null || shasum -a 256; } | cut -d' ' -f1
 }
 
@@ -31,6 +34,10 @@ fi
 rm -f "$STAMP"
 
 if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    log "$PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not found)'): lebench needs Python >= 3.10 (torch 2.13); pick one with PYTHON=python3.11"
+    exit 1
+  fi
   log "creating virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
@@ -43,10 +50,15 @@ PIP=("$PY" -m pip install --disable-pip-version-check --no-warn-conflicts -q)
 
 "${PIP[@]}" --upgrade pip setuptools wheel
 
-# Torch first and pinned: an unpinned requirement would pull the newest CUDA build (GBs).
+# Torch first and pinned: an unpinned requirement would pull the newest torch whatever its size.
 if ! "$PY" -c 'import torch' 2>/dev/null; then
-  log "installing $TORCH_SPEC"
-  "${PIP[@]}" "$TORCH_SPEC"
+  if [ -n "$TORCH_INDEX_URL" ]; then
+    log "installing $TORCH_SPEC from $TORCH_INDEX_URL"
+    "${PIP[@]}" --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
+  else
+    log "installing $TORCH_SPEC from PyPI (on Linux x86-64: the CUDA build, several GB; TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU build)"
+    "${PIP[@]}" "$TORCH_SPEC"
+  fi
 fi
 
 if ! "$PY" -c 'import fairseq' >/dev/null 2>&1; then
