@@ -183,7 +183,7 @@ def test_setup_cfg_states_what_the_readme_and_the_code_need():
 
 # ---- first mistakes: one line, the documented code -------------------------------------------
 
-@pytest.mark.parametrize("command", ["ls", "show"])
+@pytest.mark.parametrize("command", ["ls", "show", "export"])
 def test_reading_a_folder_that_is_not_a_store_is_an_error_not_a_usage_error(tmp_path, command):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "a-file").write_text("")
@@ -191,8 +191,10 @@ def test_reading_a_folder_that_is_not_a_store_is_an_error_not_a_usage_error(tmp_
                 tmp_path / "a-file": f"Error: {tmp_path / 'a-file'} is not a folder\n",
                 tmp_path / "corpus": f"Error: {tmp_path / 'corpus'} is not a lebench output folder (no lebench.json)\n"}
     for path, message in expected.items():
-        result = CliRunner().invoke(main, [command, str(path)])
+        destination = ["--format", "npy", "-o", str(tmp_path / "dest")] if command == "export" else []
+        result = CliRunner().invoke(main, [command, str(path), *destination])
         assert (result.exit_code, result.output) == (1, message)
+    assert not (tmp_path / "dest").exists()
 
 
 def test_an_output_that_is_a_file_is_refused_with_exit_1_before_the_model(tmp_path):

@@ -10,7 +10,7 @@ from .common import reports_errors
 
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")  # checked by open_features: a missing one is an error (exit 1), not a usage error
 @click.option("--format", "export_format", type=click.Choice(["kaldi", "npy", "lhotse"]), required=True,
               help="kaldi (ark/scp), npy (one file per utterance) or lhotse (a CutSet).")
 @click.option("-o", "--output", required=True, help="Destination folder; - streams a kaldi ark to stdout (one layer).")
