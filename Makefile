@@ -17,6 +17,7 @@ demo: install
 	    "or pass MODEL=/path/to/checkpoint_best.pt" >&2; \
 	  exit $$status; }
 	.venv/bin/lebench ls "$(OUT)" --header
+	@echo "make demo: done; lebench is .venv/bin/lebench (or lebench after source .venv/bin/activate)" >&2
 
 demo-offline: install
 	test -f "$(RANDOM_MODEL)" || .venv/bin/python scripts/make-random-checkpoint.py "$(RANDOM_MODEL)"

@@ -56,7 +56,7 @@ def _layer_syntax(context, parameter, value):
 @click.option("-o", "--output", required=True, help="Output folder.")
 @click.option("-m", "--model", required=True, help="Hub id, alias, checkpoint file or model folder.")
 @click.option("--layers", default="last", show_default=True, callback=_layer_syntax,
-              help="all, last, cnn, lists and ranges: 6,12 or 0-24,cnn (stored as a set: order and repeats do not matter).")
+              help="all (0..L), last (L), cnn, lists and ranges: 6,12 or 0-24,cnn (a set: order and repeats do not matter).")
 @click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
               help="mean: store one mean vector per utterance and layer (instead of frames unless --frames).")
 @click.option("--frames/--no-frames", "store_frames", default=None, help="Store frame-level states (default: unless --pool mean).")
