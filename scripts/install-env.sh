@@ -34,8 +34,12 @@ fi
 rm -f "$STAMP"
 
 if [ ! -x "$VENV/bin/python" ]; then
+  if ! version="$("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null)"; then
+    log "cannot run $PYTHON: lebench needs Python >= 3.10; pick one with PYTHON=python3.11"
+    exit 1
+  fi
   if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-    log "$PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not found)'): lebench needs Python >= 3.10 (torch 2.13); pick one with PYTHON=python3.11"
+    log "$PYTHON is Python $version: lebench needs Python >= 3.10 (torch 2.13); pick one with PYTHON=python3.11"
     exit 1
   fi
   log "creating virtual environment in $VENV"

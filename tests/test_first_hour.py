@@ -54,8 +54,11 @@ def clone(tmp_path_factory):
 
 
 def run_in(clone: Path, command: str, **env):
-    """bash -c COMMAND in the clone, with the clone's lebench_cli imported (not the checkout's)."""
-    environment = {**os.environ, "PYTHONPATH": str(clone), "HF_HUB_OFFLINE": "1", **env}
+    """bash -c COMMAND in the clone, with the clone's lebench_cli imported (not the checkout's).
+    The tests take the set-up as done (`make -o install`, `make -n`); should one run it all the
+    same, VENV and PYTHON make it stop at once instead of installing into the shared venv."""
+    environment = {**os.environ, "PYTHONPATH": str(clone), "HF_HUB_OFFLINE": "1",
+                   "VENV": str(clone / "no-venv"), "PYTHON": "false", **env}
     environment.pop("VIRTUAL_ENV", None)
     environment["PATH"] = "/usr/bin:/bin"  # a newcomer's shell: no lebench on it
     return subprocess.run(["bash", "-c", command], cwd=clone, env=environment, capture_output=True, text=True,
@@ -96,6 +99,12 @@ def test_every_make_target_the_readme_names_exists(clone):
         assert (result.returncode, result.stderr) == (0, ""), target
     result = run_in(clone, "make -n -o install demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu")
     assert result.returncode == 0
+    # The guard of run_in: a set-up that runs after all stops before pip.
+    result = run_in(clone, "make --no-print-directory install")
+    assert result.returncode == 2
+    assert result.stderr.startswith("install-env: cannot run false: lebench needs Python >= 3.10; "
+                                    "pick one with PYTHON=python3.11\n")
+    assert not (clone / "no-venv").exists()
 
 
 def test_a_failed_make_demo_points_to_demo_offline(clone, tmp_path):
