@@ -1,0 +1,142 @@
+"""`lebench extract --overwrite` removes nothing while a writer lives, lets no writer start while
+it removes, and survives a kill -9 half-way through the removal (docs/reliability.md)."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from lebench_cli.cli import main
+from lebench_cli.reader import open_features
+from lebench_cli.storage import REMOVING_DIR, StoreLock
+
+REPO = Path(__file__).resolve().parents[1]
+COUNT = 40
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    generator = np.random.default_rng(0)
+    root = tmp_path / "corpus"
+    for index in range(COUNT):
+        path = root / f"spk{index % 2}" / f"utt{index:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, (0.1 * generator.standard_normal(int(2.0 * 16000))).astype(np.float32), 16000)
+    return root
+
+
+def args(corpus, out, checkpoint, *extra):
+    return ["extract", str(corpus), "-o", str(out), "-m", str(checkpoint), "--device", "cpu", "--workers", "0",
+            "--batch-seconds", "2", "--commit-seconds", "1", "-q", *extra]
+
+
+def start(corpus, out, checkpoint, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lebench_cli", *args(corpus, out, checkpoint, *extra)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+
+
+def run(*arguments):
+    return CliRunner().invoke(main, list(map(str, arguments)), catch_exceptions=False)
+
+
+def freeze_once_committed(process: subprocess.Popen, out: Path, tag: str, timeout: float = 300) -> None:
+    """SIGSTOPs the writer of part `tag` as soon as it has committed a shard: from then on it
+    is mid-run, holding its locks, for as long as the test needs."""
+    index, deadline = out / f"index-{tag}.tsv", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if index.exists() and len(index.read_text().splitlines()) > 1:
+            os.kill(process.pid, signal.SIGSTOP)
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the writer ended before it was frozen: {process.stderr.read()}")
+        time.sleep(0.001)
+    raise AssertionError(f"{index}: nothing committed")
+
+
+def digests(out: Path) -> dict:
+    return {str(path.relative_to(out)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(out.rglob("*")) if path.is_file() and not path.name.startswith(".lock-")}
+
+
+def resume_and_finish(process: subprocess.Popen) -> None:
+    os.kill(process.pid, signal.SIGCONT)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+
+
+@pytest.mark.parametrize("part", ["1/1", "2/3"])
+def test_overwrite_removes_nothing_while_a_part_is_written(checkpoints, corpus, tmp_path, part):
+    checkpoint, out = checkpoints("base"), tmp_path / "out"
+    writer = start(corpus, out, checkpoint, "--layers", "all", "--shard", part)
+    tag = part.replace("/", "of")
+    try:
+        freeze_once_committed(writer, out, tag)
+        before = digests(out)
+        result = run(*args(corpus, out, checkpoint, "--layers", "last", "--overwrite"))
+        assert (result.exit_code, result.output) == (
+            1, f"Error: another lebench extract is writing part {part} of {out} (pid {writer.pid}): "
+               "--overwrite removed nothing\n")
+        assert digests(out) == before and not (out / REMOVING_DIR).exists()
+    finally:
+        resume_and_finish(writer)
+    with open_features(out) as store:
+        assert len(store.ids) == COUNT if part == "1/1" else 0 < len(store.ids) < COUNT
+        assert len(store.layers) > 1  # the writer's `--layers all`, not the refused `last`
+
+
+def test_no_writer_starts_while_overwrite_removes(checkpoints, corpus, tmp_path):
+    checkpoint, out = checkpoints("base"), tmp_path / "out"
+    out.mkdir()
+    with StoreLock(out, exclusive=True):  # what --overwrite holds from before it removes until it ends
+        result = run(*args(corpus, out, checkpoint, "--layers", "last"))
+    assert (result.exit_code, result.output) == (
+        1, f"Error: lebench extract --overwrite (pid {os.getpid()}) is replacing the content of {out}: "
+           "rerun when it ends\n")
+    assert sorted(path.name for path in out.iterdir()) == [".lock-store", "shards"]  # nothing written
+    assert not list((out / "shards").iterdir())
+
+
+# Runs `lebench extract ... --overwrite` and kills it (SIGKILL, itself) when it has moved
+# KILL_AFTER of the old store's files aside: a crash half-way through the removal.
+CRASH = textwrap.dedent("""
+    import os, signal, sys
+    from lebench_cli.cli import main
+    real_replace, moved = os.replace, []
+    def replace(source, target):
+        real_replace(source, target)
+        if "{removing}" in str(target):
+            moved.append(target)
+            if len(moved) == int(sys.argv[1]):
+                os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace
+    main(sys.argv[2:])
+""")
+
+
+@pytest.mark.parametrize("rerun", ["--overwrite", "without --overwrite"])
+def test_a_removal_killed_half_way_is_finished_by_the_next_run(checkpoints, corpus, tmp_path, rerun):
+    checkpoint, out = checkpoints("base"), tmp_path / "out"
+    assert run(*args(corpus, out, checkpoint, "--layers", "all", "--shard-size", "64KB")).exit_code == 0
+    old_shards = sorted(path.name for path in (out / "shards").iterdir())
+    assert len(old_shards) > 3
+    crash = subprocess.run([sys.executable, "-c", CRASH.replace("{removing}", REMOVING_DIR), "3",
+                            *args(corpus, out, checkpoint, "--layers", "last", "--overwrite")],
+                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr
+    assert (out / REMOVING_DIR).is_dir() and not (out / "lebench.json").exists()  # moved first: no store to read
+    assert (out / "shards").exists() and list((out / "shards").iterdir())  # shards left behind
+    extra = ["--overwrite"] if rerun == "--overwrite" else []
+    result = run(*args(corpus, out, checkpoint, "--layers", "last", *extra))
+    assert (result.exit_code, result.output) == (0, "")
+    assert not (out / REMOVING_DIR).exists()
+    with open_features(out) as store:
+        assert len(store.ids) == COUNT and len(store.layers) == 1
