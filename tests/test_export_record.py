@@ -204,6 +204,7 @@ import json, sys
 sys.modules["lebench_cli"] = None
 from lhotse import CutSet
 print(json.dumps({cut.id: [type(cut).__name__, cut.channel, cut.features.channels, cut.custom, cut.has_recording,
+                           cut.load_features().shape[1],
                            cut.load_audio().shape[0] if cut.has_recording else None]
                   for cut in CutSet.from_jsonl(sys.argv[1])}))
 """
@@ -225,9 +226,24 @@ def test_lhotse_cuts_name_the_channels_their_features_come_from(tmp_path, channe
     assert completed.returncode == 0, completed.stderr[-3000:]
     cuts = json.loads(completed.stdout)
     if channel == 1:
-        assert cuts == {"stereo": ["MonoCut", 1, 1, {"lebench_channel": 1}, True, 1],
-                        "gone": ["MonoCut", 1, 1, {"lebench_channel": 1}, False, None]}
+        assert cuts == {"stereo": ["MonoCut", 1, 1, {"lebench_channel": 1}, True, 8, 1],
+                        "gone": ["MonoCut", 1, 1, {"lebench_channel": 1}, False, 8, None]}
     else:
-        assert cuts == {"stereo": ["MultiCut", [0, 1], [0, 1], {"lebench_channel": "mix"}, True, 2],
-                        "mono": ["MonoCut", 0, 0, {"lebench_channel": "mix"}, True, 1],
-                        "gone": ["MonoCut", 0, 0, {"lebench_channel": "mix"}, False, None]}
+        assert cuts == {"stereo": ["MultiCut", [0, 1], [0, 1], {"lebench_channel": "mix"}, True, 8, 2],
+                        "mono": ["MonoCut", 0, 0, {"lebench_channel": "mix"}, True, 8, 1],
+                        "gone": ["MonoCut", 0, 0, {"lebench_channel": "mix"}, False, 8, None]}
+
+
+def test_a_layer_exported_for_the_first_time_adds_its_utterances(tmp_path):
+    store = tmp_path / "store"
+    generator = np.random.default_rng(0)
+    prepare_output(store, {"identity": {"layers": ["1", "2"]}, "model": {"num_layers": 2}}, overwrite=False)
+    with PartLock(store, 1, 1), ShardWriter(store, WriterOptions(layers=["1", "2"])) as writer:
+        for utt_id in IDS:
+            writer.add(StoredUtterance(utt_id, "x.wav", 0.1, 4, {name: generator.normal(size=(4, 3)).astype(np.float32)
+                                                                 for name in ("1", "2")}))
+    destination = tmp_path / "dest"
+    assert export(store, "--format", "kaldi", "--layers", "1", "-o", destination).exit_code == 0
+    result = export(store, "--format", "kaldi", "--layers", "1,2", "-o", destination)
+    assert result.output == f"exported 5 new, replaced 0, removed 0 in {destination}\n"
+    assert sorted(path.name for path in destination.iterdir()) == ["layer_1", "layer_2", "lebench-export.json"]

@@ -64,15 +64,16 @@ class Counts:
 
 
 def count_utterances(plans: list) -> Counts:
-    """Per utterance over every entry (layer) exported: unchanged when unchanged in all, new
-    when new in all, else replaced; removed when gone from any."""
+    """Per utterance over every entry (layer) exported: unchanged when unchanged in all,
+    replaced when replaced in any, else new (a layer exported for the first time adds it);
+    removed when gone from any."""
     if not plans:
         return Counts()
     unchanged = set.intersection(*(set(plan.unchanged) for plan in plans))
-    new = set.intersection(*(set(plan.new) for plan in plans))
+    replaced = set().union(*(plan.replaced for plan in plans))
     every = set(plans[0].new) | set(plans[0].replaced) | set(plans[0].unchanged)
     removed = set().union(*(plan.removed for plan in plans))
-    return Counts(new=len(new), replaced=len(every - new - unchanged), removed=len(removed),
+    return Counts(new=len(every - replaced - unchanged), replaced=len(replaced), removed=len(removed),
                   unchanged=len(unchanged))
 
 
