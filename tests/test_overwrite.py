@@ -140,3 +140,26 @@ def test_a_removal_killed_half_way_is_finished_by_the_next_run(checkpoints, corp
     assert not (out / REMOVING_DIR).exists()
     with open_features(out) as store:
         assert len(store.ids) == COUNT and len(store.layers) == 1
+
+
+def test_the_store_lock_on_a_filesystem_without_locks_names_it(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from lebench_cli.errors import OutputError
+    from lebench_cli.storage import mounts
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+                         f"98 22 0:50 / {tmp_path} rw,relatime shared:7 - lustre 10.0.0.1@tcp:/scratch rw\n")
+    monkeypatch.setattr(mounts, "MOUNTINFO", str(mountinfo))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OutputError) as caught:
+        StoreLock(tmp_path, exclusive=False).acquire()
+    assert str(caught.value) == (
+        f"cannot lock {tmp_path}/.lock-store: Function not implemented: {tmp_path} is on a lustre filesystem "
+        f"({tmp_path}) without flock support; mount it with -o flock (-o localflock locks within one node only), "
+        "or write the output to a filesystem with locks (local disk, NFSv4, Lustre with -o flock, GPFS)")

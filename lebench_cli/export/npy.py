@@ -26,8 +26,9 @@ def check_dependencies() -> None:
 
 
 def check_ids(store, options, layers: list) -> None:
+    folders = _folders(Path(options.destination), options, layers).values()
     for utt_id in store.ids:
-        for folder in _folders(Path(options.destination), options, layers).values():
+        for folder in folders:
             utterance_path(folder, utt_id, ".npy")
 
 

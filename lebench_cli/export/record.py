@@ -85,8 +85,8 @@ class ExportRecord:
         self.path = self.destination / RECORD_FILE
         self.store_identity = store.metadata.get("identity")
         self.export_format = export_format
-        self.fingerprints = utterance_fingerprints(store)
         self.entries = self._load(store)
+        self.fingerprints = utterance_fingerprints(store)
 
     def plan(self, key: str, variant: str, exists) -> Plan:
         """exists(utt_id): whether the entry's file of that utterance is there."""

@@ -38,18 +38,15 @@ class PartLock:
         except OSError as error:
             raise OutputError(f"cannot create {self.path}: {_reason(error)}") from error
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, self.path, self.out, fcntl.LOCK_EX)
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
             raise OutputError(f"another lebench extract is writing part {self.part}/"
                               f"{self.num_parts} of {self.out} (pid {holder})") from None
-        except OSError as error:
+        except OutputError:
             os.close(fd)
-            if error.errno in _NO_LOCKS:
-                raise OutputError(f"cannot lock {self.path}: {_reason(error)}: {_locking_advice(self.out)}") from error
-            raise OutputError(f"cannot lock {self.path}: {_reason(error)} "
-                              "(the filesystem must support flock)") from error
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -203,7 +200,7 @@ def live_part(out: Path):
     for part, num_parts in part_locks(out):
         path = Path(out) / f".lock-{part_tag(part, num_parts)}"
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDWR)  # NFS emulates flock with fcntl locks: exclusive needs write access
         except OSError:
             continue
         try:
@@ -234,6 +231,8 @@ def every_part_locked(out: Path):
 
 
 def _flock(fd: int, path: Path, out: Path, mode: int) -> None:
+    """flock without waiting: BlockingIOError while another holds it, OutputError where the
+    filesystem has no locks."""
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
