@@ -3,7 +3,6 @@ added, what changed replaced, what is gone removed, another run refused; ids are
 read errors named before or without writing anything (docs/reading.md#exports)."""
 
 import errno
-import gzip
 import hashlib
 import json
 import subprocess
@@ -221,8 +220,9 @@ def test_lhotse_cuts_name_the_channels_their_features_come_from(tmp_path, channe
     store = write_store(tmp_path / "store", ids, channel=channel, sources=sources)
     result = export(store, "--format", "lhotse", "-o", tmp_path / "cuts")
     assert result.exit_code == 0, result.output
-    completed = subprocess.run([sys.executable, "-c", LHOTSE_CHANNELS, str(tmp_path / "cuts" / "layer_1" / "cuts.jsonl.gz")],
-                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    cuts_path = tmp_path / "cuts" / "layer_1" / "cuts.jsonl.gz"
+    completed = subprocess.run([sys.executable, "-c", LHOTSE_CHANNELS, str(cuts_path)], capture_output=True,
+                               text=True, timeout=300, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     cuts = json.loads(completed.stdout)
     if channel == 1:

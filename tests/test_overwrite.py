@@ -48,18 +48,19 @@ def run(*arguments):
     return CliRunner().invoke(main, list(map(str, arguments)), catch_exceptions=False)
 
 
-def freeze_once_committed(process: subprocess.Popen, out: Path, tag: str, timeout: float = 300) -> None:
-    """SIGSTOPs the writer of part `tag` as soon as it has committed a shard: from then on it
-    is mid-run, holding its locks, for as long as the test needs."""
-    index, deadline = out / f"index-{tag}.tsv", time.monotonic() + timeout
+def freeze_when_locked(process: subprocess.Popen, out: Path, tag: str, timeout: float = 300) -> None:
+    """SIGSTOPs the writer of part `tag` as soon as its pid shows in the part's lock file (it
+    writes it just after taking its locks): from then on it is mid-run, holding them, for as
+    long as the test needs, however fast the machine."""
+    lock, deadline = out / f".lock-{tag}", time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if index.exists() and len(index.read_text().splitlines()) > 1:
+        if lock.exists() and lock.read_text().strip() == str(process.pid):
             os.kill(process.pid, signal.SIGSTOP)
             return
         if process.poll() is not None:
             raise AssertionError(f"the writer ended before it was frozen: {process.stderr.read()}")
         time.sleep(0.001)
-    raise AssertionError(f"{index}: nothing committed")
+    raise AssertionError(f"{lock}: never taken by pid {process.pid}")
 
 
 def digests(out: Path) -> dict:
@@ -76,10 +77,13 @@ def resume_and_finish(process: subprocess.Popen) -> None:
 @pytest.mark.parametrize("part", ["1/1", "2/3"])
 def test_overwrite_removes_nothing_while_a_part_is_written(checkpoints, corpus, tmp_path, part):
     checkpoint, out = checkpoints("base"), tmp_path / "out"
-    writer = start(corpus, out, checkpoint, "--layers", "all", "--shard", part)
+    # A committed store (the spk0 half), then a run that resumes into it, frozen mid-run.
+    first = run(*args(corpus / "spk0", out, checkpoint, "--layers", "all", "--root", corpus))
+    assert first.exit_code == 0, first.output
+    writer = start(corpus, out, checkpoint, "--layers", "all", "--root", corpus, "--shard", part)
     tag = part.replace("/", "of")
     try:
-        freeze_once_committed(writer, out, tag)
+        freeze_when_locked(writer, out, tag)
         before = digests(out)
         result = run(*args(corpus, out, checkpoint, "--layers", "last", "--overwrite"))
         assert (result.exit_code, result.output) == (
@@ -89,7 +93,7 @@ def test_overwrite_removes_nothing_while_a_part_is_written(checkpoints, corpus, 
     finally:
         resume_and_finish(writer)
     with open_features(out) as store:
-        assert len(store.ids) == COUNT if part == "1/1" else 0 < len(store.ids) < COUNT
+        assert len(store.ids) == COUNT if part == "1/1" else COUNT // 2 < len(store.ids) < COUNT
         assert len(store.layers) > 1  # the writer's `--layers all`, not the refused `last`
 
 
