@@ -2,6 +2,7 @@
 it removes, and survives a kill -9 half-way through the removal (docs/reliability.md)."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -167,3 +168,23 @@ def test_the_store_lock_on_a_filesystem_without_locks_names_it(tmp_path, monkeyp
         f"cannot lock {tmp_path}/.lock-store: Function not implemented: {tmp_path} is on a lustre filesystem "
         f"({tmp_path}) without flock support; mount it with -o flock (-o localflock locks within one node only), "
         "or write the output to a filesystem with locks (local disk, NFSv4, Lustre with -o flock, GPFS)")
+
+
+def test_a_removal_cut_short_is_finished_only_by_a_run_alone_in_out(tmp_path):
+    from lebench_cli.errors import OutputError
+    from lebench_cli.storage import writing_part
+
+    out = tmp_path / "out"
+    (out / REMOVING_DIR).mkdir(parents=True)
+    (out / "lebench.json").write_text('{"identity": {"layers": ["1"]}}')  # left by the cut-short removal
+    metadata = {"identity": {"layers": ["2"]}}
+    with StoreLock(out, exclusive=False):  # another run into OUT
+        with pytest.raises(OutputError) as caught:
+            with writing_part(out, metadata, 1, 1, overwrite=False):
+                pass
+    assert str(caught.value) == (f"{out} holds a removal that a crash cut short and another lebench extract is "
+                                 "using it: rerun when that run ends")
+    assert (out / REMOVING_DIR).is_dir() and (out / "lebench.json").exists()
+    with writing_part(out, metadata, 1, 1, overwrite=False):
+        assert not (out / REMOVING_DIR).exists()
+        assert json.loads((out / "lebench.json").read_text())["identity"] == {"layers": ["2"]}

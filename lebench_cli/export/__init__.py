@@ -94,9 +94,18 @@ def read_layer(store, utt_id: str, layer):
     """store.read, with a failed read named as one (not as a write under DEST)."""
     try:
         return store.read(utt_id, layer)
-    except (OSError, RuntimeError) as error:  # h5py and the OS: a damaged or vanished shard
-        reason = getattr(error, "strerror", None) or error
-        raise InputError(f"cannot read {utt_id} (layer {layer}) from {store.path}: {reason}") from error
+    except _READ_ERRORS as error:
+        raise _read_error(store, utt_id, layer, error) from error
+
+
+# What a read of a damaged or vanished shard raises: the OS's and h5py's errors, and missing
+# or malformed datasets.
+_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
+def _read_error(store, utt_id: str, layer, error: Exception) -> InputError:
+    reason = getattr(error, "strerror", None) or (error.args[0] if error.args else type(error).__name__)
+    return InputError(f"cannot read {utt_id} (layer {layer}) from {store.path}: {reason}")
 
 
 def select_layers(store, spec: str) -> list:
@@ -190,11 +199,14 @@ def _check_destination(options: ExportOptions, layers: list) -> None:
 
 def _check_frames_stored(store, layers: list) -> None:
     for layer in layers:
+        if not store.ids:
+            return
         try:
-            if store.ids:
-                read_layer(store, store.ids[0], layer)
+            store.read(store.ids[0], layer)
         except KeyError as error:  # a store of utterance means only (--pool mean)
             raise InputError(f"{error.args[0]}; export needs frames") from None
+        except _READ_ERRORS as error:
+            raise _read_error(store, store.ids[0], layer, error) from error
 
 
 def _progress_bar(total: int, enabled: bool):

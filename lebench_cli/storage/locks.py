@@ -149,6 +149,7 @@ class StoreLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self.release()  # a failed conversion has dropped the shared hold too
             raise OutputError(f"{self.out} holds a removal that a crash cut short and another lebench extract "
                               "is using it: rerun when that run ends") from None
         self.exclusive = True
@@ -156,8 +157,14 @@ class StoreLock:
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def make_shared(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        """Back to a shared hold. Linux drops a flock before it converts it: an --overwrite that
+        took OUT in between makes this refuse, rather than wait and write into its store."""
         self.exclusive = False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise self._refusal() from None
 
     def release(self) -> None:
         if self._fd is not None:
