@@ -47,7 +47,7 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
         bar.close()
         return summary
     entries = {layer: record.entry(keys[layer], variant) for layer in folders}
-    saved, done = time.monotonic(), False
+    saved, interval, done = time.monotonic(), _SAVE_SECONDS, False
     try:
         record.save()  # the store it is made from is on disk before any of its files
         if options.stack:
@@ -65,8 +65,8 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
                         _save(utterance_path(folder, utt_id, ".npy"), _array(store, utt_id, layer, layers, options))
                         entries[layer][utt_id] = record.fingerprints[utt_id]
                 bar.update()
-                if time.monotonic() - saved > _SAVE_SECONDS:
-                    record.save()
+                if time.monotonic() - saved > interval:
+                    interval = _save_interval(record)
                     saved = time.monotonic()
         done = True
     except OSError as error:
@@ -74,6 +74,14 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
     finally:
         _save_record(record, quietly=not done)
     return summary
+
+
+def _save_interval(record) -> float:
+    """Saves the record; the next save comes after _SAVE_SECONDS, or 20 times this save's
+    time where the record of a large store takes long to write."""
+    started = time.monotonic()
+    record.save()
+    return max(_SAVE_SECONDS, 20 * (time.monotonic() - started))
 
 
 def _save_record(record, quietly: bool) -> None:

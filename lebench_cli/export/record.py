@@ -10,6 +10,7 @@ or by a lebench that kept no record is refused: its files cannot be told current
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ RECORD_FORMAT = "lebench-export"
 
 
 def utterance_fingerprints(store) -> dict:
-    """id -> what its features are, from what the reader knows now: the committed shard (its
-    name, inode, size and mtime: a committed shard is never written again, and a store made
-    again has new files), the row in it, the frames and the source. One place to switch to
-    stored per-layer checksums."""
+    """id -> a short hash of what its features are, from what the reader knows now: the
+    committed shard (its name, inode, size and mtime: a committed shard is never written
+    again, and a store made again has new files), the row in it, the frames and the source.
+    One place to switch to stored per-layer checksums."""
     shards, fingerprints = {}, {}
     for utt_id in store.ids:
         info = store.info(utt_id)
@@ -37,7 +38,8 @@ def utterance_fingerprints(store) -> dict:
             except OSError as error:
                 raise InputError(f"cannot read {path}: {error.strerror or error}") from error
             shards[shard] = f"{shard}@{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
-        fingerprints[utt_id] = f"{shards[shard]}#{info['position']}:{info['frames']}:{info['source']}"
+        described = f"{shards[shard]}#{info['position']}:{info['frames']}:{info['source']}"
+        fingerprints[utt_id] = hashlib.blake2b(described.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
     return fingerprints
 
 
