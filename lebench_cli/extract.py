@@ -136,8 +136,8 @@ class Extraction:
         from .layers import canonical_layers, parse_layers
         from .models import load_checkpoint
         from .resume import plan_resume
-        from .storage import (FailureLog, PartLock, ShardWriter, WriterOptions, check_writable_destination,
-                              prepare_output, stored_sources)
+        from .storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
+                              writing_part)
 
         options = self.options
         started = time.monotonic()
@@ -153,9 +153,8 @@ class Extraction:
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
         self._depth = batches_in_flight(encoder.device)
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
-        prepare_output(output, metadata, overwrite=options.overwrite)
         part, parts = options.shard
-        with PartLock(output, part, parts):
+        with writing_part(output, metadata, part, parts, overwrite=options.overwrite):
             resume = plan_resume(sources, stored_sources(output))
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)

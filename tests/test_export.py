@@ -52,7 +52,7 @@ def export(*args):
 def test_npy_one_file_per_utterance_and_layer_keeps_the_stored_dtype(tmp_path, save_dtype):
     store = make_store(tmp_path / "store", tmp_path / "audio", save_dtype)
     result = export(store, "--format", "npy", "--layers", "12,cnn", "-o", tmp_path / "npy")
-    assert result.exit_code == 0 and result.output == f"exported 4 utterances to {tmp_path / 'npy'}\n"
+    assert result.exit_code == 0 and result.output == f"exported 4 new, replaced 0, removed 0 in {tmp_path / 'npy'}\n"
     with open_features(store) as features:
         for utt_id in IDS:
             for layer in (12, "cnn"):
@@ -84,7 +84,7 @@ def test_npy_rerun_writes_only_what_is_missing(store, tmp_path):
     (destination / "layer_12" / "spk2" / "u2.npy").unlink()
     (destination / "layer_12" / "spk2" / "u2.npy.tmp").write_bytes(b"cut by a crash")
     result = export(store, "--format", "npy", "--layers", "12", "-o", destination)
-    assert result.output == f"exported 1 utterance to {destination}; 3 already there\n"
+    assert result.output == f"exported 1 new, replaced 0, removed 0 in {destination}; 3 unchanged\n"
     with open_features(store) as features:
         np.testing.assert_array_equal(np.load(destination / "layer_12" / "spk2" / "u2.npy"), features.read("spk2/u2", 12))
     assert not (destination / "layer_12" / "spk2" / "u2.npy.tmp").exists()
@@ -115,7 +115,7 @@ def test_kaldi_ark_and_scp_read_back_with_kaldiio(store, tmp_path):
                 ark.seek(int(offset))
                 assert ark.read(5) == b"\0BFM "  # Kaldi's binary float32 matrix
     again = export(store, "--format", "kaldi", "--layers", "12", "-o", tmp_path / "kaldi")
-    assert again.output == f"exported 0 utterances to {tmp_path / 'kaldi'}; 4 already there\n"
+    assert again.output == f"exported 0 new, replaced 0, removed 0 in {tmp_path / 'kaldi'}; 4 unchanged\n"
 
 
 def test_kaldi_to_stdout_streams_one_binary_ark(store, tmp_path):
@@ -164,7 +164,7 @@ def test_lhotse_cuts_load_with_lhotse_alone(store, tmp_path, dtype):
     args = ["--dtype", dtype] if dtype else []
     result = export(store, "--format", "lhotse", "--layers", "12", "-o", tmp_path / "lhotse", *args)
     assert result.exit_code == 0, result.output
-    assert result.output == (f"exported 4 utterances to {tmp_path / 'lhotse'}; "
+    assert result.output == (f"exported 4 new, replaced 0, removed 0 in {tmp_path / 'lhotse'}; "
                              "2 without a recording (source audio missing)\n")
     folder = tmp_path / "lhotse" / "layer_12"
     assert sorted(path.name for path in folder.iterdir()) == ["cuts.jsonl.gz", "feats.h5"]

@@ -2,7 +2,9 @@
 kaldi ark/scp (`kaldi`), one .npy per utterance (`npy`), a lhotse CutSet (`lhotse_cuts`).
 
 Every export reads one utterance at a time in storage order (memory holds one utterance's
-layers) and is atomic or resumable per output file: see docs/cli.md, `lebench export`.
+layers), is atomic or resumable per output file, and records what it was made from
+(`record`): a re-export adds, replaces and removes what the store did. See docs/cli.md,
+`lebench export`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError, OutputError, install_extra_hint
+from .record import count_utterances
 
 FORMATS = ("kaldi", "npy", "lhotse")
 EXPORT_DTYPES = ("float16", "float32")
@@ -34,17 +37,25 @@ class ExportOptions:
 
 @dataclass
 class ExportSummary:
-    utterances: int = 0  # written by this run
-    skipped: int = 0  # already exported by an earlier run (npy) or whole layers already done
+    new: int = 0  # not in DEST before (or its file was gone)
+    replaced: int = 0  # in DEST from other features of the store (it changed since)
+    removed: int = 0  # in DEST, gone from the store: removed from DEST
+    unchanged: int = 0
     destination: str = ""
     without_audio: int = 0  # lhotse: features-only cuts (source audio missing or unreadable)
 
+    @classmethod
+    def of(cls, counts, destination: str) -> "ExportSummary":
+        return cls(new=counts.new, replaced=counts.replaced, removed=counts.removed, unchanged=counts.unchanged,
+                   destination=destination)
+
     def line(self) -> str:
-        done = f"exported {self.utterances} utterance{'s' if self.utterances != 1 else ''}"
-        kept = f"; {self.skipped} already there" if self.skipped else ""
-        where = "" if self.destination == "-" else f" to {self.destination}"
         audio = f"; {self.without_audio} without a recording (source audio missing)" if self.without_audio else ""
-        return f"{done}{where}{kept}{audio}"
+        if self.destination == "-":
+            return f"exported {self.new} utterance{'s' if self.new != 1 else ''}"
+        kept = f"; {self.unchanged} unchanged" if self.unchanged else ""
+        return (f"exported {self.new} new, replaced {self.replaced}, removed {self.removed} in "
+                f"{self.destination}{kept}{audio}")
 
 
 def require(module: str, extra: str):
@@ -60,6 +71,7 @@ def require(module: str, extra: str):
 def export_features(options: ExportOptions, progress: bool = False) -> ExportSummary:
     """Writes OPTIONS.store's features in OPTIONS.format under OPTIONS.destination."""
     from ..reader import open_features
+    from .record import ExportRecord
 
     if options.format not in FORMATS:
         raise InputError(f"unknown export format {options.format!r}: use {', '.join(FORMATS)}")
@@ -70,7 +82,30 @@ def export_features(options: ExportOptions, progress: bool = False) -> ExportSum
         layers = select_layers(store, options.layers)
         _check_destination(options, layers)
         _check_frames_stored(store, layers)
-        return writer.export(store, layers, options, _progress_bar(len(store), progress))
+        writer.check_ids(store, options, layers)  # every id, before anything is written
+        bar = _progress_bar(len(store), progress)
+        if options.destination == "-":
+            return writer.export(store, layers, options, bar, None)
+        record = ExportRecord(Path(options.destination), store, options.format)
+        return writer.export(store, layers, options, bar, record)
+
+
+def read_layer(store, utt_id: str, layer):
+    """store.read, with a failed read named as one (not as a write under DEST)."""
+    try:
+        return store.read(utt_id, layer)
+    except _READ_ERRORS as error:
+        raise _read_error(store, utt_id, layer, error) from error
+
+
+# What a read of a damaged or vanished shard raises: the OS's and h5py's errors, and missing
+# or malformed datasets.
+_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
+def _read_error(store, utt_id: str, layer, error: Exception) -> InputError:
+    reason = getattr(error, "strerror", None) or (error.args[0] if error.args else type(error).__name__)
+    return InputError(f"cannot read {utt_id} (layer {layer}) from {store.path}: {reason}")
 
 
 def select_layers(store, spec: Optional[str]) -> list:
@@ -102,24 +137,39 @@ def layer_folder(layer) -> str:
     return f"layer_{layer}"
 
 
-def export_per_layer(store, layers: list, destination: str, marker: str, write, bar) -> ExportSummary:
-    """The formats with one folder per layer (kaldi, lhotse): a layer whose `marker` file
-    exists under DEST/layer_L is done (each is written atomically), the others are written by
-    write(store, todo, destination path, bar), which returns the count of features-only items
-    (lhotse) or None."""
-    path = Path(destination).resolve()
-    summary = ExportSummary(destination=destination)
-    todo = [layer for layer in layers if not (path / layer_folder(layer) / marker).exists()]
+def export_per_layer(store, layers: list, record, marker: str, variant: str, write, bar) -> ExportSummary:
+    """The formats with one folder per layer (kaldi, lhotse), written whole and atomically: a
+    layer whose `marker` file exists and whose record matches the store is left as it is; the
+    others are written again by write(store, todo, destination path, bar), which returns the
+    count of features-only items (lhotse) or None, and which removes a layer's marker before
+    it replaces the layer's other files."""
+    path = record.destination.resolve()
+    plans = {layer: record.plan(layer_folder(layer), variant,
+                                lambda _, layer=layer: (path / layer_folder(layer) / marker).exists())
+             for layer in layers}
+    summary = ExportSummary.of(count_utterances(list(plans.values())), str(record.destination))
+    todo = [layer for layer, plan in plans.items() if plan.changes]
     if not todo:
-        summary.skipped = len(store)
         bar.close()
         return summary
+    record.save()  # the store it is made from is on disk before any of its files
     try:
         summary.without_audio = write(store, todo, path, bar) or 0
     except OSError as error:
         raise OutputError(f"cannot write under {path}: {error.strerror or error}") from error
-    summary.utterances = len(store)
+    for layer in todo:
+        record.set_entry(layer_folder(layer), variant, record.fingerprints)
+    record.save()
     return summary
+
+
+def remove_partial(paths) -> None:
+    """Removes what an export that stopped had written under temporary names."""
+    for path in paths:
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError:
+            pass  # the error that stopped the export is the one to report
 
 
 def converted(array: np.ndarray, dtype: Optional[str]) -> np.ndarray:
@@ -157,11 +207,14 @@ def _check_destination(options: ExportOptions, layers: list) -> None:
 
 def _check_frames_stored(store, layers: list) -> None:
     for layer in layers:
+        if not store.ids:
+            return
         try:
-            if store.ids:
-                store.read(store.ids[0], layer)
+            store.read(store.ids[0], layer)
         except KeyError as error:  # a store of utterance means only (--pool mean)
             raise InputError(f"{error.args[0]}; export needs frames") from None
+        except _READ_ERRORS as error:
+            raise _read_error(store, store.ids[0], layer, error) from error
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -3,8 +3,10 @@
 pipes (`lebench export ... -o - | copy-feats ark:- ark,scp:...`).
 
 Kaldi has no float16 matrix type, so float16 features are written as float32 (exact). Atomic
-per layer: feats.ark.tmp and feats.scp.tmp are renamed at the end; the scp names the final
-ark by its absolute path. A rerun skips a layer whose feats.scp exists."""
+per layer: feats.ark.tmp and feats.scp.tmp are renamed at the end, the old feats.scp removed
+first (no scp ever indexes an ark it was not written with); the scp names the final ark by its
+absolute path. A rerun leaves a layer whose feats.scp exists and whose record matches the
+store as it is, and writes the others again whole."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from . import ExportSummary, export_per_layer, layer_folder, require
+from . import ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require
 
 
 def check_dependencies() -> None:
@@ -38,18 +40,23 @@ class _NamedAs:
         self._file.flush()
 
 
-def export(store, layers: list, options, bar) -> ExportSummary:
+def check_ids(store, options, layers: list) -> None:
+    for utt_id in store.ids:
+        _check_key(utt_id)
+
+
+def export(store, layers: list, options, bar, record) -> ExportSummary:
     if options.dtype == "float16":
         raise InputError("kaldi matrices are float32 or float64: drop --dtype float16")
     if options.destination == "-":
         return _to_stdout(store, layers[0], bar)
-    return export_per_layer(store, layers, options.destination, "feats.scp", _write_layers, bar)
+    return export_per_layer(store, layers, record, "feats.scp", "float32", _write_layers, bar)
 
 
 def _write_layers(store, layers: list, destination: Path, bar) -> None:
     import kaldiio
 
-    files = {}
+    files, done = {}, False
     try:
         for layer in layers:
             folder = destination / layer_folder(layer)
@@ -59,22 +66,27 @@ def _write_layers(store, layers: list, destination: Path, bar) -> None:
             files[layer] = (_NamedAs(ark, str(folder / "feats.ark")), ark, scp)
         with bar:
             for utt_id in store.ids:
-                _check_key(utt_id)
                 for layer, (named, _, scp) in files.items():
-                    kaldiio.save_ark(named, {utt_id: _matrix(store.read(utt_id, layer))}, scp=scp)
+                    kaldiio.save_ark(named, {utt_id: _matrix(read_layer(store, utt_id, layer))}, scp=scp)
                 bar.update()
         for layer, (_, ark, scp) in files.items():
-            folder = destination / layer_folder(layer)
             for file in (ark, scp):
                 file.flush()
                 os.fsync(file.fileno())
                 file.close()
+        for layer in files:
+            folder = destination / layer_folder(layer)
+            (folder / "feats.scp").unlink(missing_ok=True)  # first: the layer is not done
             os.replace(folder / "feats.ark.tmp", folder / "feats.ark")
             os.replace(folder / "feats.scp.tmp", folder / "feats.scp")  # last: the layer is done
+        done = True
     finally:
         for _, ark, scp in files.values():
             ark.close()
             scp.close()
+        if not done:
+            remove_partial(destination / layer_folder(layer) / name for layer in files
+                           for name in ("feats.ark.tmp", "feats.scp.tmp"))
 
 
 def _to_stdout(store, layer, bar) -> ExportSummary:
@@ -84,9 +96,8 @@ def _to_stdout(store, layer, bar) -> ExportSummary:
     summary = ExportSummary(destination="-")
     with bar:
         for utt_id in store.ids:
-            _check_key(utt_id)
-            kaldiio.save_ark(stdout, {utt_id: _matrix(store.read(utt_id, layer))})
-            summary.utterances += 1
+            kaldiio.save_ark(stdout, {utt_id: _matrix(read_layer(store, utt_id, layer))})
+            summary.new += 1
             bar.update()
     stdout.flush()
     return summary

@@ -5,16 +5,20 @@ without lebench: `cut.load_features()`, its samplers and datasets.
 Each cut lasts frames x 0.02 s: a wav2vec2 frame sees 25 ms every 20 ms, and lhotse counts
 round(duration / frame_shift) frames, so the audio's real duration would count one frame too
 many. A cut has a Recording (the source audio) when the source file still exists and lasts
-at least the cut; otherwise it is features-only. Atomic per layer: feats-partial.h5 and
-cuts-partial.jsonl.gz are renamed at the end, cuts last; a rerun skips a layer whose
-cuts.jsonl.gz exists. Paths in the manifests are absolute."""
+at least the cut; otherwise it is features-only. The cut names the channels the features come
+from, as lebench.json records them: `--channel K` is a MonoCut on channel K, the down-mix of a
+multi-channel recording a MultiCut on all its channels (custom "lebench_channel": "mix" says
+which). Atomic per layer: feats-partial.h5 and cuts-partial.jsonl.gz are renamed at the end,
+the old cuts.jsonl.gz removed first and the new one renamed last; a rerun leaves a layer whose
+cuts.jsonl.gz exists and whose record matches the store as it is. Paths in the manifests are
+absolute."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from . import ExportSummary, converted, export_per_layer, layer_folder, require
+from . import ExportSummary, converted, export_per_layer, layer_folder, read_layer, remove_partial, require
 
 FRAME_SHIFT = 0.02
 SAMPLE_RATE = 16000
@@ -24,19 +28,33 @@ def check_dependencies() -> None:
     require("lhotse", "lhotse")
 
 
-def export(store, layers: list, options, bar) -> ExportSummary:
+def check_ids(store, options, layers: list) -> None:
+    """lhotse takes any string as a cut id."""
+
+
+def export(store, layers: list, options, bar, record) -> ExportSummary:
+    channel = stored_channel(store)
+
     def write(store, todo: list, destination: Path, bar) -> int:
-        return _write_layers(store, todo, destination, options.dtype, bar)
-    return export_per_layer(store, layers, options.destination, "cuts.jsonl.gz", write, bar)
+        return _write_layers(store, todo, destination, options.dtype, channel, bar)
+    return export_per_layer(store, layers, record, "cuts.jsonl.gz", f"dtype={options.dtype or 'stored'}", write, bar)
 
 
-def _write_layers(store, layers: list, destination: Path, dtype, bar) -> int:
-    from lhotse import CutSet, MonoCut
+def stored_channel(store):
+    """The channel the store's features come from (`extract --channel`), or None: the mean of
+    every channel of the recording."""
+    identity = store.metadata.get("identity")
+    channel = identity.get("channel") if isinstance(identity, dict) else None
+    return channel if isinstance(channel, int) and not isinstance(channel, bool) else None
+
+
+def _write_layers(store, layers: list, destination: Path, dtype, channel, bar) -> int:
+    from lhotse import CutSet
     from lhotse.features.io import NumpyHdf5Writer
 
     model = store.metadata.get("model", {}) if isinstance(store.metadata.get("model"), dict) else {}
     name = (model.get("hub_id") or "wav2vec2").split("/")[-1]
-    outputs, without_audio = {}, 0
+    outputs, without_audio, done = {}, 0, False
     try:
         for layer in layers:
             folder = destination / layer_folder(layer)
@@ -48,24 +66,45 @@ def _write_layers(store, layers: list, destination: Path, dtype, bar) -> int:
                 recording = _recording(row)
                 without_audio += recording is None
                 for layer, (features_writer, cuts_writer, kind) in outputs.items():
-                    array = converted(store.read(row["id"], layer), dtype)
+                    array = converted(read_layer(store, row["id"], layer), dtype)
                     key = features_writer.write(row["id"], array)
                     features = _features(array, kind, folder=destination / layer_folder(layer), key=key,
                                          recording=recording)
-                    cuts_writer.write(MonoCut(id=row["id"], start=0.0, duration=features.duration, channel=0,
-                                              features=features, recording=recording))
+                    cuts_writer.write(_cut(row["id"], features, recording, channel))
                 bar.update()
-        for layer, (features_writer, cuts_writer, _) in outputs.items():
+        for features_writer, cuts_writer, _ in outputs.values():
             features_writer.close()
             cuts_writer.close()
+        for layer in outputs:
             folder = destination / layer_folder(layer)
+            (folder / "cuts.jsonl.gz").unlink(missing_ok=True)  # first: the layer is not done
             os.replace(folder / "feats-partial.h5", folder / "feats.h5")
             os.replace(folder / "cuts-partial.jsonl.gz", folder / "cuts.jsonl.gz")  # last: the layer is done
+        done = True
     finally:
         for features_writer, cuts_writer, _ in outputs.values():
             features_writer.close()
             cuts_writer.close()
+        if not done:
+            remove_partial(destination / layer_folder(layer) / name for layer in outputs
+                           for name in ("feats-partial.h5", "cuts-partial.jsonl.gz"))
     return without_audio
+
+
+def _cut(utt_id: str, features, recording, channel):
+    """A MonoCut on the channel the features come from, or a MultiCut on every channel of a
+    multi-channel recording whose mean they are."""
+    from lhotse import MonoCut, MultiCut
+
+    custom = {"lebench_channel": "mix" if channel is None else channel}
+    if channel is None and recording is not None and recording.num_channels > 1:
+        channels = list(range(recording.num_channels))
+        features.channels = channels
+        return MultiCut(id=utt_id, start=0.0, duration=features.duration, channel=channels, features=features,
+                        recording=recording, custom=custom)
+    features.channels = channel or 0
+    return MonoCut(id=utt_id, start=0.0, duration=features.duration, channel=channel or 0, features=features,
+                   recording=recording, custom=custom)
 
 
 def _features(array, kind: str, folder: Path, key: str, recording):
@@ -74,7 +113,7 @@ def _features(array, kind: str, folder: Path, key: str, recording):
     return Features(type=kind, num_frames=array.shape[0], num_features=array.shape[1], frame_shift=FRAME_SHIFT,
                     sampling_rate=SAMPLE_RATE, start=0.0, duration=round(array.shape[0] * FRAME_SHIFT, 6),
                     storage_type="numpy_hdf5", storage_path=str(folder / "feats.h5"), storage_key=key,
-                    recording_id=recording.id if recording is not None else None, channels=0)
+                    recording_id=recording.id if recording is not None else None)
 
 
 def _recording(row: dict):

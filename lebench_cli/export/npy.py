@@ -1,68 +1,127 @@
 """One .npy file per utterance: DEST/layer_L/ID.npy [frames, width] per layer, or with
 --stack DEST/ID.npy [layers, frames, width] (and DEST/layers.txt, their order).
 
-Resumable: each file is written as ID.npy.tmp and renamed, so an ID.npy is always whole and
-a rerun skips it."""
+Resumable: each file is written as ID.npy.tmp and renamed, so an ID.npy is always whole. The
+record (DEST/lebench-export.json, saved every few seconds and at the end) says which features
+each file holds: a rerun writes what is new or changed, deletes the files of utterances gone
+from the store, and leaves the others."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, OutputError
-from . import ExportSummary, converted, layer_folder, utterance_path
+from . import ExportSummary, converted, layer_folder, read_layer, utterance_path
+from .record import count_utterances
+
+_SAVE_SECONDS = 5.0  # a kill -9 loses the record of at most this much work (written again)
 
 
 def check_dependencies() -> None:
     """numpy is all it needs."""
 
 
-def export(store, layers: list, options, bar) -> ExportSummary:
+def check_ids(store, options, layers: list) -> None:
+    folders = _folders(Path(options.destination), options, layers).values()
+    for utt_id in store.ids:
+        for folder in folders:
+            utterance_path(folder, utt_id, ".npy")
+
+
+def export(store, layers: list, options, bar, record) -> ExportSummary:
     destination = Path(options.destination)
-    summary = ExportSummary(destination=str(destination))
     if options.stack:
         _check_stackable(store, layers)
-        folders = {None: destination}
-    else:
-        folders = {layer: destination / layer_folder(layer) for layer in layers}
+    folders = _folders(destination, options, layers)
+    variant = f"dtype={options.dtype or 'stored'}" + (f";stack={','.join(map(str, layers))}" if options.stack else "")
+    keys = {layer: "stack" if options.stack else layer_folder(layer) for layer in folders}
+    plans = {layer: record.plan(keys[layer], variant,
+                                lambda utt_id, folder=folder: utterance_path(folder, utt_id, ".npy").exists())
+             for layer, folder in folders.items()}
+    summary = ExportSummary.of(count_utterances(list(plans.values())), str(destination))
+    if not any(plan.changes for plan in plans.values()):
+        bar.close()
+        return summary
+    entries = {layer: record.entry(keys[layer], variant) for layer in folders}
+    saved, interval, done = time.monotonic(), _SAVE_SECONDS, False
     try:
-        destination.mkdir(parents=True, exist_ok=True)
+        record.save()  # the store it is made from is on disk before any of its files
         if options.stack:
             (destination / "layers.txt").write_text("".join(f"{layer}\n" for layer in layers))
+        for layer, plan in plans.items():
+            for utt_id in plan.removed:
+                utterance_path(folders[layer], utt_id, ".npy").unlink(missing_ok=True)
+                entries[layer].pop(utt_id, None)
+        todo = {layer: set(plan.new) | set(plan.replaced) for layer, plan in plans.items()}
         with bar:
             for utt_id in store.ids:
-                targets = {layer: utterance_path(folder, utt_id, ".npy") for layer, folder in folders.items()}
-                todo = {layer: path for layer, path in targets.items() if not path.exists()}
-                if not todo:
-                    summary.skipped += 1
-                elif options.stack:
-                    stacked = np.stack([converted(store.read(utt_id, layer), options.dtype) for layer in layers])
-                    _save(todo[None], stacked)
-                    summary.utterances += 1
-                else:
-                    for layer, path in todo.items():
-                        _save(path, converted(store.read(utt_id, layer), options.dtype))
-                    summary.utterances += 1
+                for layer, folder in folders.items():
+                    if utt_id in todo[layer]:
+                        entries[layer].pop(utt_id, None)  # not current until its file is
+                        _save(utterance_path(folder, utt_id, ".npy"), _array(store, utt_id, layer, layers, options))
+                        entries[layer][utt_id] = record.fingerprints[utt_id]
                 bar.update()
+                if time.monotonic() - saved > interval:
+                    interval = _save_interval(record)
+                    saved = time.monotonic()
+        done = True
     except OSError as error:
         raise OutputError(f"cannot write under {destination}: {error.strerror or error}") from error
+    finally:
+        _save_record(record, quietly=not done)
     return summary
+
+
+def _save_interval(record) -> float:
+    """Saves the record; the next save comes after _SAVE_SECONDS, or 20 times this save's
+    time where the record of a large store takes long to write."""
+    started = time.monotonic()
+    record.save()
+    return max(_SAVE_SECONDS, 20 * (time.monotonic() - started))
+
+
+def _save_record(record, quietly: bool) -> None:
+    """At the end, or (quietly: the error that stopped the export is the one to report) when
+    it stops: what was written stays known, and a rerun does not write it again."""
+    try:
+        record.save()
+    except OutputError:
+        if not quietly:
+            raise
+
+
+def _folders(destination: Path, options, layers: list) -> dict:
+    if options.stack:
+        return {None: destination}
+    return {layer: destination / layer_folder(layer) for layer in layers}
+
+
+def _array(store, utt_id: str, layer, layers: list, options) -> np.ndarray:
+    if layer is None:  # --stack
+        return np.stack([converted(read_layer(store, utt_id, one), options.dtype) for one in layers])
+    return converted(read_layer(store, utt_id, layer), options.dtype)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
-    with open(partial, "wb") as file:
-        np.save(file, array)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as file:
+            np.save(file, array)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _check_stackable(store, layers: list) -> None:
     if not store.ids:
         return
-    widths = {layer: store.read(store.ids[0], layer).shape[1] for layer in layers}
+    widths = {layer: read_layer(store, store.ids[0], layer).shape[1] for layer in layers}
     if len(set(widths.values())) > 1:
         described = ", ".join(f"{layer}: {width}" for layer, width in widths.items())
         raise InputError(f"--stack needs layers of one width ({described}): export cnn separately")

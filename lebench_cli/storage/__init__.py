@@ -3,7 +3,7 @@ records (docs/format.md is the contract). One module per concern:
 
 - layout: file names, shard tables, committed shards, index lines;
 - folder: creating an output folder, or checking it holds the same run;
-- locks: one writer per part;
+- locks: one writer per part, and none while --overwrite empties the folder;
 - utterance: what the writer takes, and its options;
 - buffers and writer: the shard writer;
 - failures: the files a run could not use;
@@ -12,11 +12,12 @@ records (docs/format.md is the contract). One module per concern:
 
 from .failures import FailureLog, read_failures
 from .files import fsync_path, write_atomic
-from .folder import check_writable_destination, prepare_output, remove_store, require_writable_folder
+from .folder import (REMOVING_DIR, check_writable_destination, prepare_output, remove_store, require_writable_folder,
+                     writing_part)
 from .layout import (CNN_LAYER, FORMAT, FORMAT_VERSION, INDEX_HEADER, METADATA_FILE, SAVE_DTYPES, SHARDS_DIR,
                      STORE_FILES, ShardName, ShardTable, StoredSource, committed_shards, open_h5, part_tag,
                      read_shard_table, stored_ids, stored_sources)
-from .locks import PartLock, _lock_holder, lock_key
+from .locks import STORE_LOCK, PartLock, StoreLock, _lock_holder, lock_key
 from .utterance import StoredUtterance, WriterOptions, compression_options
 from .writer import ShardWriter, WriterStats
 
@@ -26,4 +27,5 @@ __all__ = [
     "WriterOptions", "WriterStats", "committed_shards", "compression_options", "fsync_path", "lock_key",
     "open_h5", "part_tag", "prepare_output", "read_failures", "read_shard_table", "remove_store",
     "require_writable_folder", "stored_ids", "stored_sources", "write_atomic", "_lock_holder",
+    "REMOVING_DIR", "STORE_LOCK", "StoreLock", "writing_part",
 ]

@@ -5,29 +5,57 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputError
-from .files import _reason, write_atomic
+from .files import _reason, fsync_path, write_atomic
 from .layout import METADATA_FILE, SHARDS_DIR, STORE_FILES
+from .locks import PartLock, StoreLock, every_part_locked
+
+# Where --overwrite moves the old content before deleting it: while it exists, a removal is
+# under way or was cut short, and the next writer finishes it before anything else.
+REMOVING_DIR = ".lebench-removing"
 
 _MISSING = object()
+
+
+@contextmanager
+def writing_part(out: Path, metadata: dict, part: int, num_parts: int, overwrite: bool):
+    """OUT prepared (prepare_output) and part K/N's lock held, for as long as the block runs.
+
+    Taken in this order: the store lock (exclusive with overwrite: refused while any part is
+    written, naming it), then the checks or the removal, then the part lock; so nothing is
+    removed while a writer lives, and no writer starts while OUT is being emptied.
+    """
+    out = Path(out)
+    require_writable_folder(out)
+    with StoreLock(out, exclusive=overwrite) as store_lock:
+        finishing = (out / REMOVING_DIR).exists() and not overwrite
+        if finishing:
+            store_lock.make_exclusive()
+        prepare_output(out, metadata, overwrite)
+        if finishing:
+            store_lock.make_shared()
+        with PartLock(out, part, num_parts):
+            yield
 
 
 def prepare_output(out: Path, metadata: dict, overwrite: bool) -> None:
     """Creates OUT and writes lebench.json, or checks that OUT holds the same run (resume).
 
     metadata["identity"] decides whether two runs may share OUT. With overwrite, lebench's
-    files are removed first (with a job array every part would remove the others' shards:
-    clear OUT before launching the array instead). Parts of one array may call this
-    concurrently with equal metadata.
+    files are removed first (remove_store). A removal that a crash cut short is finished
+    first, whatever overwrite says. Parts of one array may call this concurrently with equal
+    metadata; writers call it through writing_part, which holds the locks.
     """
     out = Path(out)
     identity = _identity_of(metadata)
     require_writable_folder(out)
-    if overwrite:
+    if overwrite or (out / REMOVING_DIR).exists():
         remove_store(out)
-    else:
+    if not overwrite:
         _require_same_run(out, identity)
     if not (out / METADATA_FILE).exists():
         text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
@@ -38,13 +66,31 @@ def prepare_output(out: Path, metadata: dict, overwrite: bool) -> None:
 
 
 def remove_store(out: Path) -> None:
-    """Removes lebench's files from OUT; lock files stay (removing a held one breaks it)."""
-    for pattern in STORE_FILES:
-        for path in Path(out).glob(pattern):
-            try:
-                path.unlink()
-            except OSError as error:
-                raise OutputError(f"cannot remove {path}: {_reason(error)}") from error
+    """Removes lebench's files from OUT, holding every part's lock (refused, naming the
+    part, while one is written); lock files stay (removing a held one breaks it).
+
+    Crash-safe: the files are first moved (renamed) into OUT/.lebench-removing, lebench.json
+    first so that no reader takes what is left for a store, then that folder is deleted. A
+    run that finds the folder finishes the removal (prepare_output).
+    """
+    out = Path(out)
+    trash = out / REMOVING_DIR
+    with every_part_locked(out):
+        try:
+            (trash / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+            fsync_path(out)
+        except OSError as error:
+            raise OutputError(f"cannot create {trash}: {_reason(error)}") from error
+        for pattern in STORE_FILES:
+            for path in sorted(out.glob(pattern)):
+                try:
+                    os.replace(path, trash / path.relative_to(out))
+                except OSError as error:
+                    raise OutputError(f"cannot remove {path}: {_reason(error)}") from error
+        try:
+            shutil.rmtree(trash)
+        except OSError as error:
+            raise OutputError(f"cannot remove {trash}: {_reason(error)}") from error
 
 
 def _identity_of(metadata: dict) -> dict:

@@ -1,11 +1,14 @@
-"""One writer per part: PartLock, an flock on OUT/.lock-KofN."""
+"""One writer per part (PartLock, an flock on OUT/.lock-KofN) and one store-wide lock
+(StoreLock, OUT/.lock-store): every writer holds it shared, --overwrite exclusive."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import re
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import OutputError
@@ -35,18 +38,15 @@ class PartLock:
         except OSError as error:
             raise OutputError(f"cannot create {self.path}: {_reason(error)}") from error
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, self.path, self.out, fcntl.LOCK_EX)
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
             raise OutputError(f"another lebench extract is writing part {self.part}/"
                               f"{self.num_parts} of {self.out} (pid {holder})") from None
-        except OSError as error:
+        except OutputError:
             os.close(fd)
-            if error.errno in _NO_LOCKS:
-                raise OutputError(f"cannot lock {self.path}: {_reason(error)}: {_locking_advice(self.out)}") from error
-            raise OutputError(f"cannot lock {self.path}: {_reason(error)} "
-                              "(the filesystem must support flock)") from error
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -107,3 +107,156 @@ def _lock_holder(fd: int, patience: float = 1.0) -> str:
 
 def lock_key(out: Path, part: int, num_parts: int) -> tuple:
     return (str(Path(out).resolve()), part, num_parts)
+
+
+STORE_LOCK = ".lock-store"
+_PART_LOCK = re.compile(r"^\.lock-(\d+)of(\d+)$")
+
+
+class StoreLock:
+    """The right to write into OUT (shared: any number of parts at once) or to replace its
+    content (exclusive: no part writes, none starts). Every writer takes it, shared, before
+    it reads OUT's metadata and keeps it until it ends; --overwrite takes it exclusive
+    before it removes anything, so a writer that starts during the removal is refused
+    instead of writing into a folder being emptied."""
+
+    def __init__(self, out: Path, exclusive: bool):
+        self.out, self.exclusive = Path(out), exclusive
+        self.path = self.out / STORE_LOCK
+        self._fd = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"cannot create {self.path}: {_reason(error)}") from error
+        try:
+            _flock(fd, self.path, self.out, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._refusal() from None
+        except OutputError:
+            os.close(fd)
+            raise
+        if self.exclusive:  # the sole holder: its pid tells a refused writer who replaces OUT
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def make_exclusive(self) -> None:
+        """Upgrades a shared hold (to finish a removal a crash cut short); refused while
+        another run holds it."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()  # a failed conversion has dropped the shared hold too
+            raise OutputError(f"{self.out} holds a removal that a crash cut short and another lebench extract "
+                              "is using it: rerun when that run ends") from None
+        self.exclusive = True
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def make_shared(self) -> None:
+        """Back to a shared hold. Linux drops a flock before it converts it: an --overwrite that
+        took OUT in between makes this refuse, rather than wait and write into its store."""
+        self.exclusive = False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise self._refusal() from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def _refusal(self) -> OutputError:
+        if not self.exclusive:
+            holder = _lock_holder_of(self.path)
+            return OutputError(f"lebench extract --overwrite (pid {holder}) is replacing the content of "
+                               f"{self.out}: rerun when it ends")
+        busy = live_part(self.out)
+        if busy is None:
+            return OutputError(f"another lebench extract is using {self.out}: --overwrite removed nothing")
+        part, num_parts, holder = busy
+        return OutputError(f"another lebench extract is writing part {part}/{num_parts} of {self.out} "
+                           f"(pid {holder}): --overwrite removed nothing")
+
+    def __enter__(self) -> "StoreLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def part_locks(out: Path) -> list:
+    """(part, num_parts) of every part lock file in OUT: each part that ever wrote there."""
+    found = []
+    for path in Path(out).glob(".lock-*of*"):
+        match = _PART_LOCK.match(path.name)
+        if match:
+            found.append((int(match.group(1)), int(match.group(2))))
+    return sorted(found, key=lambda tag: (tag[1], tag[0]))
+
+
+def live_part(out: Path):
+    """(part, num_parts, pid) of a part being written in OUT, or None."""
+    for part, num_parts in part_locks(out):
+        path = Path(out) / f".lock-{part_tag(part, num_parts)}"
+        try:
+            fd = os.open(path, os.O_RDWR)  # NFS emulates flock with fcntl locks: exclusive needs write access
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return part, num_parts, _lock_holder(fd)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return None
+
+
+@contextmanager
+def every_part_locked(out: Path):
+    """Holds the lock of every part that ever wrote in OUT (writers of lebench versions
+    without StoreLock take only theirs); refused, naming the part, while one is held."""
+    with ExitStack() as stack:
+        for part, num_parts in part_locks(out):
+            lock = PartLock(out, part, num_parts)
+            try:
+                lock.acquire()
+            except OutputError as error:
+                raise OutputError(f"{error}: --overwrite removed nothing") from None
+            stack.callback(lock.release)
+        yield
+
+
+def _flock(fd: int, path: Path, out: Path, mode: int) -> None:
+    """flock without waiting: BlockingIOError while another holds it, OutputError where the
+    filesystem has no locks."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as error:
+        if error.errno in _NO_LOCKS:
+            raise OutputError(f"cannot lock {path}: {_reason(error)}: {_locking_advice(out)}") from error
+        raise OutputError(f"cannot lock {path}: {_reason(error)} "
+                          "(the filesystem must support flock)") from error
+
+
+def _lock_holder_of(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return "unknown"
+    try:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)
