@@ -285,15 +285,15 @@ def test_all_means_layers_0_to_l_in_extract_read_and_export(checkpoints, tmp_pat
         read_all = store.read("u0", "all")
 
     result = export(out, "--format", "npy", "--stack", "--layers", "all", "-o", tmp_path / "stacked")
-    assert (result.exit_code, result.output) == (0, f"exported 2 utterances to {tmp_path / 'stacked'}\n")
+    assert (result.exit_code, result.output) == (0, f"exported 2 new, replaced 0, removed 0 in {tmp_path / 'stacked'}\n")
     assert (tmp_path / "stacked" / "layers.txt").read_text() == "0\n1\n2\n3\n"
     assert np.array_equal(np.load(tmp_path / "stacked" / "u0.npy"), read_all)
 
     result = export(out, "--format", "npy", "--layers", "all,cnn", "-o", tmp_path / "every")
     assert result.exit_code == 0
-    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")]
+    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == ["lebench-export.json"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")]
     result = export(out, "--format", "npy", "-o", tmp_path / "default")  # no --layers: every stored layer
-    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")]
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["lebench-export.json"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")]
 
 
 def test_export_all_of_a_store_without_numbered_layers_says_so(checkpoints, tmp_path):
