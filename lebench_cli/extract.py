@@ -43,7 +43,7 @@ class _Item:
     original_samples: int = 0  # as decoded
     flags: str = ""
     statistics: object = None  # a long recording's RecordingStatistics, measured ahead
-    fingerprint: object = None  # the file's size and mtime before it was read (resume.Fingerprint)
+    fingerprint: object = None  # the file's size, mtime and content hash before it was decoded (resume.Fingerprint)
 
 
 # ---- planning ---------------------------------------------------------------------------
@@ -58,13 +58,13 @@ def discover_sources(options: ExtractOptions, stdin=None) -> list:
     return select_part(sources, options.shard)
 
 
-def _probe(item: _Item) -> Optional[str]:
-    """Fill item.seconds and item.fingerprint; the failure reason when the file cannot be
-    probed."""
+def _probe(item: _Item, with_hash: bool = True) -> Optional[str]:
+    """Fill item.seconds and item.fingerprint (its content hash too, unless a dry run has
+    no use for it); the failure reason when the file cannot be probed."""
     from .audio import probe
     from .resume import fingerprint
 
-    item.fingerprint = fingerprint(item.source.path)  # before reading: a change after it shows
+    item.fingerprint = fingerprint(item.source.path, with_hash)  # before decoding: a change after it shows
     if item.source.num_samples is not None:
         item.seconds = item.source.num_samples / SAMPLE_RATE
         return None
@@ -86,9 +86,9 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     options = options.resolved()
     sources = discover_sources(options, stdin)
     stored = stored_sources(Path(options.output)) if Path(options.output, "lebench.json").exists() else {}
-    resume = plan_resume(sources, stored)
+    resume = plan_resume(sources, stored, update=options.update, part=options.shard)
     todo = [_Item(s) for s in resume.todo]
-    readable = [item for item in todo if _probe(item) is None]
+    readable = [item for item in todo if _probe(item, with_hash=False) is None]
     unreadable = len(todo) - len(readable)
     seconds = sum(item.seconds for item in todo)
     checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
@@ -138,6 +138,7 @@ class Extraction:
         from .resume import plan_resume
         from .storage import (FailureLog, PartLock, ShardWriter, WriterOptions, check_writable_destination,
                               prepare_output, stored_sources)
+        from .storage.update import remove_superseded
 
         options = self.options
         started = time.monotonic()
@@ -155,8 +156,15 @@ class Extraction:
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
         prepare_output(output, metadata, overwrite=options.overwrite)
         part, parts = options.shard
+        writer_options = WriterOptions(
+            layers=[str(layer) for layer in layers], store_frames=options.store_frames,
+            store_mean=options.pool == "mean", save_dtype=options.save_dtype,
+            shard_size_bytes=options.shard_size, compression=options.compression,
+            commit_seconds=options.commit_seconds, part=part, num_parts=parts,
+        )
         with PartLock(output, part, parts):
-            resume = plan_resume(sources, stored_sources(output))
+            remove_superseded(output, writer_options)  # what an --update cut short left
+            resume = plan_resume(sources, stored_sources(output), update=options.update, part=options.shard)
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
             self.summary.already_stored = resume.already_stored
@@ -164,18 +172,14 @@ class Extraction:
             self.summary.failures_path = str(failures.path)
             for source, reason in resume.conflicts:
                 self._fail(failures, _Item(source), reason)
-            writer_options = WriterOptions(
-                layers=[str(layer) for layer in layers], store_frames=options.store_frames,
-                store_mean=options.pool == "mean", save_dtype=options.save_dtype,
-                shard_size_bytes=options.shard_size, compression=options.compression,
-                commit_seconds=options.commit_seconds, part=part, num_parts=parts,
-            )
             with ShardWriter(output, writer_options) as writer:
+                writer.replace(resume.replaced)
                 background = BackgroundWriter(writer)
                 try:
                     self._process(todo, failures, background)
                 finally:
                     background.finish()
+            self.summary.updated = remove_superseded(output, writer_options)
         self.summary.elapsed_seconds = time.monotonic() - started
         return self.summary
 
@@ -374,10 +378,12 @@ class Extraction:
 
 
 def _fingerprint_fields(item: _Item) -> dict:
-    """The source file's size and modification time, for resume to tell files apart."""
+    """The source file's size, modification time and content hash, for resume to tell files
+    apart and to find them again once copied or moved."""
     if item.fingerprint is None:
         return {}
-    return {"source_size": item.fingerprint.size, "source_mtime_ns": item.fingerprint.mtime_ns}
+    return {"source_size": item.fingerprint.size, "source_mtime_ns": item.fingerprint.mtime_ns,
+            "source_xxh3": item.fingerprint.content_hash}
 
 
 def run_extract(options: ExtractOptions, stdin=None, progress=None) -> ExtractSummary:

@@ -12,6 +12,7 @@ class ExtractSummary:
     already_stored: int = 0
     extracted: int = 0
     failed: int = 0
+    updated: int = 0  # stored ids extracted again (--update), their old features removed
     padded: int = 0
     chunked: int = 0
     recomputed_float32: int = 0
@@ -41,6 +42,7 @@ class ExtractSummary:
             )
         extras = [
             f"{self.already_stored} already stored, skipped" if self.already_stored else "",
+            f"{self.updated} updated (old features replaced)" if self.updated else "",
             f"{self.padded} padded to one frame" if self.padded else "",
             f"{self.chunked} chunked" if self.chunked else "",
             f"{count(self.recomputed_float32, 'batch', 'batches')} recomputed in float32" if self.recomputed_float32 else "",
