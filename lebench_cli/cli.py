@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .commands.common import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE,  # noqa: F401
-                              report_summary, reports_errors, trust_checkpoint_option)
+                              report_summary, reports_errors, trust_checkpoint_option, warn_cpu_fallback)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,6 +124,8 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         click.echo(plan_extract(options, stdin=stdin).line())
         return
     return_large_blocks_to_the_os()
+    if devices is None:
+        warn_cpu_fallback(device)
     extraction = None
     try:
         with _interrupts_commit_once():

@@ -132,6 +132,7 @@ class Extraction:
 
     def run(self) -> ExtractSummary:
         from .checkpoints import sha256_file
+        from .compute_device import describe_device, dtype_name
         from .encoder import Encoder, check_device
         from .layers import canonical_layers, parse_layers
         from .models import load_checkpoint
@@ -151,6 +152,7 @@ class Extraction:
         checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
         layers = canonical_layers(parse_layers(options.layers, checkpoint.layers))
         encoder = Encoder(checkpoint, device=options.device, dtype=options.dtype)
+        self.summary.device, self.summary.dtype = describe_device(encoder.device), dtype_name(encoder.dtype)
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
         self._depth = batches_in_flight(encoder.device)
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)

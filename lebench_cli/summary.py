@@ -21,6 +21,8 @@ class ExtractSummary:
     elapsed_seconds: float = 0.0  # the whole run, model loading included
     failures_path: Optional[str] = None
     first_failure: Optional[str] = None
+    device: str = ""  # what computed: "cpu", "cuda:0 (NVIDIA H100)", several joined by ", "
+    dtype: str = ""  # the compute precision: "float32", "float16"
 
     @property
     def real_time_factor(self) -> float:
@@ -40,6 +42,8 @@ class ExtractSummary:
                 f"{self.processing_seconds:.1f} s ({self.real_time_factor:.0f}x real time; "
                 f"{self.elapsed_seconds:.1f} s in all, with model loading)"
             )
+        if self.device:
+            text += f" on {self.device}, {self.dtype}"
         extras = [
             f"{self.already_stored} already stored, skipped" if self.already_stored else "",
             f"{self.updated} updated (old features replaced)" if self.updated else "",
