@@ -58,13 +58,19 @@ def discover_sources(options: ExtractOptions, stdin=None) -> list:
     return select_part(sources, options.shard)
 
 
-def _probe(item: _Item, with_hash: bool = True) -> Optional[str]:
-    """Fill item.seconds and item.fingerprint (its content hash too, unless a dry run has
-    no use for it); the failure reason when the file cannot be probed."""
-    from .audio import probe
-    from .resume import fingerprint
+def _fingerprint_all(items: list) -> None:
+    """Fill item.fingerprint (size, modification time, content hash) of every item, before
+    any is decoded: a change after it shows on the next run."""
+    from .resume import fingerprints
 
-    item.fingerprint = fingerprint(item.source.path, with_hash)  # before decoding: a change after it shows
+    for item, found in zip(items, fingerprints([item.source.path for item in items])):
+        item.fingerprint = found
+
+
+def _probe(item: _Item) -> Optional[str]:
+    """Fill item.seconds; the failure reason when the file cannot be probed."""
+    from .audio import probe
+
     if item.source.num_samples is not None:
         item.seconds = item.source.num_samples / SAMPLE_RATE
         return None
@@ -88,7 +94,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     stored = stored_sources(Path(options.output)) if Path(options.output, "lebench.json").exists() else {}
     resume = plan_resume(sources, stored, update=options.update, part=options.shard)
     todo = [_Item(s) for s in resume.todo]
-    readable = [item for item in todo if _probe(item, with_hash=False) is None]
+    readable = [item for item in todo if _probe(item) is None]
     unreadable = len(todo) - len(readable)
     seconds = sum(item.seconds for item in todo)
     checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
@@ -195,6 +201,7 @@ class Extraction:
         from .batching import length_batches
 
         readable, unreadable = [], []
+        _fingerprint_all(todo)
         for item in todo:
             reason = _probe(item)
             if reason is None:

@@ -41,6 +41,15 @@ def fingerprint(path, with_hash: bool = False) -> Optional[Fingerprint]:
     return Fingerprint(status.st_size, status.st_mtime_ns, digest)
 
 
+def fingerprints(paths: list, threads: int = 8) -> list:
+    """fingerprint(path, with_hash=True) of every path, `threads` files at a time: reading is
+    what a hash costs, and reads in flight together overlap (docs/performance.md)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(lambda path: fingerprint(path, with_hash=True), paths))
+
+
 def content_hash(path) -> str:
     """xxh3-64 of the whole file, as 16 hex digits (docs/performance.md: its cost)."""
     import xxhash
@@ -70,12 +79,13 @@ def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple =
     """Sorts `sources` (AudioSource) against `stored` ({id: StoredSource}). With `update`,
     a conflicting id stored by this part (K, N) is extracted again instead of failing."""
     plan = ResumePlan()
+    hashed = _hashed_now(sources, stored)
     for source in sources:
         known = stored.get(source.utt_id)
         if known is None:
             plan.todo.append(source)
             continue
-        reason = conflict(source, known)
+        reason = conflict(source, known, hashed.get(source.utt_id))
         if reason is None:
             plan.already_stored += 1
         elif update and tuple(known.part) == tuple(part):
@@ -90,17 +100,33 @@ def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple =
     return plan
 
 
-def conflict(source, known) -> Optional[str]:
-    """Why `source` may not be skipped although its id is stored, or None when it may."""
+def _hashed_now(sources: list, stored: dict) -> dict:
+    """{id: Fingerprint with its hash} of the sources that the fast path cannot settle, hashed
+    several at a time."""
+    slow = [source for source in sources if stored.get(source.utt_id) is not None
+            and stored[source.utt_id].content_hash and not _fast_path(source, stored[source.utt_id])]
+    return {source.utt_id: found for source, found in zip(slow, fingerprints([source.path for source in slow]))}
+
+
+def _fast_path(source, known) -> bool:
+    """Same resolved path, size and modification time as stored: the same file, not read."""
+    now = fingerprint(source.path)
+    return (now is not None and (now.size, now.mtime_ns) == (known.size, known.mtime_ns)
+            and _same_path(source.path, known.path))
+
+
+def conflict(source, known, now: Optional[Fingerprint] = None) -> Optional[str]:
+    """Why `source` may not be skipped although its id is stored, or None when it may. `now`:
+    its fingerprint with the hash, when already taken."""
     same_path = _same_path(source.path, known.path)
     if not known.content_hash:
         return _conflict_without_hash(source, known, same_path)
-    now = fingerprint(source.path)
+    if now is None and _fast_path(source, known):
+        return None
+    now = now or fingerprint(source.path, with_hash=True)
     if now is None:  # gone since, or unreadable: nothing to compare
         return None if same_path else _another_file(source, known)
-    if same_path and (now.size, now.mtime_ns) == (known.size, known.mtime_ns):
-        return None  # the fast path: not read
-    if now.size == known.size and _hash_or_none(source.path) == known.content_hash:
+    if now.size == known.size and now.content_hash == known.content_hash:
         return None  # the same bytes, copied, moved or touched
     if not same_path:
         return _another_file(source, known)
@@ -135,13 +161,6 @@ def _changed(known, now: Fingerprint, content_differs: bool) -> str:
         changes.append("other content")
     return (f"changed since its features were stored ({', '.join(changes)}); the stored features are "
             "kept: use --update to extract it again")
-
-
-def _hash_or_none(path) -> Optional[str]:
-    try:
-        return content_hash(path)
-    except (OSError, ValueError):
-        return None
 
 
 def _same_path(new, stored) -> bool:
