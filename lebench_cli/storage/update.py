@@ -87,7 +87,8 @@ class _Rewriter(ShardWriter):
         return self._layers
 
     def _start_part(self) -> None:
-        self._known, self._index_lines, self._next_sequence = set(), [], self._sequence
+        super()._start_part()
+        self._known, self._next_sequence = set(), self._sequence  # its ids are written again, under its name
 
     def _record_commit(self, rows: list, final: Path) -> None:
         pass  # the index is rewritten once every shard is
