@@ -35,7 +35,7 @@ def cpu_fallback_reason() -> Optional[str]:
         if torch.cuda.is_available():
             return None
     if torch.version.cuda is None:
-        return "this torch is a CPU-only build (no CUDA)"
+        return "this torch is built for the CPU only"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return f"no GPU visible (CUDA_VISIBLE_DEVICES={visible!r})"

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Optional
 
 _HASH_BLOCK = 1024**2
+_HASH_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ def fingerprints(paths: list, threads: int = 8) -> list:
     what a hash costs, and reads in flight together overlap (docs/performance.md)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    found = []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(lambda path: fingerprint(path, with_hash=True), paths))
+        for start in range(0, len(paths), _HASH_BATCH):  # not a million futures at once
+            found.extend(pool.map(lambda path: fingerprint(path, with_hash=True), paths[start: start + _HASH_BATCH]))
+    return found
 
 
 def content_hash(path) -> str:

@@ -67,7 +67,7 @@ def test_a_default_device_that_falls_back_to_the_cpu_says_why(checkpoints, two_f
 
 
 @pytest.mark.parametrize("cuda_version,warning,driver,visible,reason", [
-    (None, None, None, None, "this torch is a CPU-only build (no CUDA)"),
+    (None, None, None, None, "this torch is built for the CPU only"),
     ("12.4", None, None, None, "no GPU visible (no NVIDIA driver found)"),
     ("12.4", None, (12, 4), "", "no GPU visible (CUDA_VISIBLE_DEVICES='')"),
     ("12.4", None, (11, 8), None, "this torch's CUDA 12.4 needs a newer NVIDIA driver (the driver here runs "
@@ -106,3 +106,14 @@ def test_a_multi_device_summary_names_each_device_once():
                      "out", 2)
     assert merged.line().startswith("extracted 3 files (3.0 s of audio) in 0.5 s (6x real time; ")
     assert merged.line().endswith(" on cuda:0 (NVIDIA H100), cuda:1 (NVIDIA H100), float16")
+
+
+def test_cuda_asked_for_but_unusable_says_why(no_cuda):
+    from lebench_cli.encoder import check_device
+    from lebench_cli.errors import InputError
+
+    no_cuda("12.4", driver=(11, 8))
+    with pytest.raises(InputError) as caught:
+        check_device("cuda:0")
+    assert str(caught.value) == ("device 'cuda:0' requested but CUDA is not available: this torch's CUDA 12.4 "
+                                 "needs a newer NVIDIA driver (the driver here runs CUDA up to 11.8) (use --device cpu)")

@@ -201,8 +201,10 @@ def test_early_errors_leave_no_folder_behind(checkpoints, two_corpora, tmp_path,
         ("--model", str(tmp_path / "missing.pt")): None,
     }
     if not torch.cuda.is_available():
-        cases[("--device", "cuda")] = ("Error: device 'cuda' requested but CUDA is not available "
-                                       "(use --device cpu)\n")
+        from lebench_cli.compute_device import cpu_fallback_reason
+
+        cases[("--device", "cuda")] = ("Error: device 'cuda' requested but CUDA is not available: "
+                                       f"{cpu_fallback_reason()} (use --device cpu)\n")
     for extra, message in cases.items():
         result = extract(tmp_path / "c1", *quiet_args(checkpoints("base"), out), *extra)
         assert result.exit_code == 1, (extra, result.output)
