@@ -18,6 +18,7 @@ from typing import Optional
 
 _HASH_BLOCK = 1024**2
 _HASH_BATCH = 4096
+_KEPT = "; the stored features are kept: use --update to extract it again"
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,22 @@ def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple =
     """Sorts `sources` (AudioSource) against `stored` ({id: StoredSource}). With `update`,
     a conflicting id stored by this part (K, N) is extracted again instead of failing."""
     plan = ResumePlan()
-    hashed = _hashed_now(sources, stored)
+    settled, slow = set(), []  # ids the fast path settles; sources to hash, several at a time
+    for source in sources:
+        known = stored.get(source.utt_id)
+        if known is None or not known.content_hash:
+            continue
+        if _fast_path(source, known):
+            settled.add(source.utt_id)
+        else:
+            slow.append(source)
+    hashed = dict(zip([source.utt_id for source in slow], fingerprints([source.path for source in slow])))
     for source in sources:
         known = stored.get(source.utt_id)
         if known is None:
             plan.todo.append(source)
             continue
-        reason = conflict(source, known, hashed.get(source.utt_id))
+        reason = None if source.utt_id in settled else conflict(source, known, hashed.get(source.utt_id))
         if reason is None:
             plan.already_stored += 1
         elif update and tuple(known.part) == tuple(part):
@@ -97,19 +107,12 @@ def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple =
             plan.replaced.append(source.utt_id)
         elif update:
             k, n = known.part
-            plan.conflicts.append((source, f"{reason}; it is stored by part {k}/{n}: --update replaces only "
-                                           f"the features of this part ({part[0]}/{part[1]})"))
+            plan.conflicts.append((source, f"{reason.removesuffix(_KEPT)}; the stored features are kept: they "
+                                           f"belong to part {k}/{n}, and --update replaces only this part's "
+                                           f"({part[0]}/{part[1]})"))
         else:
             plan.conflicts.append((source, reason))
     return plan
-
-
-def _hashed_now(sources: list, stored: dict) -> dict:
-    """{id: Fingerprint with its hash} of the sources that the fast path cannot settle, hashed
-    several at a time."""
-    slow = [source for source in sources if stored.get(source.utt_id) is not None
-            and stored[source.utt_id].content_hash and not _fast_path(source, stored[source.utt_id])]
-    return {source.utt_id: found for source, found in zip(slow, fingerprints([source.path for source in slow]))}
 
 
 def _fast_path(source, known) -> bool:
@@ -163,8 +166,7 @@ def _changed(known, now: Fingerprint, content_differs: bool) -> str:
         changes.append(f"modified {_when(known.mtime_ns)} -> {_when(now.mtime_ns)}")
     if content_differs:
         changes.append("other content")
-    return (f"changed since its features were stored ({', '.join(changes)}); the stored features are "
-            "kept: use --update to extract it again")
+    return f"changed since its features were stored ({', '.join(changes)}){_KEPT}"
 
 
 def _same_path(new, stored) -> bool:

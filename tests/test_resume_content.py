@@ -227,3 +227,19 @@ def test_kill_9_during_update_leaves_one_copy_of_each_id(checkpoints, changed_st
     now = features_of(out)
     for utt_id in fresh:
         np.testing.assert_array_equal(now[utt_id], fresh[utt_id])
+
+
+def test_update_replaces_only_what_its_own_part_stores(checkpoints, tmp_path):
+    corpus = tmp_path / "corpus"
+    (path,) = make_corpus(corpus, 1)
+    out = tmp_path / "out"
+    assert extract(corpus, *run_args(checkpoints("base"), out, "-q")).exit_code == 0
+    old = features_of(out)
+    write_audio(path, 0.9, seed=5)
+    result = extract(corpus, *run_args(checkpoints("base"), out, "--update", "--shard", "1/2", "-q"))
+    assert result.exit_code == 3
+    (failure,) = [json.loads(line) for line in (out / "failures-1of2.jsonl").read_text().splitlines()]
+    assert failure["reason"].startswith("changed since its features were stored (size ")
+    assert failure["reason"].endswith("); the stored features are kept: they belong to part 1/1, and --update "
+                                      "replaces only this part's (1/2)")
+    np.testing.assert_array_equal(features_of(out)["spk1/u0"], old["spk1/u0"])
