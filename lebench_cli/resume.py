@@ -12,6 +12,7 @@ compared by path, size and modification time, as they were.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
@@ -37,7 +38,9 @@ def fingerprint(path, with_hash: bool = False) -> Optional[Fingerprint]:
     hashed: a change while hashing shows on the next run."""
     try:
         status = os.stat(path)
-        digest = content_hash(path) if with_hash else ""
+        # Only a regular file ends: a FIFO or /dev/zero would be read for ever (they fail
+        # when decoded, with their reason).
+        digest = content_hash(path) if with_hash and stat.S_ISREG(status.st_mode) else ""
     except (OSError, ValueError):
         return None
     return Fingerprint(status.st_size, status.st_mtime_ns, digest)
@@ -60,7 +63,10 @@ def content_hash(path) -> str:
     import xxhash
 
     digest = xxhash.xxh3_64()
-    with open(path, "rb") as file:
+    # O_NONBLOCK: a FIFO put in the file's place since it was looked at cannot hang the open.
+    with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file")
         for block in iter(lambda: file.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
