@@ -243,3 +243,20 @@ def test_update_replaces_only_what_its_own_part_stores(checkpoints, tmp_path):
     assert failure["reason"].endswith("); the stored features are kept: they belong to part 1/1, and --update "
                                       "replaces only this part's (1/2)")
     np.testing.assert_array_equal(features_of(out)["spk1/u0"], old["spk1/u0"])
+
+
+def test_fingerprints_never_read_what_does_not_end(tmp_path):
+    from lebench_cli.resume import content_hash, fingerprint, fingerprints
+
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)  # no writer: reading it would wait for ever
+    endless = tmp_path / "endless.wav"
+    os.symlink("/dev/zero", endless)
+    regular = write_audio(tmp_path / "u.wav", 0.3)
+    assert fingerprint(fifo, with_hash=True).content_hash == ""
+    assert fingerprint(endless, with_hash=True).content_hash == ""
+    with pytest.raises(ValueError):
+        content_hash(fifo)
+    found = fingerprints([fifo, endless, regular, tmp_path / "missing.wav"], threads=2)
+    assert [None if f is None else len(f.content_hash) for f in found] == [0, 0, 16, None]
+    assert found[2].content_hash == content_hash(regular)
