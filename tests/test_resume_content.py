@@ -260,3 +260,17 @@ def test_fingerprints_never_read_what_does_not_end(tmp_path):
     found = fingerprints([fifo, endless, regular, tmp_path / "missing.wav"], threads=2)
     assert [None if f is None else len(f.content_hash) for f in found] == [0, 0, 16, None]
     assert found[2].content_hash == content_hash(regular)
+
+
+def test_a_moved_long_recording_resumes_too(checkpoints, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_audio(corpus / "long.wav", 5.0, seed=3)  # streamed in windows: begin_utterance's path
+    out = tmp_path / "out"
+    windows = ["--chunk-seconds", "2", "--overlap-seconds", "0.5"]
+    result = extract(corpus, *run_args(checkpoints("base"), out, *windows))
+    assert result.exit_code == 0 and "; 1 chunked" in result.stderr, result.stderr
+    (_, shard), = committed_shards(out)
+    assert len(read_shard_table(shard).source_xxh3[0]) == 16
+    os.rename(corpus, tmp_path / "moved")
+    result = extract(tmp_path / "moved", *run_args(checkpoints("base"), out, *windows))
+    assert (result.exit_code, result.stderr) == (0, "nothing to extract: all 1 file already stored\n")
