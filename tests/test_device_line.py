@@ -119,4 +119,5 @@ def test_cuda_asked_for_but_unusable_says_why(no_cuda):
     with pytest.raises(InputError) as caught:
         check_device("cuda:0")
     assert str(caught.value) == ("device 'cuda:0' requested but CUDA is not available: this torch's CUDA 12.4 "
-                                 "needs a newer NVIDIA driver (the driver here runs CUDA up to 11.8) (use --device cpu)")
+                                 "needs a newer NVIDIA driver (the driver here runs CUDA up to 11.8) "
+                                 "(use --device cpu)")
