@@ -274,3 +274,13 @@ def test_a_moved_long_recording_resumes_too(checkpoints, tmp_path):
     os.rename(corpus, tmp_path / "moved")
     result = extract(tmp_path / "moved", *run_args(checkpoints("base"), out, *windows))
     assert (result.exit_code, result.stderr) == (0, "nothing to extract: all 1 file already stored\n")
+
+
+def test_dry_run_counts_what_update_would_extract(checkpoints, changed_store):
+    corpus, out, _, _ = changed_store
+    result = extract(corpus, *run_args(checkpoints("base"), out, "--dry-run"))
+    assert result.stdout.startswith("0 files to extract (0.0 s of audio), 2 already stored, 1 id conflict (would "
+                                    "fail), 0 unreadable; estimated output ")
+    result = extract(corpus, *run_args(checkpoints("base"), out, "--dry-run", "--update"))
+    assert result.stdout.startswith("1 file to extract (0.6 s of audio), 2 already stored, 0 unreadable; "
+                                    "estimated output ")
