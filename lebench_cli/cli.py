@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .commands.common import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE,  # noqa: F401
-                              report_summary, reports_errors, trust_checkpoint_option)
+                              report_summary, reports_errors, trust_checkpoint_option, warn_cpu_fallback)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,6 +83,8 @@ def _layer_syntax(context, parameter, value):
 @click.option("--shard", "part", default="1/1", show_default=True,
               help="Process part K of N (job arrays), e.g. 3/8; auto: from SLURM's or torchrun's variables.")
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
+@click.option("--update", is_flag=True,
+              help="Extract again the stored ids whose source file changed, replacing their features.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--dry-run", is_flag=True, help="Print file count, duration and estimated output size; write nothing.")
 @click.option("--manifest", default=None, metavar="FILE.tsv",
@@ -92,7 +94,7 @@ def _layer_syntax(context, parameter, value):
 @reports_errors
 def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
             overlap_seconds, device, devices, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
-            id_prefix, part, overwrite, strict, dry_run, manifest, quiet, trust_checkpoint):
+            id_prefix, part, overwrite, update, strict, dry_run, manifest, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from .commands.extract_args import extract_options
@@ -122,6 +124,8 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
         click.echo(plan_extract(options, stdin=stdin).line())
         return
     return_large_blocks_to_the_os()
+    if devices is None:
+        warn_cpu_fallback(device)
     extraction = None
     try:
         with _interrupts_commit_once():

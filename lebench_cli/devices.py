@@ -261,6 +261,9 @@ def _merged(summaries: list, output: str, num_parts: int) -> ExtractSummary:
             value = summary[field.name]
             if field.name == "processing_seconds":
                 merged.processing_seconds = max(merged.processing_seconds, value)
+            elif field.name in ("device", "dtype"):  # each named once, in the workers' order
+                named = [part for part in getattr(merged, field.name).split(", ") if part]
+                setattr(merged, field.name, ", ".join(dict.fromkeys(named + ([value] if value else []))))
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(merged, field.name, getattr(merged, field.name) + value)
     failed = [s for s in summaries if s["failed"]]

@@ -291,8 +291,11 @@ def check_device(device) -> torch.device:
     except (RuntimeError, TypeError):
         raise InputError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{device}' requested but CUDA is not available (use --device cpu)")
+        from .compute_device import cpu_fallback_reason
+
+        reason = cpu_fallback_reason()
+        if reason is not None:
+            raise InputError(f"device '{device}' requested but CUDA is not available: {reason} (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
     return device

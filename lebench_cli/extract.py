@@ -43,7 +43,7 @@ class _Item:
     original_samples: int = 0  # as decoded
     flags: str = ""
     statistics: object = None  # a long recording's RecordingStatistics, measured ahead
-    fingerprint: object = None  # the file's size and mtime before it was read (resume.Fingerprint)
+    fingerprint: object = None  # the file's size, mtime and content hash before it was decoded (resume.Fingerprint)
 
 
 # ---- planning ---------------------------------------------------------------------------
@@ -58,13 +58,19 @@ def discover_sources(options: ExtractOptions, stdin=None) -> list:
     return select_part(sources, options.shard)
 
 
-def _probe(item: _Item) -> Optional[str]:
-    """Fill item.seconds and item.fingerprint; the failure reason when the file cannot be
-    probed."""
-    from .audio import probe
-    from .resume import fingerprint
+def _fingerprint_all(items: list) -> None:
+    """Fill item.fingerprint (size, modification time, content hash) of every item, before
+    any is decoded: a change after it shows on the next run."""
+    from .resume import fingerprints
 
-    item.fingerprint = fingerprint(item.source.path)  # before reading: a change after it shows
+    for item, found in zip(items, fingerprints([item.source.path for item in items])):
+        item.fingerprint = found
+
+
+def _probe(item: _Item) -> Optional[str]:
+    """Fill item.seconds; the failure reason when the file cannot be probed."""
+    from .audio import probe
+
     if item.source.num_samples is not None:
         item.seconds = item.source.num_samples / SAMPLE_RATE
         return None
@@ -86,7 +92,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     options = options.resolved()
     sources = discover_sources(options, stdin)
     stored = stored_sources(Path(options.output)) if Path(options.output, "lebench.json").exists() else {}
-    resume = plan_resume(sources, stored)
+    resume = plan_resume(sources, stored, update=options.update, part=options.shard)
     todo = [_Item(s) for s in resume.todo]
     readable = [item for item in todo if _probe(item) is None]
     unreadable = len(todo) - len(readable)
@@ -132,12 +138,14 @@ class Extraction:
 
     def run(self) -> ExtractSummary:
         from .checkpoints import sha256_file
+        from .compute_device import describe_device, dtype_name
         from .encoder import Encoder, check_device
         from .layers import canonical_layers, parse_layers
         from .models import load_checkpoint
         from .resume import plan_resume
         from .storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
                               writing_part)
+        from .storage.update import remove_superseded
 
         options = self.options
         started = time.monotonic()
@@ -150,12 +158,20 @@ class Extraction:
         checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
         layers = canonical_layers(parse_layers(options.layers, checkpoint.layers))
         encoder = Encoder(checkpoint, device=options.device, dtype=options.dtype)
+        self.summary.device, self.summary.dtype = describe_device(encoder.device), dtype_name(encoder.dtype)
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
         self._depth = batches_in_flight(encoder.device)
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
         part, parts = options.shard
+        writer_options = WriterOptions(
+            layers=[str(layer) for layer in layers], store_frames=options.store_frames,
+            store_mean=options.pool == "mean", save_dtype=options.save_dtype,
+            shard_size_bytes=options.shard_size, compression=options.compression,
+            commit_seconds=options.commit_seconds, part=part, num_parts=parts,
+        )
         with writing_part(output, metadata, part, parts, overwrite=options.overwrite):
-            resume = plan_resume(sources, stored_sources(output))
+            remove_superseded(output, writer_options)  # what an --update cut short left
+            resume = plan_resume(sources, stored_sources(output), update=options.update, part=options.shard)
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
             self.summary.already_stored = resume.already_stored
@@ -163,18 +179,14 @@ class Extraction:
             self.summary.failures_path = str(failures.path)
             for source, reason in resume.conflicts:
                 self._fail(failures, _Item(source), reason)
-            writer_options = WriterOptions(
-                layers=[str(layer) for layer in layers], store_frames=options.store_frames,
-                store_mean=options.pool == "mean", save_dtype=options.save_dtype,
-                shard_size_bytes=options.shard_size, compression=options.compression,
-                commit_seconds=options.commit_seconds, part=part, num_parts=parts,
-            )
             with ShardWriter(output, writer_options) as writer:
+                writer.replace(resume.replaced)
                 background = BackgroundWriter(writer)
                 try:
                     self._process(todo, failures, background)
                 finally:
                     background.finish()
+            self.summary.updated = remove_superseded(output, writer_options)
         self.summary.elapsed_seconds = time.monotonic() - started
         return self.summary
 
@@ -188,6 +200,7 @@ class Extraction:
         from .batching import length_batches
 
         readable, unreadable = [], []
+        _fingerprint_all(todo)
         for item in todo:
             reason = _probe(item)
             if reason is None:
@@ -373,10 +386,12 @@ class Extraction:
 
 
 def _fingerprint_fields(item: _Item) -> dict:
-    """The source file's size and modification time, for resume to tell files apart."""
+    """The source file's size, modification time and content hash, for resume to tell files
+    apart and to find them again once copied or moved."""
     if item.fingerprint is None:
         return {}
-    return {"source_size": item.fingerprint.size, "source_mtime_ns": item.fingerprint.mtime_ns}
+    return {"source_size": item.fingerprint.size, "source_mtime_ns": item.fingerprint.mtime_ns,
+            "source_xxh3": item.fingerprint.content_hash}
 
 
 def run_extract(options: ExtractOptions, stdin=None, progress=None) -> ExtractSummary:

@@ -33,6 +33,7 @@ class ExtractOptions:
     workers: Optional[int] = None  # default: see default_workers
     shard: tuple = (1, 1)
     overwrite: bool = False
+    update: bool = False  # extract again the stored ids whose source changed, replacing their features
     strict: bool = False
     trust_checkpoint: bool = False
     root: Optional[str] = None  # ids of every file relative to this folder

@@ -1,35 +1,75 @@
 """Resume: what a run still has to extract, given what the output folder already holds.
 
-An id already stored is skipped only when its features came from the same file, unchanged
-since: same resolved path, same size and same modification time. Anything else under a
-stored id is a conflict, recorded as a failure with its reason: skipping it would leave
-features of another file under its name, and nobody would know.
+An id already stored is skipped when its features came from the same bytes: the same
+resolved path, size and modification time (one `stat`, no read), or else the same size and
+content hash (xxh3-64 of the whole file), wherever the file now lies: a corpus copied or
+moved resumes. Anything else under a stored id is a conflict, recorded as a failure with its
+reason, unless the run updates (`--update`): then the id is extracted again and its old
+features are replaced (storage/update.py). Stores written before lebench kept hashes are
+compared by path, size and modification time, as they were.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
 
+_HASH_BLOCK = 1024**2
+_HASH_BATCH = 4096
+_KEPT = "; the stored features are kept: use --update to extract it again"
+
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What tells a file from the same path rewritten: size and modification time."""
+    """What tells a file from another one: size, modification time and, when computed, the
+    xxh3-64 hash of its bytes (16 hex digits; "" when not computed)."""
 
     size: int
     mtime_ns: int
+    content_hash: str = ""
 
 
-def fingerprint(path) -> Optional[Fingerprint]:
+def fingerprint(path, with_hash: bool = False) -> Optional[Fingerprint]:
     """The file's fingerprint now, or None when it cannot be read (it fails later, when
-    decoded, with the system's reason)."""
+    decoded, with the system's reason). The size and time are taken before the bytes are
+    hashed: a change while hashing shows on the next run."""
     try:
         status = os.stat(path)
+        # Only a regular file ends: a FIFO or /dev/zero would be read for ever (they fail
+        # when decoded, with their reason).
+        digest = content_hash(path) if with_hash and stat.S_ISREG(status.st_mode) else ""
     except (OSError, ValueError):
         return None
-    return Fingerprint(status.st_size, status.st_mtime_ns)
+    return Fingerprint(status.st_size, status.st_mtime_ns, digest)
+
+
+def fingerprints(paths: list, threads: int = 8) -> list:
+    """fingerprint(path, with_hash=True) of every path, `threads` files at a time: reading is
+    what a hash costs, and reads in flight together overlap (docs/performance.md)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    found = []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in range(0, len(paths), _HASH_BATCH):  # not a million futures at once
+            found.extend(pool.map(lambda path: fingerprint(path, with_hash=True), paths[start: start + _HASH_BATCH]))
+    return found
+
+
+def content_hash(path) -> str:
+    """xxh3-64 of the whole file, as 16 hex digits (docs/performance.md: its cost)."""
+    import xxhash
+
+    digest = xxhash.xxh3_64()
+    # O_NONBLOCK: a FIFO put in the file's place since it was looked at cannot hang the open.
+    with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        for block in iter(lambda: file.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def stored_path(path) -> str:
@@ -40,45 +80,99 @@ def stored_path(path) -> str:
 
 @dataclass
 class ResumePlan:
-    todo: list = field(default_factory=list)  # sources to extract
-    already_stored: int = 0  # sources whose features are there, from the same file
+    todo: list = field(default_factory=list)  # sources to extract (replacements included)
+    already_stored: int = 0  # sources whose features are there, from the same bytes
     conflicts: list = field(default_factory=list)  # (source, reason): a stored id, another file
+    replaced: list = field(default_factory=list)  # ids in todo whose stored features go (--update)
 
 
-def plan_resume(sources: list, stored: dict) -> ResumePlan:
-    """Sorts `sources` (AudioSource) against `stored` ({id: StoredSource})."""
+def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple = (1, 1)) -> ResumePlan:
+    """Sorts `sources` (AudioSource) against `stored` ({id: StoredSource}). With `update`,
+    a conflicting id stored by this part (K, N) is extracted again instead of failing."""
     plan = ResumePlan()
+    settled, slow = set(), []  # ids the fast path settles; sources to hash, several at a time
+    for source in sources:
+        known = stored.get(source.utt_id)
+        if known is None or not known.content_hash:
+            continue
+        if _fast_path(source, known):
+            settled.add(source.utt_id)
+        else:
+            slow.append(source)
+    hashed = dict(zip([source.utt_id for source in slow], fingerprints([source.path for source in slow])))
     for source in sources:
         known = stored.get(source.utt_id)
         if known is None:
             plan.todo.append(source)
             continue
-        reason = conflict(source, known)
+        reason = None if source.utt_id in settled else conflict(source, known, hashed.get(source.utt_id))
         if reason is None:
             plan.already_stored += 1
+        elif update and tuple(known.part) == tuple(part):
+            plan.todo.append(source)
+            plan.replaced.append(source.utt_id)
+        elif update:
+            k, n = known.part
+            plan.conflicts.append((source, f"{reason.removesuffix(_KEPT)}; the stored features are kept: they "
+                                           f"belong to part {k}/{n}, and --update replaces only this part's "
+                                           f"({part[0]}/{part[1]})"))
         else:
             plan.conflicts.append((source, reason))
     return plan
 
 
-def conflict(source, known) -> Optional[str]:
-    """Why `source` may not be skipped although its id is stored, or None when it may."""
-    if not _same_path(source.path, known.path):
-        return f"id {source.utt_id} already stored from {known.path}"
+def _fast_path(source, known) -> bool:
+    """Same resolved path, size and modification time as stored: the same file, not read."""
+    now = fingerprint(source.path)
+    return (now is not None and (now.size, now.mtime_ns) == (known.size, known.mtime_ns)
+            and _same_path(source.path, known.path))
+
+
+def conflict(source, known, now: Optional[Fingerprint] = None) -> Optional[str]:
+    """Why `source` may not be skipped although its id is stored, or None when it may. `now`:
+    its fingerprint with the hash, when already taken."""
+    same_path = _same_path(source.path, known.path)
+    if not known.content_hash:
+        return _conflict_without_hash(source, known, same_path)
+    if now is None and _fast_path(source, known):
+        return None
+    now = now or fingerprint(source.path, with_hash=True)
+    if now is None:  # gone since, or unreadable: nothing to compare
+        return None if same_path else _another_file(source, known)
+    if now.size == known.size and now.content_hash == known.content_hash:
+        return None  # the same bytes, copied, moved or touched
+    if not same_path:
+        return _another_file(source, known)
+    return _changed(known, now, content_differs=now.size == known.size)
+
+
+def _conflict_without_hash(source, known, same_path: bool) -> Optional[str]:
+    """A store written before lebench kept hashes: path, size and modification time."""
+    if not same_path:
+        return _another_file(source, known)
     if known.size < 0:
         return None  # stored before lebench kept fingerprints: the path is all there is to compare
     now = fingerprint(source.path)
     if now is None:
         return None  # gone since: its stored features are all that is left of it
+    if now.size == known.size and (known.mtime_ns < 0 or now.mtime_ns == known.mtime_ns):
+        return None
+    return _changed(known, now, content_differs=False)
+
+
+def _another_file(source, known) -> str:
+    return f"id {source.utt_id} already stored from {known.path}"
+
+
+def _changed(known, now: Fingerprint, content_differs: bool) -> str:
     changes = []
     if now.size != known.size:
         changes.append(f"size {known.size} -> {now.size} bytes")
     if known.mtime_ns >= 0 and now.mtime_ns != known.mtime_ns:
         changes.append(f"modified {_when(known.mtime_ns)} -> {_when(now.mtime_ns)}")
-    if not changes:
-        return None
-    return (f"changed since its features were stored ({', '.join(changes)}); the stored features are "
-            "kept: use --overwrite or another output folder to extract it again")
+    if content_differs:
+        changes.append("other content")
+    return f"changed since its features were stored ({', '.join(changes)}){_KEPT}"
 
 
 def _same_path(new, stored) -> bool:

@@ -12,6 +12,7 @@ class ExtractSummary:
     already_stored: int = 0
     extracted: int = 0
     failed: int = 0
+    updated: int = 0  # stored ids extracted again (--update), their old features removed
     padded: int = 0
     chunked: int = 0
     recomputed_float32: int = 0
@@ -20,6 +21,8 @@ class ExtractSummary:
     elapsed_seconds: float = 0.0  # the whole run, model loading included
     failures_path: Optional[str] = None
     first_failure: Optional[str] = None
+    device: str = ""  # what computed: "cpu", "cuda:0 (NVIDIA H100)", several joined by ", "
+    dtype: str = ""  # the compute precision: "float32", "float16"
 
     @property
     def real_time_factor(self) -> float:
@@ -39,8 +42,11 @@ class ExtractSummary:
                 f"{self.processing_seconds:.1f} s ({self.real_time_factor:.0f}x real time; "
                 f"{self.elapsed_seconds:.1f} s in all, with model loading)"
             )
+        if self.device:
+            text += f" on {self.device}, {self.dtype}"
         extras = [
             f"{self.already_stored} already stored, skipped" if self.already_stored else "",
+            f"{self.updated} updated (old features replaced)" if self.updated else "",
             f"{self.padded} padded to one frame" if self.padded else "",
             f"{self.chunked} chunked" if self.chunked else "",
             f"{count(self.recomputed_float32, 'batch', 'batches')} recomputed in float32" if self.recomputed_float32 else "",

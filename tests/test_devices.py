@@ -71,7 +71,7 @@ def test_two_cpu_workers_make_the_store_of_one_process(checkpoints, corpus, tmp_
     assert code == 3, stderr
     summaries = [line for line in stderr.splitlines() if line.startswith("extracted ")]
     assert len(summaries) == 1, stderr
-    assert re.fullmatch(r"extracted 80 files \(\d+\.\d (s|min) of audio\) in [\d.]+ s \(\d+x real time; [\d.]+ s in all, with model loading\); "
+    assert re.fullmatch(r"extracted 80 files \(\d+\.\d (s|min) of audio\) in [\d.]+ s \(\d+x real time; [\d.]+ s in all, with model loading\) on cpu, float32; "
                         rf"1 failed \(see {re.escape(str(tmp_path / 'two'))}/failures-[12]of2\.jsonl\)",
                         summaries[0]), summaries[0]
     failures = [len(p.read_text().splitlines()) for p in sorted((tmp_path / "two").glob("failures-*of2.jsonl"))]

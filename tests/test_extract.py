@@ -496,7 +496,10 @@ def test_interrupt_commits_finished_work_and_exits_130(checkpoints, tmp_path, si
 def test_cuda_requested_without_cuda(checkpoints, corpus, tmp_path):
     result = extract(corpus, "-o", tmp_path / "out", "--model", checkpoints("base"), "--device", "cuda", "-q")
     assert result.exit_code == 1
-    assert result.output == "Error: device 'cuda' requested but CUDA is not available (use --device cpu)\n"
+    from lebench_cli.compute_device import cpu_fallback_reason
+
+    assert result.output == (f"Error: device 'cuda' requested but CUDA is not available: {cpu_fallback_reason()} "
+                             "(use --device cpu)\n")
 
 
 def test_bad_option_values_are_one_line_errors(checkpoints, corpus, tmp_path):

@@ -101,8 +101,7 @@ def test_a_file_changed_since_it_was_stored_fails_and_keeps_its_features(checkpo
     assert failure["path"] == str(path)
     assert failure["reason"].startswith(f"changed since its features were stored (size {size} -> "
                                         f"{path.stat().st_size} bytes, modified ")
-    assert failure["reason"].endswith("); the stored features are kept: use --overwrite or another "
-                                      "output folder to extract it again")
+    assert failure["reason"].endswith("); the stored features are kept: use --update to extract it again")
     with open_features(out) as store:
         np.testing.assert_array_equal(store.read("u1", 3), before)
     assert extract(corpus, *quiet_args(checkpoints("base"), out, "--overwrite")).exit_code == 0
@@ -110,16 +109,23 @@ def test_a_file_changed_since_it_was_stored_fails_and_keeps_its_features(checkpo
         assert store.info("u1")["duration"] == pytest.approx(1.1)
 
 
-def test_a_touched_file_of_the_same_size_counts_as_changed(checkpoints, tmp_path):
+def test_a_touched_file_is_skipped_and_a_rewritten_one_of_the_same_size_is_not(checkpoints, tmp_path):
     corpus = tmp_path / "corpus"
     path = write_audio(corpus / "u1.wav", 0.9, seed=1)
     out = tmp_path / "out"
     assert extract(corpus, *quiet_args(checkpoints("base"), out)).exit_code == 0
     mtime = path.stat().st_mtime_ns
-    os.utime(path, ns=(mtime, mtime + 2 * 10**9))
+    os.utime(path, ns=(mtime, mtime + 2 * 10**9))  # same bytes: the content hash decides
+    result = extract(corpus, "-o", out, "--model", checkpoints("base"), "--device", "cpu", "--workers", "0")
+    assert (result.exit_code, result.stderr) == (0, "nothing to extract: all 1 file already stored\n")
+    write_audio(path, 0.9, seed=2)  # same size, other bytes
+    os.utime(path, ns=(mtime, mtime + 4 * 10**9))
     result = extract(corpus, *quiet_args(checkpoints("base"), out))
     assert result.exit_code == 3
-    assert failures_of(out)[0]["reason"].startswith("changed since its features were stored (modified ")
+    (failure,) = failures_of(out)
+    assert failure["reason"].startswith("changed since its features were stored (modified ")
+    assert failure["reason"].endswith(", other content); the stored features are kept: use --update to "
+                                      "extract it again")
 
 
 def test_an_unchanged_file_is_skipped_from_any_folder_and_any_input_form(checkpoints, tmp_path, monkeypatch):
@@ -195,8 +201,10 @@ def test_early_errors_leave_no_folder_behind(checkpoints, two_corpora, tmp_path,
         ("--model", str(tmp_path / "missing.pt")): None,
     }
     if not torch.cuda.is_available():
-        cases[("--device", "cuda")] = ("Error: device 'cuda' requested but CUDA is not available "
-                                       "(use --device cpu)\n")
+        from lebench_cli.compute_device import cpu_fallback_reason
+
+        cases[("--device", "cuda")] = ("Error: device 'cuda' requested but CUDA is not available: "
+                                       f"{cpu_fallback_reason()} (use --device cpu)\n")
     for extra, message in cases.items():
         result = extract(tmp_path / "c1", *quiet_args(checkpoints("base"), out), *extra)
         assert result.exit_code == 1, (extra, result.output)

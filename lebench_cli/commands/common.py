@@ -37,6 +37,17 @@ trust_checkpoint_option = click.option(
 )
 
 
+def warn_cpu_fallback(device) -> None:
+    """One line on stderr when the default device falls back to the CPU, saying why."""
+    if device is not None:
+        return
+    from ..compute_device import cpu_fallback_reason
+
+    reason = cpu_fallback_reason()
+    if reason is not None:
+        click.echo(f"lebench: running on cpu: {reason}; --device cpu chooses it and silences this", err=True)
+
+
 def report_summary(summary, quiet: bool) -> None:
     """An extraction's summary line on stderr (one Error line under --quiet when files
     failed), and exit code 3 when any did."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
+from ..storage.layout import superseded_ids
 from ..storage.placement import CHUNK_OFFSETS
 from .rows import LayerRows, read_runs
 from .selection import Layers, frame_range, layer_names, sorted_layers
@@ -38,8 +39,11 @@ class FeatureSet:
     def __init__(self, path):
         self.path = Path(path)
         self.metadata = _load_metadata(self.path)
-        self._shards = [shard for _, shard in committed_shards(self.path)]
-        self._load_tables([read_shard_table(shard) for shard in self._shards])
+        named = committed_shards(self.path)
+        self._shards = [shard for _, shard in named]
+        tables = [read_shard_table(shard) for shard in self._shards]
+        self._superseded = superseded_ids([(name, shard, table.ids) for (name, shard), table in zip(named, tables)])
+        self._load_tables(tables)
         self._handles = OrderedDict()
         self._pid = os.getpid()
         model = self.metadata.get("model")
@@ -59,7 +63,19 @@ class FeatureSet:
         self._shard_offsets = [np.asarray(table.offsets, dtype=np.int64) for table in tables]
         self._layer_names = {name for table in tables for name in table.layers}
         self.layers = sorted_layers(self._layer_names)
+        if self._superseded:
+            self._drop_superseded()
         self._index = self._build_index()
+
+    def _drop_superseded(self) -> None:
+        """An id in two shards of one part (an --update cut short) is the later shard's."""
+        keep = np.array([utt_id not in self._superseded.get(self._shards[shard], ())
+                         for utt_id, shard in zip(self.ids, self._shard_of)], dtype=bool)
+        self.ids = [utt_id for utt_id, kept in zip(self.ids, keep) if kept]
+        self._sources = [source for source, kept in zip(self._sources, keep) if kept]
+        self._flags = [flags for flags, kept in zip(self._flags, keep) if kept]
+        self._shard_of, self._row_of = self._shard_of[keep], self._row_of[keep]
+        self._frames, self._durations = self._frames[keep], self._durations[keep]
 
     def _build_index(self) -> dict:
         index = {}

@@ -21,6 +21,7 @@ class _Row:
     offset: int  # first row in the layers/NAME/frames matrices
     source_size: int = -1
     source_mtime_ns: int = -1
+    source_xxh3: str = ""
 
 
 @dataclass

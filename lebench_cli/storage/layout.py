@@ -57,6 +57,7 @@ class ShardTable:
     layers: dict  # layer name -> {"frames", "mean"} subset
     source_sizes: np.ndarray  # bytes, -1 when unknown (shards written before lebench 0.2)
     source_mtimes_ns: np.ndarray  # -1 when unknown
+    source_xxh3: list  # hex content hashes, "" when unknown (shards written before lebench 0.3)
 
 
 def part_tag(part: int, num_parts: int) -> str:
@@ -100,6 +101,8 @@ def read_shard_table(path: Path) -> ShardTable:
                 layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
                 source_sizes=shard["source_sizes"][:] if "source_sizes" in shard else unknown,
                 source_mtimes_ns=shard["source_mtimes_ns"][:] if "source_mtimes_ns" in shard else unknown,
+                source_xxh3=(list(shard["source_xxh3"].asstr()[:]) if "source_xxh3" in shard
+                             else [""] * len(unknown)),
             )
     except _SHARD_READ_ERRORS as error:
         raise _unreadable_shard(path, error) from None
@@ -124,21 +127,43 @@ def _check_shard(shard: h5py.File, path: Path) -> None:
 @dataclass(frozen=True)
 class StoredSource:
     """Where a stored utterance came from: the path as stored, its size and modification
-    time when it was read (-1: unknown)."""
+    time when it was read (-1: unknown), the xxh3-64 hash of its bytes ("": unknown), and
+    the part (K, N) whose shards hold it."""
 
     path: str
     size: int = -1
     mtime_ns: int = -1
+    content_hash: str = ""
+    part: tuple = (1, 1)
 
 
 def stored_sources(out: Path) -> dict:
-    """{id: StoredSource} of every committed shard of every part of OUT."""
+    """{id: StoredSource} of every committed shard of every part of OUT. An id in two shards
+    of one part (an --update cut short before it removed the old copy) is the later shard's."""
     stored = {}
-    for _, path in committed_shards(out):
+    for name, path in committed_shards(out):
         table = read_shard_table(path)
-        for utt_id, source, size, mtime in zip(table.ids, table.sources, table.source_sizes, table.source_mtimes_ns):
-            stored[utt_id] = StoredSource(source, int(size), int(mtime))
+        for utt_id, source, size, mtime, digest in zip(table.ids, table.sources, table.source_sizes,
+                                                        table.source_mtimes_ns, table.source_xxh3):
+            stored[utt_id] = StoredSource(source, int(size), int(mtime), digest, (name.part, name.num_parts))
     return stored
+
+
+def superseded_ids(shards: list) -> dict:
+    """{shard path: ids that a later shard of the same part also holds} for `shards`, a list of
+    (ShardName, path, ids) in storage order. The later copy is the one: an --update commits
+    the new features before it removes the old ones (storage/update.py), so an id in two
+    shards of one part is an update cut short. Ids in shards of different parts are left be."""
+    latest = {}
+    for position, (name, _, ids) in enumerate(shards):
+        for utt_id in ids:
+            latest[(name.part, name.num_parts, utt_id)] = position
+    found = {}
+    for position, (name, path, ids) in enumerate(shards):
+        older = {utt_id for utt_id in ids if latest[(name.part, name.num_parts, utt_id)] != position}
+        if older:
+            found[path] = older
+    return found
 
 
 def stored_ids(out: Path) -> set:

@@ -29,6 +29,7 @@ class StoredUtterance:
     # the same id, or from the same file changed since: -1 when unknown.
     source_size: int = -1  # bytes
     source_mtime_ns: int = -1
+    source_xxh3: str = ""  # the xxh3-64 hash of its bytes, 16 hex digits ("": unknown)
 
 
 @dataclass

@@ -105,10 +105,15 @@ class ShardWriter:
         if self._size >= self.options.shard_size_bytes or elapsed >= self.options.commit_seconds:
             self.commit()
 
+    def replace(self, ids) -> None:
+        """Let `ids`, stored in this part's shards, be stored again (update.py removes the
+        old copies once the new ones are committed)."""
+        self._known.difference_update(ids)
+
     # -- an utterance in pieces (long recordings) ------------------------------------------
 
     def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "",
-                        source_size: int = -1, source_mtime_ns: int = -1) -> None:
+                        source_size: int = -1, source_mtime_ns: int = -1, source_xxh3: str = "") -> None:
         """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
         not the recording: append_frames() each piece in order, then end_utterance()."""
         if utt_id in self._known:
@@ -122,7 +127,8 @@ class ShardWriter:
         if self._file is None:
             self._open_shard()
         offset = self._next_offset()
-        row = _Row(utt_id, str(source), float(duration), int(frames), flags, offset, source_size, source_mtime_ns)
+        row = _Row(utt_id, str(source), float(duration), int(frames), flags, offset, source_size, source_mtime_ns,
+                   source_xxh3)
         self._stream = _Stream(row, size)
 
     def append_frames(self, states: dict) -> None:
@@ -290,7 +296,7 @@ class ShardWriter:
     def _append(self, utt: StoredUtterance, size: int) -> None:
         offset = self._next_offset()
         row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
-                   int(utt.source_size), int(utt.source_mtime_ns))
+                   int(utt.source_size), int(utt.source_mtime_ns), utt.source_xxh3)
         self._rows.append(row)
         self._known.add(utt.utt_id)
         self._size += size
@@ -377,6 +383,7 @@ class ShardWriter:
         self._file["sources"] = np.array([row.source for row in rows], dtype=strings)
         self._file["source_sizes"] = np.array([row.source_size for row in rows], dtype=np.int64)
         self._file["source_mtimes_ns"] = np.array([row.source_mtime_ns for row in rows], dtype=np.int64)
+        self._file["source_xxh3"] = np.array([row.source_xxh3 for row in rows], dtype=strings)
         self._file["flags"] = np.array([row.flags for row in rows], dtype=strings)
 
     def _record_commit(self, rows: list, final: Path) -> None:
