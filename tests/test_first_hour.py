@@ -210,7 +210,7 @@ def test_an_output_that_is_a_file_is_refused_with_exit_1_before_the_model(tmp_pa
     write_wav(tmp_path / "corpus" / "a.wav", 0.5)
     (tmp_path / "feats").write_text("")
     result = CliRunner().invoke(main, ["extract", str(tmp_path / "corpus"), "-o", str(tmp_path / "feats"),
-                                       "--model", str(tmp_path / "no-such-model.pt")])
+                                       "--model", str(tmp_path / "no-such-model.pt"), "--device", "cpu"])
     assert (result.exit_code, result.output) == (
         1, f"Error: cannot write to {tmp_path / 'feats'}: it exists and is not a folder\n")
 
@@ -291,9 +291,9 @@ def test_all_means_layers_0_to_l_in_extract_read_and_export(checkpoints, tmp_pat
 
     result = export(out, "--format", "npy", "--layers", "all,cnn", "-o", tmp_path / "every")
     assert result.exit_code == 0
-    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == ["lebench-export.json"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")]
+    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")] + ["lebench-export.json"]
     result = export(out, "--format", "npy", "-o", tmp_path / "default")  # no --layers: every stored layer
-    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["lebench-export.json"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")]
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")] + ["lebench-export.json"]
 
 
 def test_export_all_of_a_store_without_numbered_layers_says_so(checkpoints, tmp_path):
