@@ -7,6 +7,7 @@ writing on a background thread, and bookkeeping (resume, failures, progress)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     widths = [_cnn_width(checkpoint) if layer == "cnn" else checkpoint.width for layer in layers]
     size = estimate_store_bytes(
         frames=[max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in readable],
-        text_bytes=[len(item.source.utt_id.encode()) + len(str(item.source.path).encode()) for item in readable],
+        text_bytes=[len(item.source.utt_id.encode()) + len(os.fsencode(item.source.path)) for item in readable],
         widths=widths, itemsize=np.dtype(options.save_dtype).itemsize, store_frames=options.store_frames,
         store_mean=options.pool == "mean", shard_size_bytes=options.shard_size)
     return DryRunReport(len(todo) - unreadable, resume.already_stored, unreadable, seconds, size,
@@ -244,10 +245,12 @@ class Extraction:
             yield item
 
     def _fail(self, failures, item: _Item, reason: str):
-        failures.record(item.source.utt_id, item.source.path, reason)
+        from .names import printable
+
+        failures.record(item.source.utt_id, printable(item.source.path), reason)
         self.summary.failed += 1
         if self.summary.first_failure is None:
-            self.summary.first_failure = f"{item.source.path}: {reason}"
+            self.summary.first_failure = f"{printable(item.source.path)}: {reason}"
         if self.options.strict:
             raise AudioError(item.source.path, reason)
 
