@@ -217,7 +217,7 @@ class Extraction:
                         self._advance(item)
                 short = [item for item in group if item.samples <= chunk_samples]
                 if short:
-                    self._encode_batch(short, background)
+                    self._encode_batch(short, failures, background)
             self._finish_all()
         finally:
             self.summary.processing_seconds = time.monotonic() - processing_started
@@ -254,14 +254,17 @@ class Extraction:
         if self.options.strict:
             raise AudioError(item.source.path, reason)
 
-    def _encode_batch(self, items: list, background):
+    def _encode_batch(self, items: list, failures, background):
         waveforms = [item.waveform for item in items]
         for item in items:
             item.waveform = None  # the padded batch holds the audio from here on
 
-        def store(states: dict):
+        def store(states: dict, non_finite: dict):
             for index, item in enumerate(items):
-                self._store(item, {layer: value[index] for layer, value in states.items()}, background)
+                if index in non_finite:
+                    self._fail(failures, item, non_finite[index])
+                else:
+                    self._store(item, {layer: value[index] for layer, value in states.items()}, background)
                 self._advance(item)
 
         self._launch(waveforms, store)
@@ -291,8 +294,8 @@ class Extraction:
                                             self.options.chunk_seconds, mean, std)
         try:
             for group, waves in batches:
-                self._launch(waves, lambda states, group=group: self._append_windows(group, states, background),
-                             normalize=False)
+                self._launch(waves, lambda states, non_finite, group=group: self._append_windows(
+                    source, group, states, non_finite, background), normalize=False)
             self._finish_all()
         except AudioError as error:
             self._in_flight.clear()  # windows of this recording only: it is dropped
@@ -309,7 +312,9 @@ class Extraction:
         self.summary.audio_seconds += samples / SAMPLE_RATE
 
     @staticmethod
-    def _append_windows(windows: list, states: dict, background):
+    def _append_windows(source, windows: list, states: dict, non_finite: dict, background):
+        if non_finite:  # one window is enough to drop the recording
+            raise AudioError(source.path, next(iter(non_finite.values())))
         for index, window in enumerate(windows):
             background.put("append_frames", {
                 str(layer): value[index][window.keep_from: window.keep_to] for layer, value in states.items()
@@ -317,9 +322,11 @@ class Extraction:
 
     def _launch(self, waveforms: list, on_ready, normalize: Optional[bool] = None):
         """Runs the model on `waveforms` and calls on_ready({layer: [one [frames, width] array
-        per waveform]}) once their states are on the host: on a GPU, after the next batch has
-        been launched (`batches_in_flight`). Half-precision batches whose output is not finite
-        are recomputed in float32."""
+        per waveform]}, {index: reason}) once their states are on the host: on a GPU, after
+        the next batch has been launched (`batches_in_flight`). Every batch is checked for
+        NaN and infinity (`readback.Readback`); a half-precision batch that has one is
+        recomputed in float32, and the waveforms still not finite there are given with the
+        reason that fails them (their values must not be stored)."""
         import torch
 
         from .batching import pad_batch, padded_shape
@@ -332,21 +339,26 @@ class Extraction:
         _, lengths = pad_batch(waveforms, out=padded.numpy())
         inputs = (padded, torch.from_numpy(lengths), self.layers)
         batch = self.encoder.forward(*inputs, normalize=normalize)
-        readback = Readback(batch, check_finite=self.encoder.dtype != torch.float32)
+        readback = Readback(batch)
         del batch  # the device memory of its states is reused once their copies have run
         self._in_flight.append((readback, inputs, normalize, on_ready))
         while len(self._in_flight) > self._depth:
             self._finish_oldest()
 
     def _finish_oldest(self):
+        import torch
+
         from .readback import Readback
 
         readback, inputs, normalize, on_ready = self._in_flight.popleft()
         finite, states = readback.result()
-        if not finite:
+        if not finite and self.encoder.dtype != torch.float32:
             self.summary.recomputed_float32 += 1
-            _, states = Readback(self._float32().forward(*inputs, normalize=normalize), check_finite=False).result()
-        on_ready(states)
+            readback = Readback(self._float32().forward(*inputs, normalize=normalize))
+            finite, states = readback.result()
+        # Batched output equals one-at-a-time output: the other utterances' values are theirs.
+        on_ready(states, {index: f"non-finite features (NaN or inf) at layer {layer} in float32"
+                          for index, layer in readback.non_finite().items()})
 
     def _finish_all(self):
         while self._in_flight:
