@@ -357,8 +357,7 @@ class Extraction:
             readback = Readback(self._float32().forward(*inputs, normalize=normalize))
             finite, states = readback.result()
         # Batched output equals one-at-a-time output: the other utterances' values are theirs.
-        on_ready(states, {index: f"non-finite features (NaN or inf) at layer {layer} in float32"
-                          for index, layer in readback.non_finite().items()})
+        on_ready(states, readback.failures())
 
     def _finish_all(self):
         while self._in_flight:

@@ -67,6 +67,12 @@ class Readback:
         return {index: self._checked[int(np.argmin(flags[:, index]))]
                 for index in range(flags.shape[1]) if not flags[:, index].all()}
 
+    def failures(self) -> dict:
+        """{utterance index: the reason it fails} for `non_finite()`: the caller has already
+        recomputed a half-precision batch in float32, so what is left is float32's."""
+        return {index: f"non-finite features (NaN or inf) at layer {layer} in float32"
+                for index, layer in self.non_finite().items()}
+
     def _wait(self):
         if self._copied is not None:
             self._copied.synchronize()

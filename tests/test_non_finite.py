@@ -172,3 +172,17 @@ def test_a_half_precision_overflow_that_float32_fixes_is_stored(checkpoints, tmp
                                             save_dtype="float32", workers=0, layers="3", batch_seconds=20)
     summary = extract_module.run_extract(options)
     assert (summary.extracted, summary.failed, summary.recomputed_float32) == (2, 0, 1)
+
+
+def test_features_in_memory_never_hold_non_finite_values(checkpoints, tmp_path):
+    from lebench_cli import features_of
+    from lebench_cli.errors import AudioError
+
+    loud = write(tmp_path / "loud.wav", 3e38 * np.sin(2 * np.pi * 200 * np.arange(RATE) / RATE))
+    quiet = write(tmp_path / "quiet.wav", speech(1.0, 1))
+    with pytest.raises(AudioError, match=f"^{loud}: " + OVERFLOW.format("cnn").replace("(", r"\(").replace(")", r"\)")):
+        features_of([loud, quiet], checkpoints("base"), layers=3, device="cpu")
+    with pytest.warns(UserWarning, match="non-finite features"):
+        loud_features, quiet_features = features_of([loud, quiet], checkpoints("base"), layers=3, device="cpu",
+                                                    skip_bad_files=True)
+    assert loud_features is None and np.isfinite(quiet_features[3]).all()
