@@ -51,9 +51,9 @@ def discover(
     to root; without, relative to the folder for a folder, the path as given for a file or
     a stdin line, the manifest's relative path for a .tsv. `id_prefix` is prepended to
     every id as it is; the id is then made canonical (`names.canonical_id`: bytes that are
-    not UTF-8 as \\xNN, Unicode NFC). Paths listed on stdin or in a manifest are not checked here: a
-    missing one fails later, when it is decoded. Raises InputError on unusable inputs,
-    files outside root and duplicate ids.
+    not UTF-8 as \\xNN, Unicode NFC). Paths listed on stdin or in a manifest are not checked
+    here: a missing one fails later, when it is decoded. Raises InputError on unusable
+    inputs, files outside root and duplicate ids (two names of one canonical id included).
     """
     inputs = [os.fspath(item) for item in inputs]
     if inputs.count(STDIN) > 1:
@@ -129,7 +129,7 @@ def _from_list(stream: TextIO) -> list[AudioSource]:
     # Every non-blank line is a path, even one that starts with '#'. Read as bytes where the
     # stream has them: `find` prints names that are not UTF-8 as they are.
     binary = getattr(stream, "buffer", None)
-    lines = [os.fsdecode(line) for line in binary] if binary is not None else list(stream)
+    lines = [os.fsdecode(line) for line in binary.read().splitlines()] if binary is not None else list(stream)
     paths = [line.strip() for line in lines]
     return [AudioSource(_file_id(path), path) for path in paths if path]
 

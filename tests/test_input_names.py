@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -80,9 +82,11 @@ def test_a_latin1_name_on_stdin_and_in_a_manifest(checkpoints, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     write(os.path.join(b"corpus", LATIN1 + b".wav"), tone())
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["extract", "-", *map(str, run_args(checkpoints("base"), out, "--workers", "0"))],
-                                input=b"corpus/" + LATIN1 + b".wav\n", catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    # A real pipe, as from `find`: click's stdin is not CliRunner's
+    result = subprocess.run([sys.executable, "-m", "lebench_cli", "extract", "-",
+                             *map(str, run_args(checkpoints("base"), out, "--workers", "0"))],
+                            input=b"corpus/" + LATIN1 + b".wav\n", capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
     with open_features(out) as store:
         assert store.ids == ["corpus/caf\\xe9"]
     listing = extract("corpus", "-o", tmp_path / "dry", "--model", checkpoints("base"), "--dry-run",
