@@ -157,3 +157,19 @@ def test_mat_and_htk_files_beside_the_audio_are_skipped_unless_asked_for(checkpo
     assert clash.exit_code == 1
     assert clash.output == (f"Error: duplicate utterance id 'a': {corpus}/a.mat and {corpus}/a.wav (two formats "
                             "of one file? pick one with --ext mat or --ext wav)\n")
+
+
+def test_a_store_written_before_ids_were_nfc_is_read_with_either_spelling(tmp_path):
+    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
+
+    states = {"3": np.arange(8, dtype=np.float32).reshape(2, 4)}
+    options = WriterOptions(layers=["3"], save_dtype="float32")
+    prepare_output(tmp_path, {"identity": {"layers": ["3"]}, "model": "tiny"}, overwrite=False)
+    with PartLock(tmp_path, 1, 1), ShardWriter(tmp_path, options) as writer:
+        writer.add(StoredUtterance(f"old/{NFD}", f"/audio/{NFD}.wav", 0.045, 2, states))
+    with open_features(tmp_path) as store:
+        assert store.ids == [f"old/{NFD}"]
+        for spelling in (NFD, NFC):
+            np.testing.assert_array_equal(store.read(f"old/{spelling}", 3), states["3"])
+            assert f"old/{spelling}" in store
+        assert "old/cafe" not in store
