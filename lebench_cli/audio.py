@@ -113,7 +113,7 @@ def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0) 
 def _open(path) -> soundfile.SoundFile:
     _check_file(path)
     try:
-        return soundfile.SoundFile(path)
+        return soundfile.SoundFile(os.fsencode(path))  # as bytes: a name that is not UTF-8 opens too
     except RuntimeError as error:
         message = _libsndfile_message(error)
         if message.startswith("file does not exist or is not a regular file"):

@@ -60,7 +60,8 @@ def _layer_syntax(context, parameter, value):
 @click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
               help="mean: store one mean vector per utterance and layer (instead of frames unless --frames).")
 @click.option("--frames/--no-frames", "store_frames", default=None, help="Store frame-level states (default: unless --pool mean).")
-@click.option("--ext", "extensions", default=None, help="Comma-separated audio extensions to walk (default: what libsndfile reads).")
+@click.option("--ext", "extensions", default=None,
+              help="Comma-separated extensions to walk (default: speech formats, wav, flac, ogg, mp3, ...; not .mat, .htk).")
 @click.option("--channel", type=click.IntRange(min=0), default=None, help="Use this channel (0-based) instead of averaging to mono.")
 @click.option("--batch-seconds", type=click.FloatRange(min=1), default=None,
               help="Padded audio seconds per batch (default: 120 on CUDA, 20 on CPU).")

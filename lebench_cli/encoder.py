@@ -11,8 +11,8 @@ frame's computation (see `_group_norm_per_utterance` for the one place where it 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ class EncodedBatch:
 
     states: dict
     frames: torch.Tensor  # valid frames per utterance, on the CPU
+    # [batch, frames_max, width] conv features, stored or not: where a non-finite value of
+    # loud audio starts (readback.Readback checks them)
+    conv_features: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def utterance(self, index: int) -> dict:
         count = int(self.frames[index])
@@ -169,7 +172,7 @@ class Encoder:
         numbered = [layer for layer in layers if layer != CNN]
         if numbered:
             states.update(self._transformer_states(features, host_frames, numbered))
-        return EncodedBatch({layer: states[layer] for layer in layers}, host_frames)
+        return EncodedBatch({layer: states[layer] for layer in layers}, host_frames, conv_features=features)
 
     def encode(self, waveforms: Sequence, layers: Sequence[Layer], sample_rate: float = SAMPLE_RATE) -> list[dict]:
         """Mono float waveforms (1-D arrays or tensors, samples in [-1, 1]) at `sample_rate`
@@ -319,12 +322,16 @@ def _ieee_float32():
 
 
 def _normalize_valid(waveforms, sample_mask, lengths):
-    """Zero mean, unit variance over each utterance's own samples, as fairseq's loader does."""
-    count = lengths[:, None].to(torch.float32)
-    mean = waveforms.sum(dim=1, keepdim=True) / count
-    centred = torch.where(sample_mask, waveforms - mean, 0.0)
+    """Zero mean, unit variance over each utterance's own samples, as fairseq's loader does.
+
+    In float64: the squares of float32 samples louder than ~1.8e19 overflow float32, which
+    would make the variance infinite and a loud but finite utterance all zeros."""
+    wide = waveforms.to(torch.float64)
+    count = lengths[:, None].to(torch.float64)
+    mean = wide.sum(dim=1, keepdim=True) / count
+    centred = torch.where(sample_mask, wide - mean, 0.0)
     variance = (centred * centred).sum(dim=1, keepdim=True) / count
-    return centred / torch.sqrt(variance + NORMALIZE_EPS)
+    return (centred / torch.sqrt(variance + NORMALIZE_EPS)).to(torch.float32)
 
 
 def _group_norm_per_utterance(x, valid_frames, group_norm):

@@ -21,8 +21,10 @@ class AudioError(LebenchError):
     """One audio file that cannot be turned into a 16 kHz waveform."""
 
     def __init__(self, path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+        from .names import printable
+
+        self.path = printable(path)  # a name that is not UTF-8 must still print
+        super().__init__(f"{self.path}: {reason}")
         self.reason = reason
 
 

@@ -7,6 +7,7 @@ writing on a background thread, and bookkeeping (resume, failures, progress)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -102,7 +103,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     widths = [_cnn_width(checkpoint) if layer == "cnn" else checkpoint.width for layer in layers]
     size = estimate_store_bytes(
         frames=[max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in readable],
-        text_bytes=[len(item.source.utt_id.encode()) + len(str(item.source.path).encode()) for item in readable],
+        text_bytes=[len(item.source.utt_id.encode()) + len(os.fsencode(item.source.path)) for item in readable],
         widths=widths, itemsize=np.dtype(options.save_dtype).itemsize, store_frames=options.store_frames,
         store_mean=options.pool == "mean", shard_size_bytes=options.shard_size)
     return DryRunReport(len(todo) - unreadable, resume.already_stored, unreadable, seconds, size,
@@ -228,7 +229,7 @@ class Extraction:
                         self._advance(item)
                 short = [item for item in group if item.samples <= chunk_samples]
                 if short:
-                    self._encode_batch(short, background)
+                    self._encode_batch(short, failures, background)
             self._finish_all()
         finally:
             self.summary.processing_seconds = time.monotonic() - processing_started
@@ -256,21 +257,26 @@ class Extraction:
             yield item
 
     def _fail(self, failures, item: _Item, reason: str):
-        failures.record(item.source.utt_id, item.source.path, reason)
+        from .names import printable
+
+        failures.record(item.source.utt_id, printable(item.source.path), reason)
         self.summary.failed += 1
         if self.summary.first_failure is None:
-            self.summary.first_failure = f"{item.source.path}: {reason}"
+            self.summary.first_failure = f"{printable(item.source.path)}: {reason}"
         if self.options.strict:
             raise AudioError(item.source.path, reason)
 
-    def _encode_batch(self, items: list, background):
+    def _encode_batch(self, items: list, failures, background):
         waveforms = [item.waveform for item in items]
         for item in items:
             item.waveform = None  # the padded batch holds the audio from here on
 
-        def store(states: dict):
+        def store(states: dict, non_finite: dict):
             for index, item in enumerate(items):
-                self._store(item, {layer: value[index] for layer, value in states.items()}, background)
+                if index in non_finite:
+                    self._fail(failures, item, non_finite[index])
+                else:
+                    self._store(item, {layer: value[index] for layer, value in states.items()}, background)
                 self._advance(item)
 
         self._launch(waveforms, store)
@@ -300,8 +306,8 @@ class Extraction:
                                             self.options.chunk_seconds, mean, std)
         try:
             for group, waves in batches:
-                self._launch(waves, lambda states, group=group: self._append_windows(group, states, background),
-                             normalize=False)
+                self._launch(waves, lambda states, non_finite, group=group: self._append_windows(
+                    source, group, states, non_finite, background), normalize=False)
             self._finish_all()
         except AudioError as error:
             self._in_flight.clear()  # windows of this recording only: it is dropped
@@ -318,7 +324,9 @@ class Extraction:
         self.summary.audio_seconds += samples / SAMPLE_RATE
 
     @staticmethod
-    def _append_windows(windows: list, states: dict, background):
+    def _append_windows(source, windows: list, states: dict, non_finite: dict, background):
+        if non_finite:  # one window is enough to drop the recording
+            raise AudioError(source.path, next(iter(non_finite.values())))
         for index, window in enumerate(windows):
             background.put("append_frames", {
                 str(layer): value[index][window.keep_from: window.keep_to] for layer, value in states.items()
@@ -326,9 +334,11 @@ class Extraction:
 
     def _launch(self, waveforms: list, on_ready, normalize: Optional[bool] = None):
         """Runs the model on `waveforms` and calls on_ready({layer: [one [frames, width] array
-        per waveform]}) once their states are on the host: on a GPU, after the next batch has
-        been launched (`batches_in_flight`). Half-precision batches whose output is not finite
-        are recomputed in float32."""
+        per waveform]}, {index: reason}) once their states are on the host: on a GPU, after
+        the next batch has been launched (`batches_in_flight`). Every batch is checked for
+        NaN and infinity (`readback.Readback`); a half-precision batch that has one is
+        recomputed in float32, and the waveforms still not finite there are given with the
+        reason that fails them (their values must not be stored)."""
         import torch
 
         from .batching import pad_batch, padded_shape
@@ -341,21 +351,25 @@ class Extraction:
         _, lengths = pad_batch(waveforms, out=padded.numpy())
         inputs = (padded, torch.from_numpy(lengths), self.layers)
         batch = self.encoder.forward(*inputs, normalize=normalize)
-        readback = Readback(batch, check_finite=self.encoder.dtype != torch.float32)
+        readback = Readback(batch)
         del batch  # the device memory of its states is reused once their copies have run
         self._in_flight.append((readback, inputs, normalize, on_ready))
         while len(self._in_flight) > self._depth:
             self._finish_oldest()
 
     def _finish_oldest(self):
+        import torch
+
         from .readback import Readback
 
         readback, inputs, normalize, on_ready = self._in_flight.popleft()
         finite, states = readback.result()
-        if not finite:
+        if not finite and self.encoder.dtype != torch.float32:
             self.summary.recomputed_float32 += 1
-            _, states = Readback(self._float32().forward(*inputs, normalize=normalize), check_finite=False).result()
-        on_ready(states)
+            readback = Readback(self._float32().forward(*inputs, normalize=normalize))
+            finite, states = readback.result()
+        # Batched output equals one-at-a-time output: the other utterances' values are theirs.
+        on_ready(states, readback.failures())
 
     def _finish_all(self):
         while self._in_flight:

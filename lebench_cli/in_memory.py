@@ -117,9 +117,12 @@ def _computed(paths: list, model, layers, device=None, dtype=None, batch_seconds
                 yield item.index, item.source.path, _windowed(item, runner, settings)
         short = [item for item in group if item.samples <= chunk_samples]
         if short:
-            states = runner.run([item.waveform for item in short])
+            states, non_finite = runner.run([item.waveform for item in short])
             for position, item in enumerate(short):
                 item.waveform = None
+                if position in non_finite:
+                    yield item.index, item.source.path, _failed(item.source.path, non_finite[position], settings)
+                    continue
                 yield item.index, item.source.path, {layer: np.array(states[layer][position], dtype=np.float32)
                                                      for layer in layers}
 
@@ -163,7 +166,9 @@ def _windowed(item: _Pending, runner: "_Runner", settings: _Settings) -> Optiona
                                         settings.chunk_seconds, statistics.mean, statistics.std)
     try:
         for group, waves in batches:
-            states = runner.run(waves, normalize=False)
+            states, non_finite = runner.run(waves, normalize=False)
+            if non_finite:
+                raise AudioError(path, next(iter(non_finite.values())))
             for position, window in enumerate(group):
                 for layer in runner.layers:
                     kept[layer].append(states[layer][position][window.keep_from: window.keep_to])
@@ -173,15 +178,16 @@ def _windowed(item: _Pending, runner: "_Runner", settings: _Settings) -> Optiona
 
 
 class _Runner:
-    """The encoder on padded batches, its states read back to the host; a half-precision
-    batch whose output is not finite is recomputed in float32, as extract does."""
+    """The encoder on padded batches, its states read back to the host and checked for NaN
+    and inf; a half-precision batch that has one is recomputed in float32, as extract does."""
 
     def __init__(self, encoder, layers: list):
         self.encoder, self.layers = encoder, layers
         self._float32 = None
 
-    def run(self, waveforms: list, normalize: Optional[bool] = None) -> dict:
-        """{layer: [one [frames, width] numpy array per waveform]}."""
+    def run(self, waveforms: list, normalize: Optional[bool] = None) -> tuple:
+        """({layer: [one [frames, width] numpy array per waveform]}, {index: reason} of the
+        waveforms whose states are not finite, in float32 too)."""
         import torch
 
         from .batching import pad_batch
@@ -189,12 +195,12 @@ class _Runner:
 
         padded, lengths = pad_batch(waveforms)
         inputs = (torch.from_numpy(padded), torch.from_numpy(lengths), self.layers)
-        finite, states = Readback(self.encoder.forward(*inputs, normalize=normalize),
-                                  check_finite=self.encoder.dtype != torch.float32).result()
-        if not finite:
-            finite, states = Readback(self._float32_encoder().forward(*inputs, normalize=normalize),
-                                      check_finite=False).result()
-        return states
+        readback = Readback(self.encoder.forward(*inputs, normalize=normalize))
+        finite, states = readback.result()
+        if not finite and self.encoder.dtype != torch.float32:
+            readback = Readback(self._float32_encoder().forward(*inputs, normalize=normalize))
+            finite, states = readback.result()
+        return states, readback.failures()
 
     def _float32_encoder(self):
         from .encoder import Encoder

@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from typing import Sequence, TextIO
 
 from .errors import InputError
+from .names import canonical_id, printable
 
-# What libsndfile decodes. No "raw" (headerless: the rate is unknown) and no "wv"
-# (WavPack, which libsndfile does not read).
+# What a folder walk takes by default: the formats speech is stored in that libsndfile
+# decodes. Not the other types it reads (.mat, .htk, .sd2, .xi, .voc, ...): beside a corpus
+# those are labels, features or instrument samples, and a MATLAB or HTK file decodes as
+# audio at a guessed rate. No "raw" (headerless: the rate is unknown) and no "wv" (WavPack,
+# which libsndfile does not read). Any extension can still be asked for with --ext.
 AUDIO_EXTENSIONS: tuple[str, ...] = (
     "wav", "flac", "ogg", "oga", "opus", "mp3", "wave", "aiff", "aif", "aifc",
-    "au", "snd", "caf", "w64", "rf64", "sph", "nist", "mat", "sd2", "voc",
-    "htk", "avr", "paf", "pvf", "sds", "sf", "ircam", "xi", "iff", "svx", "wve",
+    "au", "snd", "caf", "w64", "rf64", "sph", "nist",
 )
 
 STDIN = "-"
@@ -47,9 +50,10 @@ def discover(
     Ids are `/`-separated and without extension: with `root`, every file's path relative
     to root; without, relative to the folder for a folder, the path as given for a file or
     a stdin line, the manifest's relative path for a .tsv. `id_prefix` is prepended to
-    every id as it is. Paths listed on stdin or in a manifest are not checked here: a
-    missing one fails later, when it is decoded. Raises InputError on unusable inputs,
-    files outside root and duplicate ids.
+    every id as it is; the id is then made canonical (`names.canonical_id`: bytes that are
+    not UTF-8 as \\xNN, Unicode NFC). Paths listed on stdin or in a manifest are not checked
+    here: a missing one fails later, when it is decoded. Raises InputError on unusable
+    inputs, files outside root and duplicate ids (two names of one canonical id included).
     """
     inputs = [os.fspath(item) for item in inputs]
     if inputs.count(STDIN) > 1:
@@ -63,9 +67,9 @@ def discover(
         sources.extend(_expand(item, wanted, stdin if stdin is not None else sys.stdin))
     if root is not None:
         sources = [_relative_to_root(source, root) for source in sources]
-    if id_prefix:
-        sources = [AudioSource(id_prefix + s.utt_id, s.path, s.num_samples) for s in sources]
-    _check_unique(sources)
+    names = [id_prefix + source.utt_id for source in sources]
+    sources = [AudioSource(canonical_id(name), s.path, s.num_samples) for name, s in zip(names, sources)]
+    _check_unique(sources, names)
     return sources
 
 
@@ -84,7 +88,7 @@ def _relative_to_root(source: AudioSource, root: str) -> AudioSource:
     # under the link.
     relative = os.path.relpath(os.path.abspath(source.path), os.path.abspath(root))
     if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
-        raise InputError(f"{source.path} is outside --root {root}")
+        raise InputError(f"{printable(source.path)} is outside --root {printable(root)}")
     return AudioSource(os.path.splitext(_slashes(relative))[0], source.path, source.num_samples)
 
 
@@ -94,13 +98,13 @@ def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSour
     if os.path.isdir(item):
         return _from_folder(item, wanted)
     if not os.path.exists(item):
-        raise InputError(f"no such file or folder: {item}")
+        raise InputError(f"no such file or folder: {printable(item)}")
     if _extension(item) == "tsv":
         return _from_manifest(item)
     if _extension(item) in wanted:
         return [AudioSource(_file_id(item), item)]
     listing = ", ".join(wanted[:6]) + (", ..." if len(wanted) > 6 else "")
-    raise InputError(f"{item}: not an audio file or .tsv manifest (extensions: {listing})")
+    raise InputError(f"{printable(item)}: not an audio file or .tsv manifest (extensions: {listing})")
 
 
 def _from_folder(folder: str, wanted: tuple[str, ...]) -> list[AudioSource]:
@@ -118,12 +122,15 @@ def _from_folder(folder: str, wanted: tuple[str, ...]) -> list[AudioSource]:
 def _unreadable_folder(error: OSError):
     # os.walk skips unreadable folders silently; missing files are worse than stopping.
     reason = (error.strerror or str(error)).lower()
-    raise InputError(f"cannot read folder {error.filename}: {reason}")
+    raise InputError(f"cannot read folder {printable(error.filename)}: {reason}")
 
 
 def _from_list(stream: TextIO) -> list[AudioSource]:
-    # Every non-blank line is a path, even one that starts with '#'.
-    paths = [line.strip() for line in stream]
+    # Every non-blank line is a path, even one that starts with '#'. Read as bytes where the
+    # stream has them: `find` prints names that are not UTF-8 as they are.
+    binary = getattr(stream, "buffer", None)
+    lines = [os.fsdecode(line) for line in binary.read().splitlines()] if binary is not None else list(stream)
+    paths = [line.strip() for line in lines]
     return [AudioSource(_file_id(path), path) for path in paths if path]
 
 
@@ -163,12 +170,26 @@ def _manifest_entry(manifest: str, number: int, line: str, root: str) -> AudioSo
     return AudioSource(_file_id(relpath), os.path.join(root, relpath), num_samples)
 
 
-def _check_unique(sources: list[AudioSource]):
+def _check_unique(sources: list[AudioSource], names: list[str]):
+    """`names`: each source's id before it was made canonical, to say why two ids clash."""
     first = {}
-    for source in sources:
-        seen = first.setdefault(source.utt_id, source)
-        if seen is not source:
-            raise InputError(f"duplicate utterance id '{source.utt_id}': {seen.path} and {source.path}")
+    for position, source in enumerate(sources):
+        seen = first.setdefault(source.utt_id, position)
+        if seen != position:
+            other = sources[seen]
+            raise InputError(f"duplicate utterance id '{source.utt_id}': {printable(other.path)} and "
+                             f"{printable(source.path)}{_clash_hint(other, source, names[seen], names[position])}")
+
+
+def _clash_hint(first: AudioSource, second: AudioSource, first_name: str, second_name: str) -> str:
+    if first_name != second_name:
+        if printable(first_name) == printable(second_name):
+            return " (one name has bytes that are not UTF-8, the other spells them \\xNN: rename one)"
+        return " (their names differ only in Unicode normalisation, NFC and NFD: rename one)"
+    first_extension, second_extension = _extension(first.path), _extension(second.path)
+    if first_extension != second_extension:
+        return f" (two formats of one file? pick one with --ext {first_extension} or --ext {second_extension})"
+    return ""
 
 
 def _file_id(path: str) -> str:

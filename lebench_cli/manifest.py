@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, OutputError
+from .names import canonical_id, is_printable, printable
 
 
 @dataclass
@@ -39,17 +40,13 @@ def write_listing(options, path: str, stdin=None) -> ManifestReport:
         raise InputError(f"--manifest {path}: the name must end in .tsv (extract reads .tsv files as manifests)")
     # Written with the walk's own ids; --root and --id-prefix apply again when it is read,
     # so the extract that reads it must be given the same ones (checked below).
-    import io
-
-    listed = io.StringIO(stdin.read()) if stdin is not None else None
-    sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed)
+    listed = _replayable(stdin)
+    sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed())
     if not sources:
         raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
     report = write_manifest(sources, path)
     if options.root is not None or options.id_prefix:
-        if listed is not None:
-            listed.seek(0)
-        final = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed,
+        final = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed(),
                          root=options.root, id_prefix=options.id_prefix)
         read = discover([str(path)], root=options.root, id_prefix=options.id_prefix)
         if [s.utt_id for s in read] != [s.utt_id for s in final]:
@@ -57,6 +54,21 @@ def write_listing(options, path: str, stdin=None) -> ManifestReport:
             raise InputError(f"--manifest {path}: with --root/--id-prefix, reading it back does not give the "
                              "same ids; nothing written")
     return report
+
+
+def _replayable(stdin):
+    """A function giving the paths on `stdin` afresh at each call (None without stdin), as
+    bytes where it has them: a name that is not UTF-8 reaches the walk as it is."""
+    import io
+
+    if stdin is None:
+        return lambda: None
+    binary = getattr(stdin, "buffer", None)
+    if binary is None:
+        text = stdin.read()
+        return lambda: io.StringIO(text)
+    data = binary.read()
+    return lambda: io.TextIOWrapper(io.BytesIO(data))
 
 
 def write_manifest(sources: list, path: str) -> ManifestReport:
@@ -82,15 +94,23 @@ def _root_and_relpaths(sources: list) -> tuple:
     roots, relpaths = set(), []
     for source in sources:
         path = _slashes(os.path.normpath(source.path))
-        relpath = source.utt_id + os.path.splitext(path)[1]
-        if path == relpath:
-            roots.add("")
-        elif path.endswith("/" + relpath):
-            roots.add(path[: -len(relpath) - 1])
-        else:
+        # As many trailing components as the id has, spelled as on disk: the id is NFC,
+        # the name may be NFD; reading the manifest makes the id canonical again.
+        components = path.split("/")
+        depth = source.utt_id.count("/") + 1
+        relpath = "/".join(components[-depth:])
+        if canonical_id(os.path.splitext(relpath)[0]) != source.utt_id:
             roots.add(None)
+        elif len(components) == depth:
+            roots.add("")
+        else:
+            roots.add("/".join(components[:-depth]) or "/")
         if "\t" in relpath or "\n" in relpath or "\r" in relpath:
-            raise InputError(f"{source.path}: a tab or line break in its path cannot be written to a .tsv manifest")
+            raise InputError(f"{printable(source.path)}: a tab or line break in its path cannot be written to a "
+                             ".tsv manifest")
+        if not is_printable(source.path):
+            raise InputError(f"{printable(source.path)}: a name that is not UTF-8 cannot be written to a .tsv "
+                             "manifest (UTF-8 text); rename it, or extract without --manifest")
         relpaths.append(relpath)
     if len(roots) != 1 or None in roots:
         raise InputError("--manifest needs inputs whose ids are paths under one folder: "

@@ -74,8 +74,10 @@ def content_hash(path) -> str:
 
 def stored_path(path) -> str:
     """The path a source is stored under: absolute, so that it means the same file whatever
-    folder a later run starts from."""
-    return os.path.abspath(os.fspath(path))
+    folder a later run starts from; printable (`names.printable`): HDF5 stores UTF-8."""
+    from .names import printable
+
+    return printable(os.path.abspath(os.fspath(path)))
 
 
 @dataclass
@@ -176,7 +178,10 @@ def _changed(known, now: Fingerprint, content_differs: bool) -> str:
 
 
 def _same_path(new, stored) -> bool:
-    return os.path.realpath(os.fspath(new)) == os.path.realpath(stored)
+    from .names import printable
+
+    # Compared as stored: a name that is not UTF-8 was stored with its bytes as \xNN.
+    return printable(os.path.realpath(os.fspath(new))) == printable(os.path.realpath(stored))
 
 
 def _when(mtime_ns: int) -> str:

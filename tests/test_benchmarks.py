@@ -55,3 +55,17 @@ def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
     assert all(r["utterances"] == report["utterances"] and r["utt_per_s"] > 0 and r["mb_per_s"] > 0 for r in rows)
     assert max(r["vs_best_peer"] for r in rows if r["format"] != "lebench") == 1.0
     assert report["cold_method"] == "fadvise" and "vs best peer" in completed.stdout
+
+
+def test_bench_finite_check_times_the_check_against_the_model(checkpoints, tmp_path):
+    results = tmp_path / "finite.json"
+    completed = subprocess.run(
+        [sys.executable, REPO / "benchmarks" / "bench_finite_check.py", "--model", checkpoints("base"), "--device",
+         "cpu", "--layers", "last;all,cnn", "--batch-seconds", "2", "--clip-seconds", "1", "--repeats", "1",
+         "--work", tmp_path / "work", "--json-out", results],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = json.loads(results.read_text())["rows"]
+    assert [(r["layers"], r["checked_tensors"], r["utterances"]) for r in rows] == [("last", 2, 2), ("all,cnn", 5, 2)]
+    assert all(r["forward_ms"] > 0 and r["check_ms"] > 0 and r["check_share"] > 0 for r in rows)
+    assert "check / forward" in completed.stdout

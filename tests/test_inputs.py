@@ -134,7 +134,10 @@ def test_wrong_extension_is_an_error(tmp_path):
 def test_duplicate_ids_name_both_paths(tmp_path):
     touch(tmp_path, "a/x.flac", "a/x.wav")
     first, second = os.path.join(str(tmp_path), "a", "x.flac"), os.path.join(str(tmp_path), "a", "x.wav")
-    assert error_of([str(tmp_path)]) == f"duplicate utterance id 'a/x': {first} and {second}"
+    assert error_of([str(tmp_path)]) == (
+        f"duplicate utterance id 'a/x': {first} and {second} (two formats of one file? pick one with "
+        "--ext flac or --ext wav)"
+    )
 
 
 def test_duplicate_ids_across_inputs(tmp_path, monkeypatch):
@@ -142,4 +145,67 @@ def test_duplicate_ids_across_inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert error_of(["a/b.wav", "-"], stdin=io.StringIO("./a/b.wav\n")) == (
         "duplicate utterance id 'a/b': a/b.wav and ./a/b.wav"
+    )
+
+
+def test_the_default_walk_takes_speech_formats_not_every_type_libsndfile_reads(tmp_path):
+    """MATLAB, HTK, SD2, XI, VOC and raw files beside a corpus are labels, features or
+    instrument samples: skipped unless asked for with extensions (--ext)."""
+    touch(tmp_path, "a.wav", "a.mat", "a.htk", "b.sd2", "c.xi", "d.voc", "e.raw", "f.flac", "g.opus", "h.aiff",
+          "i.au", "j.caf", "k.w64", "l.rf64", "m.sph", "n.nist", "o.mp3", "p.ogg")
+    assert ids(discover([str(tmp_path)])) == ["a", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"]
+    for banned in ("mat", "htk", "sd2", "xi", "voc", "raw", "wv"):
+        assert banned not in AUDIO_EXTENSIONS
+    assert [s.path for s in discover([str(tmp_path)], extensions=["mat", "xi"])] == [
+        os.path.join(str(tmp_path), "a.mat"), os.path.join(str(tmp_path), "c.xi")]
+
+
+LATIN1 = b"caf\xe9"  # 'café' in Latin-1: not UTF-8
+
+
+def test_a_name_that_is_not_utf8_gets_an_id_with_its_bytes_escaped(tmp_path):
+    folder = os.fsencode(tmp_path / "corpus")
+    os.makedirs(os.path.join(folder, LATIN1))
+    open(os.path.join(folder, LATIN1, LATIN1 + b".wav"), "wb").close()
+    (source,) = discover([str(tmp_path / "corpus")])
+    assert source.utt_id == "caf\\xe9/caf\\xe9"
+    assert source.utt_id.encode("utf-8")  # storable as UTF-8
+    assert os.fsencode(source.path) == os.path.join(folder, LATIN1, LATIN1 + b".wav")  # opens the file itself
+
+
+def test_stdin_paths_that_are_not_utf8_are_read_as_bytes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stdin = io.TextIOWrapper(io.BytesIO(b"x/" + LATIN1 + b".wav\nx/ok.wav\n"))
+    sources = discover(["-"], stdin=stdin)
+    assert ids(sources) == ["x/caf\\xe9", "x/ok"]
+    assert os.fsencode(sources[0].path) == b"x/" + LATIN1 + b".wav"
+
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+def test_ids_are_nfc_whatever_the_spelling_of_the_name(tmp_path):
+    touch(tmp_path, f"{NFD}/{NFD}.wav", "x.wav")
+    sources = discover([str(tmp_path)])
+    assert ids(sources) == [f"{NFC}/{NFC}", "x"]
+    assert sources[0].path == os.path.join(str(tmp_path), NFD, NFD + ".wav")  # the file as it is named
+    assert ids(discover([str(tmp_path)], id_prefix=f"{NFD}/")) == [f"{NFC}/{NFC}/{NFC}", f"{NFC}/x"]
+
+
+def test_two_names_differing_only_in_normalisation_are_a_clash(tmp_path):
+    touch(tmp_path, f"{NFC}.wav", f"{NFD}.wav")
+    first, second = sorted([os.path.join(str(tmp_path), f"{NFC}.wav"), os.path.join(str(tmp_path), f"{NFD}.wav")])
+    assert error_of([str(tmp_path)]) == (
+        f"duplicate utterance id '{NFC}': {first} and {second} (their names differ only in Unicode "
+        "normalisation, NFC and NFD: rename one)"
+    )
+
+
+def test_a_name_that_is_not_utf8_clashing_with_its_escaped_spelling(tmp_path):
+    folder = os.fsencode(tmp_path)
+    open(os.path.join(folder, LATIN1 + b".wav"), "wb").close()
+    open(os.path.join(folder, b"caf\\xe9.wav"), "wb").close()
+    assert error_of([str(tmp_path)]) == (
+        f"duplicate utterance id 'caf\\xe9': {tmp_path}/caf\\xe9.wav and {tmp_path}/caf\\xe9.wav (one name has "
+        "bytes that are not UTF-8, the other spells them \\xNN: rename one)"
     )

@@ -1,4 +1,4 @@
-"""Readback: a batch's states as per-utterance host arrays, with one finite flag."""
+"""Readback: a batch's states as per-utterance host arrays, each utterance checked for NaN and inf."""
 
 import numpy as np
 import pytest
@@ -31,13 +31,41 @@ def test_per_utterance_views_of_the_valid_frames(dtype, device):
             np.testing.assert_array_equal(array, expected[index, :count])
 
 
-def test_one_flag_for_any_non_finite_value(device):
-    batch, _ = batch_of(torch.float16, device, poison=True)
-    finite, _ = Readback(batch, check_finite=True).result()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_each_utterance_is_checked_on_its_valid_frames_naming_the_first_layer(dtype, device):
+    batch, _ = batch_of(dtype, device, poison=True)  # inf in utterance 2's padding only
+    readback = Readback(batch)
+    finite, _ = readback.result()
+    assert finite and readback.non_finite() == {}
+    batch.states[3][1, 1, 4] = float("nan")  # utterance 1's last valid frame
+    batch.states["cnn"][0, 0, 0] = float("-inf")
+    batch.states[3][0, 6, 0] = float("inf")
+    readback = Readback(batch)
+    finite, host = readback.result()
     assert not finite
-    # Not asked: not checked (float32 batches are never recomputed).
-    finite, _ = Readback(batch_of(torch.float16, device, poison=True)[0], check_finite=False).result()
-    assert finite
+    assert readback.non_finite() == {0: "cnn", 1: 3}  # "cnn" comes first in the model
+    assert np.isfinite(host[3][2]).all()  # utterance 2 untouched
+    # Not asked: not checked.
+    assert Readback(batch, check_finite=False).result()[0] and Readback(batch, check_finite=False).non_finite() == {}
+
+
+def test_the_conv_features_are_checked_even_when_not_stored(device):
+    batch, states = batch_of(torch.float32, device)
+    features = torch.zeros(3, 7, 4, device=device)
+    features[2, 4, 3] = float("inf")
+    readback = Readback(EncodedBatch({3: states[3]}, batch.frames, conv_features=features))
+    assert readback.non_finite() == {2: "cnn"}
+    assert list(readback.result()[1]) == [3]
+
+
+def test_huge_finite_values_are_finite_in_every_dtype(device):
+    """A frame's sum is taken wider than its values: finite values near the dtype's largest
+    never add up to an infinity that would fail the utterance."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        largest = torch.finfo(dtype).max
+        states = {1: torch.full((2, 3, 1024), largest, dtype=dtype, device=device)}
+        readback = Readback(EncodedBatch(states, torch.tensor([3, 2])))
+        assert readback.result()[0] and readback.non_finite() == {}, dtype
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

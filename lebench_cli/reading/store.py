@@ -163,7 +163,7 @@ class FeatureSet:
         return len(self.ids)
 
     def __contains__(self, utt_id) -> bool:
-        return utt_id in self._index
+        return self._lookup(utt_id) is not None
 
     def __enter__(self) -> "FeatureSet":
         return self
@@ -175,10 +175,23 @@ class FeatureSet:
         return {**self.__dict__, "_handles": OrderedDict()}  # h5py handles do not pickle
 
     def _position(self, utt_id: str) -> int:
-        try:
-            return self._index[utt_id]
-        except KeyError:
-            raise KeyError(f"utterance {utt_id!r} is not in {self.path}") from None
+        position = self._lookup(utt_id)
+        if position is None:
+            raise KeyError(f"utterance {utt_id!r} is not in {self.path}")
+        return position
+
+    def _lookup(self, utt_id):
+        """The id as given, else its canonical spelling (NFC, bytes that are not UTF-8 as
+        \\xNN), else its NFD one (what a store written before ids were canonical may hold)."""
+        import unicodedata
+
+        from ..names import canonical_id
+
+        position = self._index.get(utt_id)
+        if position is None and isinstance(utt_id, str):
+            canonical = canonical_id(utt_id)
+            position = self._index.get(canonical, self._index.get(unicodedata.normalize("NFD", canonical)))
+        return position
 
     def _names(self, layers: Layers) -> tuple:
         names, stacked = layer_names(layers, self.layers, self._num_layers)
