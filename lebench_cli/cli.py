@@ -84,6 +84,8 @@ def _layer_syntax(context, parameter, value):
               help="Process part K of N (job arrays), e.g. 3/8; auto: from SLURM's or torchrun's variables.")
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
+@click.option("--keep-truncated", is_flag=True,
+              help="Store what a file that ends before its header's length holds, flagged truncated (default: it fails).")
 @click.option("--dry-run", is_flag=True, help="Print file count, duration and estimated output size; write nothing.")
 @click.option("--manifest", default=None, metavar="FILE.tsv",
               help="With --dry-run: write the input listing with lengths to FILE.tsv, for job arrays to read.")
@@ -92,7 +94,7 @@ def _layer_syntax(context, parameter, value):
 @reports_errors
 def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
             overlap_seconds, device, devices, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
-            id_prefix, part, overwrite, strict, dry_run, manifest, quiet, trust_checkpoint):
+            id_prefix, part, overwrite, strict, keep_truncated, dry_run, manifest, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from .commands.extract_args import extract_options

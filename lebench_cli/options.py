@@ -34,6 +34,7 @@ class ExtractOptions:
     shard: tuple = (1, 1)
     overwrite: bool = False
     strict: bool = False
+    keep_truncated: bool = False  # store what a file that ends before its header's length holds, flagged
     trust_checkpoint: bool = False
     root: Optional[str] = None  # ids of every file relative to this folder
     id_prefix: str = ""  # pasted before every id

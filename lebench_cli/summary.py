@@ -14,6 +14,7 @@ class ExtractSummary:
     failed: int = 0
     padded: int = 0
     chunked: int = 0
+    truncated: int = 0  # stored as far as they go, with --keep-truncated
     recomputed_float32: int = 0
     audio_seconds: float = 0.0
     processing_seconds: float = 0.0  # from the first file read to the last one stored, as the bar
@@ -43,6 +44,7 @@ class ExtractSummary:
             f"{self.already_stored} already stored, skipped" if self.already_stored else "",
             f"{self.padded} padded to one frame" if self.padded else "",
             f"{self.chunked} chunked" if self.chunked else "",
+            f"{self.truncated} truncated, stored as far as they go" if self.truncated else "",
             f"{count(self.recomputed_float32, 'batch', 'batches')} recomputed in float32" if self.recomputed_float32 else "",
             f"{self.failed} failed (see {self.failures_path})" if self.failed else "",
         ]
