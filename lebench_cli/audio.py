@@ -14,7 +14,7 @@ import soundfile
 import soxr
 
 from .errors import AudioError
-from .headers import declared_data_bytes, mp3_declares_its_length
+from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # wav2vec2's receptive field: fewer samples give no frame
@@ -31,9 +31,6 @@ _PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "
 # Vorbis and Opus, one packet of >= 1 byte (and its lacing byte) per 4096 or 5760 frames.
 _FRAMES_PER_BYTE = {"MPEG_LAYER_I": 64, "MPEG_LAYER_II": 64, "MPEG_LAYER_III": 64, "VORBIS": 4096, "OPUS": 4096}
 _MOST_FRAMES_PER_BYTE = 8192  # any other codec: FLAC's densest frame, 65535 constant samples in 8 bytes
-# Compressed lengths come from a header too (FLAC's STREAMINFO, an MP3's Xing tag, Ogg's last
-# granule position); a decoder may stop within a codec frame of it without the file being cut.
-_COMPRESSED_SLACK_FRAMES = 4096
 _COMPRESSED_CONTAINERS = ("FLAC", "OGG", "MP3")
 
 _OS_REASONS = {
@@ -164,7 +161,8 @@ def _decoded_blocks(path, channel, block_seconds: float, keep_truncated: bool,
         rate, channels = file.samplerate, file.channels
         report.sample_rate = rate
         block_frames = max(1, int(min(block_seconds * rate * channels, _BLOCK_VALUES)) // channels)
-        declared, slack = _declared_frames(path, file)
+        declared = _declared_frames(path, file)
+        cut_ogg = file.format == "OGG" and not ogg_stream_ends(path)
         decoded = 0
         while True:
             try:
@@ -190,22 +188,26 @@ def _decoded_blocks(path, channel, block_seconds: float, keep_truncated: bool,
                 yield waveform
             if len(waveform) < block_frames:
                 break
-    if declared is not None and decoded + slack < declared:
-        if not keep_truncated:
-            raise AudioError(path, f"truncated: ends at {decoded / rate:.3f} s of the {declared / rate:.3f} s "
-                                   "its header declares")
-        report.truncated = True
+    reason = None
+    if declared is not None and decoded < declared:
+        reason = f"truncated: ends at {decoded / rate:.3f} s of the {declared / rate:.3f} s its header declares"
+    elif cut_ogg:
+        reason = f"truncated: ends at {decoded / rate:.3f} s, without the last page of its Ogg stream"
+    if reason is not None and not keep_truncated:
+        raise AudioError(path, reason)
+    report.truncated = reason is not None
 
 
-def _declared_frames(path, file) -> tuple:
-    """(the length in frames the header declares, or None when it declares none we can
-    check; the frames a whole file may fall short of it)."""
+def _declared_frames(path, file) -> int | None:
+    """The length in frames the header declares, or None when it declares none we can
+    check. Compressed lengths come from a header too (FLAC's STREAMINFO, an MP3's Xing
+    tag, Ogg's last granule position), and a whole file decodes to exactly that."""
     if _uncompressed(file.format, file.subtype):
         data_bytes = declared_data_bytes(path, file.format)
-        return (None if data_bytes is None else data_bytes // (_PCM_BYTES[file.subtype] * file.channels)), 0
+        return None if data_bytes is None else data_bytes // (_PCM_BYTES[file.subtype] * file.channels)
     if file.format in ("FLAC", "OGG") or (file.format == "MP3" and mp3_declares_its_length(path)):
-        return file.frames, _COMPRESSED_SLACK_FRAMES
-    return None, 0
+        return file.frames
+    return None
 
 
 def _uncompressed(container: str, subtype: str) -> bool:

@@ -200,14 +200,14 @@ class _interrupts_commit_once:
 @click.option("--header", is_flag=True, help="Print a header line first.")
 @reports_errors
 def list_utterances(output, header):
-    """One line per stored utterance of OUTPUT: id, frames, duration (tab-separated)."""
+    """One line per stored utterance of OUTPUT: id, frames, duration, flags (tab-separated)."""
     from .reader import open_features
 
     with open_features(output) as features:
         if header:
-            click.echo("id\tframes\tduration")
+            click.echo("id\tframes\tduration\tflags")
         for row in features.utterances():
-            click.echo(f"{row['id']}\t{row['frames']}\t{row['duration']:.3f}")
+            click.echo(f"{row['id']}\t{row['frames']}\t{row['duration']:.3f}\t{row['flags']}")
 
 
 @main.command()

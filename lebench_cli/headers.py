@@ -14,6 +14,7 @@ _CHUNK_WALK_LIMIT = 4096  # chunks before the data chunk: more is not a header, 
 _RIFF_UNKNOWN = (0, 0xFFFFFFFF)  # what streaming writers put in a length they cannot know
 _W64_DATA = b"data\xf3\xac\xd3\x11\x8c\xd1\x00\xc0O\x8e\xdb\x8a"
 _MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")
+_OGG_TAIL_BYTES = 27 + 255 + 255 * 255  # the largest Ogg page
 
 
 def declared_data_bytes(path, container: str) -> Optional[int]:
@@ -44,6 +45,25 @@ def mp3_declares_its_length(path) -> bool:
     except OSError:
         return False
     return any(tag in first_frame for tag in _MP3_LENGTH_TAGS)
+
+
+def ogg_stream_ends(path) -> bool:
+    """Whether an Ogg file's last page is whole and marks the end of its stream: a file
+    cut anywhere after its headers fails one or the other."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, 2)
+            file.seek(max(0, size - _OGG_TAIL_BYTES))
+            tail = file.read()
+    except OSError:
+        return False
+    start = tail.rfind(b"OggS")
+    if start < 0 or len(tail) - start < 27:
+        return False
+    segments = tail[start + 26]
+    lacing = tail[start + 27: start + 27 + segments]
+    whole = len(lacing) == segments and start + 27 + segments + sum(lacing) <= len(tail)
+    return whole and bool(tail[start + 5] & 0x04)  # header type: end of stream
 
 
 def _riff(file) -> Optional[int]:
