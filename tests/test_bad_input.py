@@ -67,62 +67,65 @@ def extract(*args):
 # ---- the mutation suite -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def mutated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mutated") / "corpus"
-    return folder, make_corpus(folder)
+def mutated_run(checkpoints, tmp_path_factory):
+    """The mutated corpus through one `lebench extract --workers 0`: (folder, cases, out,
+    exit status, stderr, peak RSS in MB)."""
+    root = tmp_path_factory.mktemp("mutated")
+    cases = make_corpus(root / "corpus")
+    status, stderr, peak_mb = lebench_extract(root / "corpus", root / "out", checkpoints("base"), "--workers", "0")
+    return SimpleNamespace(folder=root / "corpus", cases=cases, out=root / "out", status=status, stderr=stderr,
+                           peak_mb=peak_mb)
 
 
-def test_mutated_files_can_only_fail_themselves(checkpoints, mutated, tmp_path):
-    folder, cases = mutated
-    model = checkpoints("base")
-    out = tmp_path / "out"
-    status, stderr, peak_mb = lebench_extract(folder, out, model, "--workers", "0")
-    assert status == 3, stderr
-    assert "Traceback" not in stderr
+def test_mutated_files_can_only_fail_themselves(checkpoints, mutated_run):
+    run, cases, out = mutated_run, mutated_run.cases, mutated_run.out
+    assert run.status == 3, run.stderr
+    assert "Traceback" not in run.stderr
     stored, failed = outcome(out)
-    assert stderr.splitlines()[-1] == f"Error: {len(failed)} files failed (see {out}/failures-1of1.jsonl)"
+    assert run.stderr.splitlines()[-1] == f"Error: {len(failed)} files failed (see {out}/failures-1of1.jsonl)"
     assert sorted([*stored, *failed]) == sorted(case.utt_id for case in cases)  # every input, once
     assert not set(stored) & set(failed)
-    assert peak_mb < PEAK_RSS_LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
+    assert run.peak_mb < PEAK_RSS_LIMIT_MB, f"peak RSS {run.peak_mb:.0f} MB"
     for case in cases:
         if case.expect == "stored":
-            assert case.utt_id in stored and stored[case.utt_id] == "", (case.kind, case.utt_id, failed.get(case.utt_id))
+            assert stored.get(case.utt_id) == "", (case.kind, case.utt_id, failed.get(case.utt_id))
         elif case.expect == "failed":
             assert case.utt_id in failed, (case.kind, case.utt_id)
         if case.reason is not None:
             assert failed[case.utt_id] == case.reason, case.utt_id
     assert "truncated" not in ",".join(stored.values())  # without --keep-truncated, none is stored
     # The good files hold what each gives alone.
-    encoder = Encoder(load_local(model))
+    encoder = Encoder(load_local(checkpoints("base")))
     with open_features(out) as store:
         for case in cases:
             if case.expect == "stored":
                 (expected,) = encoder.encode([audio.load_audio(case.path)], [1, 3])
                 for layer, value in expected.items():
                     assert np.abs(store.read(case.utt_id, layer) - value).max() <= 1e-4 * np.abs(value).max()
-    # A rerun changes nothing: the same files stored, the same failures, the index as it was.
-    index = (out / "index-1of1.tsv").read_text()
-    status, stderr, _ = lebench_extract(folder, out, model, "--workers", "0")
-    assert status == 3 and "Traceback" not in stderr, stderr
-    assert outcome(out) == (stored, failed)
-    assert (out / "index-1of1.tsv").read_text() == index
-    print(f"\n{len(cases)} mutated inputs: {len(stored)} stored, {len(failed)} failed; peak RSS {peak_mb:.0f} MB")
+    print(f"\n{len(cases)} mutated inputs: {len(stored)} stored, {len(failed)} failed; peak RSS {run.peak_mb:.0f} MB")
 
 
-def test_mutated_files_fail_alike_in_worker_processes(checkpoints, mutated, tmp_path):
-    folder, cases = mutated
-    reference = tmp_path / "reference"
-    (tmp_path / "liars").mkdir()
-    liars = [case for case in cases if case.kind in ("huge declared length", "truncated", "clean", "absurd rate")]
-    for case in liars:
-        os.link(case.path, tmp_path / "liars" / case.path.name)
-    status, stderr, _ = lebench_extract(tmp_path / "liars", reference, checkpoints("base"), "--workers", "0")
-    assert status == 3, stderr
-    out = tmp_path / "out"
-    status, stderr, peak_mb = lebench_extract(tmp_path / "liars", out, checkpoints("base"), "--workers", "2")
+def test_a_rerun_over_mutated_files_changes_nothing(checkpoints, mutated_run):
+    before, index = outcome(mutated_run.out), (mutated_run.out / "index-1of1.tsv").read_text()
+    status, stderr, _ = lebench_extract(mutated_run.folder, mutated_run.out, checkpoints("base"), "--workers", "0")
     assert status == 3 and "Traceback" not in stderr, stderr
-    assert outcome(out) == outcome(reference)
-    assert len(outcome(out)[0]) + len(outcome(out)[1]) == len(liars)
+    assert outcome(mutated_run.out) == before
+    assert (mutated_run.out / "index-1of1.tsv").read_text() == index
+
+
+def test_mutated_files_fail_alike_in_worker_processes(checkpoints, mutated_run, tmp_path):
+    """The liars, truncations, absurd rates and clean files again, decoded in two workers."""
+    (tmp_path / "in").mkdir()
+    chosen = [case for case in mutated_run.cases if case.kind in ("huge declared length", "truncated", "clean",
+                                                                  "absurd rate")]
+    for case in chosen:
+        os.link(case.path, tmp_path / "in" / case.path.name)
+    status, stderr, _ = lebench_extract(tmp_path / "in", tmp_path / "out", checkpoints("base"), "--workers", "2")
+    assert status == 3 and "Traceback" not in stderr, stderr
+    stored, failed = outcome(mutated_run.out)
+    ids = {case.utt_id for case in chosen}
+    assert outcome(tmp_path / "out") == ({k: v for k, v in stored.items() if k in ids},
+                                         {k: v for k, v in failed.items() if k in ids})
 
 
 # ---- each rule, with its message ----------------------------------------------------------
