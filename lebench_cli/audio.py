@@ -54,9 +54,12 @@ class AudioInfo:
 
 
 def probe(path) -> AudioInfo:
-    """Read the header of `path` without decoding it. Raises AudioError."""
+    """Read the header of `path` without decoding it. Raises AudioError, whatever goes wrong."""
     with _open(path) as file:
-        frames = min(file.frames, backed_frames(os.path.getsize(path), file.format, file.subtype, file.channels))
+        try:
+            frames = min(file.frames, backed_frames(os.path.getsize(path), file.format, file.subtype, file.channels))
+        except Exception as error:  # noqa: BLE001 - a header that surprises us fails its file only
+            raise AudioError(path, f"not a readable audio file ({_one_line(error)})") from None
         return AudioInfo(file.samplerate, file.channels, frames, frames / file.samplerate)
 
 

@@ -188,8 +188,8 @@ def test_probe_exceptions_fail_their_file_only(tmp_path, monkeypatch):
     def surprised(path):
         raise OverflowError("int too large to convert")
 
-    monkeypatch.setattr(audio, "probe", surprised)
     path = clean_file(tmp_path / "a.wav", "wav")
+    monkeypatch.setattr(audio.soundfile, "SoundFile", surprised)
     item = _Item(SimpleNamespace(path=path, num_samples=None))
     assert _probe(item) == "not a readable audio file (OverflowError: int too large to convert)"
 
