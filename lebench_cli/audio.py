@@ -127,8 +127,7 @@ def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0, 
     resampler = None
     produced = 0
     blocks = _decoded_blocks(path, channel, block_seconds, keep_truncated, report)
-    for waveform in _last_marked(blocks):
-        waveform, last = waveform
+    for waveform, last in _last_marked(blocks):
         if resampler is None and report.sample_rate != SAMPLE_RATE:
             resampler = soxr.ResampleStream(report.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         if resampler is not None:

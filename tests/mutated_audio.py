@@ -268,7 +268,7 @@ def sidecar_cases(folder: Path, rng: random.Random) -> list:
     """`.mat` and `.htk` files beside the audio, in libsndfile's sense and not: a hook."""
     cases = []
     for extension, container in (("mat", "MAT5"), ("htk", "HTK")):
-        path = folder / f"sidecar.{extension}"
+        path = folder / f"sidecar-{extension}.{extension}"
         try:
             sf.write(path, waveform(0.5), RATE, format=container, subtype="PCM_16")
         except (sf.LibsndfileError, ValueError, TypeError):

@@ -304,3 +304,24 @@ def test_keep_truncated_stores_what_is_present_flagged(checkpoints, tmp_path):
     assert "long\t299\t6.000\tchunked,truncated" in listing
     with open_features(out) as store:
         assert store.info("wav")["duration"] == 0.34
+
+
+@pytest.mark.parametrize("extra", [["--workers", "1"], ["--strict"]])
+def test_liars_listed_in_a_manifest_with_their_true_length_fail_alone(checkpoints, tmp_path, extra):
+    """The issue's variants: a .tsv giving the true length (so no header is probed before
+    decoding), decoded in one worker, or with --strict (which stops there, with exit 1)."""
+    folder = tmp_path / "in"
+    mp3 = clean_file(tmp_path / "clean.mp3", "mp3", seconds=1.0).read_bytes()
+    folder.mkdir()
+    (folder / "liar.mp3").write_bytes(xing_frames(mp3, 2**32 - 1))
+    clean_file(folder / "good.wav", "wav")
+    manifest = tmp_path / "corpus.tsv"
+    manifest.write_text(f"{folder}\nliar.mp3\t16175\ngood.wav\t8000\n")
+    out = tmp_path / "out"
+    result = extract(manifest, "-o", out, "--model", checkpoints("base"), "--device", "cpu", "-q", *extra)
+    reason = "truncated: ends at 1.011 s of the 154618822.540 s its header declares"
+    if "--strict" in extra:
+        assert result.exit_code == 1 and result.output == f"Error: {folder / 'liar.mp3'}: {reason}\n", result.output
+    else:
+        assert result.exit_code == 3, result.output
+        assert outcome(out) == ({"good": ""}, {"liar": reason})
