@@ -22,7 +22,7 @@ NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default e
 RATE_RANGE = (1_000, 768_000)  # Hz: what a header outside says is damage, not a recording
 MAX_CHANNELS = 256
 
-_BLOCK_VALUES = 1 << 21  # samples of all channels read at a time (8 MB), whatever the header says
+_BLOCK_VALUES = 1 << 22  # samples of all channels read at a time (16 MB), whatever the header says
 _SALVAGE_FRAMES = 1024  # read steps up to a decoder error, when what precedes it is kept
 # Bytes per sample of the uncompressed encodings: such a file holds at most size / (this x channels) frames.
 _PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
@@ -291,8 +291,13 @@ def _check_channel(path, channels: int, channel: int | None):
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:
-    # Summed in float64: the mean of finite float32 samples is finite, their float32 sum may not be.
-    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all() and np.isfinite(samples).all():
+        # The float32 sum of samples near float32's limit overflows; their mean does not.
+        mono = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return mono
 
 
 def _libsndfile_message(error: RuntimeError) -> str:
