@@ -325,3 +325,20 @@ def test_liars_listed_in_a_manifest_with_their_true_length_fail_alone(checkpoint
     else:
         assert result.exit_code == 3, result.output
         assert outcome(out) == ({"good": ""}, {"liar": reason})
+
+
+class _Unsendable:
+    def __reduce__(self):
+        raise TypeError("cannot send this source")
+
+
+def test_a_worker_task_that_raises_fails_its_file_only(tmp_path):
+    """Whatever a worker's task raises, besides the pool breaking, is that file's failure;
+    the files after it are decoded in the same pool."""
+    good = clean_file(tmp_path / "good.wav", "wav")
+    items = [SimpleNamespace(source=SimpleNamespace(path=good, extra=_Unsendable()), seconds=0.5),
+             SimpleNamespace(source=SimpleNamespace(path=good), seconds=0.5)]
+    results = [result for _, result in decoding.decoded_stream(items, workers=1, channel=None, ahead=2)]
+    assert results[0] == (None, "decoding failed (TypeError: cannot send this source)")
+    waveform, flags, samples = results[1][0]
+    assert results[1][1] is None and samples == 8000 and flags == ""
