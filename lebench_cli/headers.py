@@ -104,15 +104,24 @@ def _w64(file) -> Optional[int]:
 
 def _aiff(file) -> Optional[int]:
     file.seek(12)
+    described = None  # the bytes COMM's frame count, channels and sample size make
     for _ in range(_CHUNK_WALK_LIMIT):
         header = file.read(8)
         if len(header) < 8:
             return None
         chunk, size = header[:4], struct.unpack(">I", header[4:])[0]
-        if chunk == b"SSND":
+        if chunk == b"COMM":
+            channels, frames, bits = struct.unpack(">hIh", file.read(8))
+            described = frames * channels * ((bits + 7) // 8)
+            file.seek(size + (size & 1) - 8, 1)
+        elif chunk == b"SSND":
             offset = struct.unpack(">I", file.read(4))[0]
-            return size - 8 - offset if size >= 8 + offset else None
-        file.seek(size + (size & 1), 1)
+            if size < 8 + offset:
+                return None
+            # Writers may pad the sound data past COMM's frame count: only those frames are declared.
+            return size - 8 - offset if described is None else min(size - 8 - offset, described)
+        else:
+            file.seek(size + (size & 1), 1)
     return None
 
 

@@ -342,3 +342,18 @@ def test_a_worker_task_that_raises_fails_its_file_only(tmp_path):
     assert results[0] == (None, "decoding failed (TypeError: cannot send this source)")
     waveform, flags, samples = results[1][0]
     assert results[1][1] is None and samples == 8000 and flags == ""
+
+
+def test_an_aiff_padded_past_its_frame_count_is_whole(tmp_path):
+    """The SSND chunk may hold more bytes than COMM's frames: those frames are the length."""
+    aiff = clean_file(tmp_path / "a.aiff", "aiff").read_bytes()
+    ssnd = aiff.index(b"SSND")
+    size = int.from_bytes(aiff[ssnd + 4: ssnd + 8], "big")
+    form = int.from_bytes(aiff[4:8], "big")
+    padded = aiff[:4] + (form + 100).to_bytes(4, "big") + aiff[8: ssnd + 4] + (size + 100).to_bytes(4, "big") \
+        + aiff[ssnd + 8:] + bytes(100)
+    (tmp_path / "padded.aiff").write_bytes(padded)
+    waveform, truncated = read_audio(tmp_path / "padded.aiff")
+    assert not truncated and len(waveform) == 8050  # libsndfile decodes the padding too
+    (tmp_path / "cut.aiff").write_bytes(padded[:-60])  # cut in the padding only: COMM's frames are all there
+    assert not read_audio(tmp_path / "cut.aiff")[1]
