@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -13,10 +14,24 @@ import soundfile
 import soxr
 
 from .errors import AudioError
+from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # wav2vec2's receptive field: fewer samples give no frame
 NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
+RATE_RANGE = (1_000, 768_000)  # Hz: what a header outside says is damage, not a recording
+MAX_CHANNELS = 256
+
+_BLOCK_VALUES = 1 << 22  # samples of all channels read at a time (16 MB), whatever the header says
+_SALVAGE_FRAMES = 1024  # read steps up to a decoder error, when what precedes it is kept
+# Bytes per sample of the uncompressed encodings: such a file holds at most size / (this x channels) frames.
+_PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
+              "ULAW": 1, "ALAW": 1}
+# The most frames a byte of each codec can hold (docs/extract.md): MPEG, >= 8 kbit/s at <= 48 kHz;
+# Vorbis and Opus, one packet of >= 1 byte (and its lacing byte) per 4096 or 5760 frames.
+_FRAMES_PER_BYTE = {"MPEG_LAYER_I": 64, "MPEG_LAYER_II": 64, "MPEG_LAYER_III": 64, "VORBIS": 4096, "OPUS": 4096}
+_MOST_FRAMES_PER_BYTE = 8192  # any other codec: FLAC's densest frame, 65535 constant samples in 8 bytes
+_COMPRESSED_CONTAINERS = ("FLAC", "OGG", "MP3")
 
 _OS_REASONS = {
     errno.ENOENT: "no such file",
@@ -29,7 +44,8 @@ _OS_REASONS = {
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """A file's header: its own rate and channels, and its length in frames at that rate."""
+    """A file's header: its own rate and channels, and its length in frames at that rate:
+    the header's, or what the file's size could hold when the header claims more."""
 
     sample_rate: int
     channels: int
@@ -38,36 +54,50 @@ class AudioInfo:
 
 
 def probe(path) -> AudioInfo:
-    """Read the header of `path` without decoding it. Raises AudioError."""
+    """Read the header of `path` without decoding it. Raises AudioError, whatever goes wrong."""
     with _open(path) as file:
-        return AudioInfo(file.samplerate, file.channels, file.frames, file.frames / file.samplerate)
+        try:
+            frames = min(file.frames, backed_frames(os.path.getsize(path), file.format, file.subtype, file.channels))
+        except Exception as error:  # noqa: BLE001 - a header that surprises us fails its file only
+            raise AudioError(path, f"not a readable audio file ({_one_line(error)})") from None
+        return AudioInfo(file.samplerate, file.channels, frames, frames / file.samplerate)
+
+
+def backed_frames(size: int, container: str, subtype: str, channels: int) -> int:
+    """The most frames `size` bytes of `subtype` in `container` (libsndfile's names) can
+    hold: a header that declares more lies."""
+    if _uncompressed(container, subtype):
+        return size // (_PCM_BYTES[subtype] * channels)
+    return size * _FRAMES_PER_BYTE.get(subtype, _MOST_FRAMES_PER_BYTE)
 
 
 def load_audio(path, channel: int | None = None) -> np.ndarray:
-    """Decode `path` to a contiguous float32 1-D waveform at 16 kHz.
+    """Decode `path` to a contiguous float32 1-D waveform at 16 kHz (read_audio); a
+    truncated file is an AudioError."""
+    return read_audio(path, channel)[0]
+
+
+def read_audio(path, channel: int | None = None, keep_truncated: bool = False) -> tuple[np.ndarray, bool]:
+    """(the contiguous float32 1-D waveform of `path` at 16 kHz, whether it is truncated).
 
     Channels are averaged, or channel `channel` (0-based) is taken alone. Other rates
     are resampled with soxr (HQ). A file shorter than MIN_SAMPLES is returned as it is:
-    the caller pads it to one frame and flags it. A truncated file gives what libsndfile
-    decodes: the samples present for uncompressed formats (libsndfile trims the header's
-    length to the data), an AudioError when the decoder stops on an error (FLAC).
+    the caller pads it to one frame and flags it. The file is read a block at a time, so
+    memory follows its content, never its header's length. A file that ends before its
+    header's length is an AudioError naming both, or with `keep_truncated` what is present.
     Raises AudioError with a one-line reason.
     """
-    with _open(path) as file:
-        _check_channel(path, file.channels, channel)
-        try:
-            samples = file.read(dtype="float32", always_2d=True)
-        except RuntimeError as error:
-            raise AudioError(path, f"decoding failed ({_libsndfile_message(error)})") from None
-        rate = file.samplerate
-    waveform = samples[:, channel] if channel is not None else _mono(samples)
-    # NaN or inf would spread through resampling and every attention layer.
-    if not np.isfinite(waveform).all():
-        raise AudioError(path, "contains NaN or infinite samples")
+    report = DecodeReport()
+    blocks = list(_decoded_blocks(path, channel, math.inf, keep_truncated, report))
+    rate = report.sample_rate
+    waveform = blocks[0] if len(blocks) == 1 else np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    del blocks
     waveform = resample(waveform, rate)
     if not len(waveform):
         raise AudioError(path, "no samples")
-    return np.ascontiguousarray(waveform, dtype=np.float32)
+    if not np.isfinite(waveform).all():
+        raise AudioError(path, _OVERFLOW)
+    return np.ascontiguousarray(waveform, dtype=np.float32), report.truncated
 
 
 def resample(waveform: np.ndarray, rate: int) -> np.ndarray:
@@ -78,42 +108,138 @@ def resample(waveform: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(waveform, rate, SAMPLE_RATE, quality="HQ")
 
 
-def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0) -> Iterator[np.ndarray]:
+@dataclass
+class DecodeReport:
+    """What a pass over a file found besides its samples: its rate, and whether it ended
+    before its header's length (and was kept)."""
+
+    sample_rate: int = 0
+    truncated: bool = False
+
+
+def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0, keep_truncated: bool = False,
+                 report: DecodeReport | None = None) -> Iterator[np.ndarray]:
     """The 16 kHz float32 mono waveform of `path` as consecutive blocks, decoded and
     resampled (soxr HQ, streaming) a block at a time: memory does not grow with the
-    recording's length. Same checks and reasons as load_audio."""
+    recording's length. Same checks and reasons as read_audio; `report`, when given, says
+    at the end whether the file was truncated (and kept)."""
+    report = report if report is not None else DecodeReport()
+    resampler = None
+    produced = 0
+    blocks = _decoded_blocks(path, channel, block_seconds, keep_truncated, report)
+    for waveform, last in _last_marked(blocks):
+        if resampler is None and report.sample_rate != SAMPLE_RATE:
+            resampler = soxr.ResampleStream(report.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        if resampler is not None:
+            waveform = resampler.resample_chunk(waveform, last=last)
+        if not np.isfinite(waveform).all():
+            raise AudioError(path, _OVERFLOW)
+        if len(waveform):
+            produced += len(waveform)
+            yield np.ascontiguousarray(waveform, dtype=np.float32)
+    if not produced:
+        raise AudioError(path, "no samples")
+
+
+_OVERFLOW = "samples too large to resample (beyond float32's range)"
+
+
+def _last_marked(blocks: Iterator[np.ndarray]) -> Iterator[tuple]:
+    """(block, whether it is the last one); an empty last block when there are none."""
+    previous = None
+    for block in blocks:
+        if previous is not None:
+            yield previous, False
+        previous = block
+    yield (previous if previous is not None else np.zeros(0, np.float32)), True
+
+
+def _decoded_blocks(path, channel, block_seconds: float, keep_truncated: bool,
+                    report: DecodeReport) -> Iterator[np.ndarray]:
+    """The mono float32 waveform of `path` at its own rate, a block of at most
+    `block_seconds` at a time, then the truncation check."""
     with _open(path) as file:
         _check_channel(path, file.channels, channel)
-        rate = file.samplerate
-        resampler = None
-        if rate != SAMPLE_RATE:
-            resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        block_frames = max(1, int(block_seconds * rate))
-        produced = 0
+        rate, channels = file.samplerate, file.channels
+        report.sample_rate = rate
+        block_frames = max(1, int(min(block_seconds * rate * channels, _BLOCK_VALUES)) // channels)
+        declared = _declared_frames(path, file)
+        cut_ogg = file.format == "OGG" and not ogg_stream_ends(path)
+        decoded = 0
         while True:
             try:
                 samples = file.read(block_frames, dtype="float32", always_2d=True)
             except RuntimeError as error:
-                raise AudioError(path, f"decoding failed ({_libsndfile_message(error)})") from None
-            last = len(samples) < block_frames
-            waveform = samples[:, channel] if channel is not None else _mono(samples)
+                reason = f"decoding failed ({_libsndfile_message(error)})"
+                if not keep_truncated:
+                    raise AudioError(path, reason) from None
+                salvaged = list(_frames_before_the_error(path, channel, decoded))
+                if not decoded and not sum(map(len, salvaged)):
+                    raise AudioError(path, reason) from None
+                report.truncated = True
+                yield from salvaged
+                return
+            except MemoryError:
+                raise AudioError(path, "decoding failed (out of memory)") from None
+            waveform = _mono(samples) if channel is None else np.ascontiguousarray(samples[:, channel])
+            del samples
             if not np.isfinite(waveform).all():
                 raise AudioError(path, "contains NaN or infinite samples")
-            if resampler is not None:
-                waveform = resampler.resample_chunk(waveform, last=last)
+            decoded += len(waveform)
             if len(waveform):
-                produced += len(waveform)
-                yield np.ascontiguousarray(waveform, dtype=np.float32)
-            if last:
+                yield waveform
+            if len(waveform) < block_frames:
                 break
-    if not produced:
-        raise AudioError(path, "no samples")
+    reason = None
+    if declared is not None and decoded < declared:
+        reason = f"truncated: ends at {decoded / rate:.3f} s of the {declared / rate:.3f} s its header declares"
+    elif cut_ogg:
+        reason = f"truncated: ends at {decoded / rate:.3f} s, without the last page of its Ogg stream"
+    if reason is not None and not keep_truncated:
+        raise AudioError(path, reason)
+    report.truncated = reason is not None
+
+
+def _declared_frames(path, file) -> int | None:
+    """The length in frames the header declares, or None when it declares none we can
+    check. Compressed lengths come from a header too (FLAC's STREAMINFO, an MP3's Xing
+    tag, Ogg's last granule position), and a whole file decodes to exactly that."""
+    if _uncompressed(file.format, file.subtype):
+        data_bytes = declared_data_bytes(path, file.format)
+        return None if data_bytes is None else data_bytes // (_PCM_BYTES[file.subtype] * file.channels)
+    if file.format in ("FLAC", "OGG") or (file.format == "MP3" and mp3_declares_its_length(path)):
+        return file.frames
+    return None
+
+
+def _uncompressed(container: str, subtype: str) -> bool:
+    # FLAC names its sample width as a PCM subtype too.
+    return subtype in _PCM_BYTES and container not in _COMPRESSED_CONTAINERS
+
+
+def _frames_before_the_error(path, channel, skip: int) -> Iterator[np.ndarray]:
+    """What a second pass decodes after frame `skip` and before the decoder error, in small steps."""
+    position = 0
+    with _open(path) as file:
+        while True:
+            try:
+                samples = file.read(_SALVAGE_FRAMES, dtype="float32", always_2d=True)
+            except (RuntimeError, MemoryError):
+                return
+            waveform = samples[:, channel] if channel is not None else _mono(samples)
+            if not np.isfinite(waveform).all():
+                return
+            if position + len(waveform) > skip:
+                yield waveform[max(0, skip - position):]
+            position += len(waveform)
+            if len(waveform) < _SALVAGE_FRAMES:
+                return
 
 
 def _open(path) -> soundfile.SoundFile:
     _check_file(path)
     try:
-        return soundfile.SoundFile(os.fsencode(path))  # as bytes: a name that is not UTF-8 opens too
+        file = soundfile.SoundFile(os.fsencode(path))  # as bytes: a name that is not UTF-8 opens too
     except RuntimeError as error:
         message = _libsndfile_message(error)
         if message.startswith("file does not exist or is not a regular file"):
@@ -121,6 +247,16 @@ def _open(path) -> soundfile.SoundFile:
             # MPEG decoder says of data it cannot parse.
             message = "corrupt or unsupported data"
         raise AudioError(path, f"not a readable audio file ({message})") from None
+    except Exception as error:  # libsndfile's wrapper on a header it did not expect
+        raise AudioError(path, f"not a readable audio file ({_one_line(error)})") from None
+    low, high = RATE_RANGE
+    if not low <= file.samplerate <= high:
+        file.close()
+        raise AudioError(path, f"sample rate {file.samplerate} Hz is outside {low}-{high} Hz")
+    if not 1 <= file.channels <= MAX_CHANNELS:
+        file.close()
+        raise AudioError(path, f"{file.channels} channels: more than {MAX_CHANNELS}")
+    return file
 
 
 _NOT_REGULAR = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -155,7 +291,13 @@ def _check_channel(path, channels: int, channel: int | None):
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:
-    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all() and np.isfinite(samples).all():
+        # The float32 sum of samples near float32's limit overflows; their mean does not.
+        mono = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return mono
 
 
 def _libsndfile_message(error: RuntimeError) -> str:
@@ -164,6 +306,10 @@ def _libsndfile_message(error: RuntimeError) -> str:
     if message.lower().startswith("error :"):
         message = message[len("error :"):].strip()
     return _lower(message.rstrip(".")) or "unknown libsndfile error"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _lower(message: str) -> str:

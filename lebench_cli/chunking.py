@@ -73,7 +73,7 @@ def normalised_window_batches(path, channel, windows: list, batch_seconds: float
     from .errors import AudioError
 
     per_batch = max(1, int(batch_seconds // chunk_seconds))
-    blocks = stream_audio(path, channel=channel)
+    blocks = stream_audio(path, channel=channel, keep_truncated=True)  # the first pass failed it, or kept it
     buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
     for first in range(0, len(windows), per_batch):
         group = windows[first: first + per_batch]

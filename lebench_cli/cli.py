@@ -87,6 +87,8 @@ def _layer_syntax(context, parameter, value):
 @click.option("--update", is_flag=True,
               help="Extract again the stored ids whose source file changed, replacing their features.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
+@click.option("--keep-truncated", is_flag=True,
+              help="Store what a file that ends before its header's length holds, flagged truncated (default: it fails).")
 @click.option("--dry-run", is_flag=True, help="Print file count, duration and estimated output size; write nothing.")
 @click.option("--manifest", default=None, metavar="FILE.tsv",
               help="With --dry-run: write the input listing with lengths to FILE.tsv, for job arrays to read.")
@@ -95,7 +97,7 @@ def _layer_syntax(context, parameter, value):
 @reports_errors
 def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
             overlap_seconds, device, devices, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
-            id_prefix, part, overwrite, update, strict, dry_run, manifest, quiet, trust_checkpoint):
+            id_prefix, part, overwrite, update, strict, keep_truncated, dry_run, manifest, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from .commands.extract_args import extract_options
@@ -205,14 +207,14 @@ class _interrupts_commit_once:
 @click.option("--header", is_flag=True, help="Print a header line first.")
 @reports_errors
 def list_utterances(output, header):
-    """One line per stored utterance of OUTPUT: id, frames, duration (tab-separated)."""
+    """One line per stored utterance of OUTPUT: id, frames, duration, flags (tab-separated)."""
     from .reader import open_features
 
     with open_features(output) as features:
         if header:
-            click.echo("id\tframes\tduration")
+            click.echo("id\tframes\tduration\tflags")
         for row in features.utterances():
-            click.echo(f"{row['id']}\t{row['frames']}\t{row['duration']:.3f}")
+            click.echo(f"{row['id']}\t{row['frames']}\t{row['duration']:.3f}\t{row['flags']}")
 
 
 @main.command()

@@ -16,27 +16,43 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from .audio import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, load_audio
+from .audio import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, read_audio
 from .errors import AudioError
 
 SHORT_FLAG = "padded"
+TRUNCATED_FLAG = "truncated"  # ended before its header's length, kept with --keep-truncated
 _RESERVE_MARGIN = 64  # samples beyond the header's length: resampling may round up
 _RING_MAX_BYTES = 64 * 1024**2
 _SHM_FOLDER = "/dev/shm"  # where Linux keeps POSIX shared memory
 
 
-def decode(source, channel: Optional[int] = None):
+def decode(source, channel: Optional[int] = None, keep_truncated: bool = False):
     """(waveform, flags, samples as decoded) or (None, the failure reason).
 
     A file shorter than the receptive field gives no frame: it is zero-padded to exactly
-    one frame and flagged."""
+    one frame and flagged; a truncated one kept (`keep_truncated`) is flagged too. Whatever
+    goes wrong while decoding, running out of memory included, fails this file only."""
     try:
-        waveform = load_audio(source.path, channel=channel)
+        waveform, truncated = read_audio(source.path, channel=channel, keep_truncated=keep_truncated)
     except AudioError as error:
         return None, error.reason
+    except Exception as error:  # noqa: BLE001 - a decoder's surprise is this file's failure, not the run's
+        return None, unexpected_failure(error)
     samples = len(waveform)
     waveform, flags = pad_to_one_frame(waveform)
-    return (waveform, flags, samples), None
+    return (waveform, joined_flags(flags, TRUNCATED_FLAG if truncated else ""), samples), None
+
+
+def unexpected_failure(error: BaseException) -> str:
+    """The one-line reason of an exception a decoder raised that is no AudioError."""
+    if isinstance(error, MemoryError):
+        return "decoding failed (out of memory)"
+    return "decoding failed (" + " ".join(f"{type(error).__name__}: {error}".split()) + ")"
+
+
+def joined_flags(*flags: str) -> str:
+    """The flags field of a stored utterance: its flags, comma-separated."""
+    return ",".join(flag for flag in flags if flag)
 
 
 def pad_to_one_frame(waveform: np.ndarray, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, str]:
@@ -56,15 +72,17 @@ class RecordingStatistics:
     samples: int
     mean: np.float32
     std: np.float32
+    truncated: bool = False  # ended before its header's length, and kept (--keep-truncated)
 
 
-def recording_statistics(source, channel: Optional[int], normalize: bool):
+def recording_statistics(source, channel: Optional[int], normalize: bool, keep_truncated: bool = False):
     """(RecordingStatistics, None) or (None, the failure reason), from one block-wise pass."""
     from . import audio
 
     count, total, squares = 0, 0.0, 0.0
+    report = audio.DecodeReport()
     try:
-        for block in audio.stream_audio(source.path, channel=channel):
+        for block in audio.stream_audio(source.path, channel=channel, keep_truncated=keep_truncated, report=report):
             count += len(block)
             if normalize:
                 block = block.astype(np.float64)
@@ -72,11 +90,14 @@ def recording_statistics(source, channel: Optional[int], normalize: bool):
                 squares += float(np.dot(block, block))
     except AudioError as error:
         return None, error.reason
+    except Exception as error:  # noqa: BLE001 - as in decode()
+        return None, unexpected_failure(error)
     if not normalize:
-        return RecordingStatistics(count, np.float32(0.0), np.float32(1.0)), None
+        return RecordingStatistics(count, np.float32(0.0), np.float32(1.0), report.truncated), None
     mean = total / count
     variance = max(squares / count - mean * mean, 0.0)
-    return RecordingStatistics(count, np.float32(mean), np.float32(np.sqrt(variance + NORMALIZE_EPS))), None
+    std = np.float32(np.sqrt(variance + NORMALIZE_EPS))
+    return RecordingStatistics(count, np.float32(mean), std, report.truncated), None
 
 
 class SampleRing:
@@ -156,9 +177,9 @@ def _room(seconds: float) -> int:
 _ATTACHED: dict = {}  # in a worker: ring name -> its samples
 
 
-def _decode_into_ring(source, channel, ring_name: str, start: Optional[int], room: int):
+def _decode_into_ring(source, channel, ring_name: str, start: Optional[int], room: int, keep_truncated: bool):
     """Worker task: decode(), with the samples written into the ring when they fit."""
-    result, reason = decode(source, channel)
+    result, reason = decode(source, channel, keep_truncated)
     if reason is not None or start is None or len(result[0]) > room:
         return result, reason
     try:
@@ -194,7 +215,8 @@ def _ignore_interrupts():
 
 
 def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead: int,
-                   streamed_over: float = float("inf"), normalize: bool = True) -> Iterator:
+                   streamed_over: float = float("inf"), normalize: bool = True,
+                   keep_truncated: bool = False) -> Iterator:
     """Yield (item, (value, reason)) for items with .source and .seconds, in order, decoding
     up to `ahead` files ahead in `workers` processes (none: in this process).
 
@@ -210,8 +232,8 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
 
     if workers <= 0:
         for item in items:
-            yield item, (recording_statistics(item.source, channel, normalize) if streamed(item)
-                         else decode(item.source, channel))
+            yield item, (recording_statistics(item.source, channel, normalize, keep_truncated) if streamed(item)
+                         else decode(item.source, channel, keep_truncated))
         return
     items = list(items)
     if not items:
@@ -256,11 +278,12 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
         start = None
         try:
             if streamed(item):
-                future = pool.submit(recording_statistics, item.source, channel, normalize)
+                future = pool.submit(recording_statistics, item.source, channel, normalize, keep_truncated)
             else:
                 room = _room(item.seconds)
                 start = ring.reserve(room) if ring is not None else None
-                future = pool.submit(_decode_into_ring, item.source, channel, ring.name if ring else "", start, room)
+                future = pool.submit(_decode_into_ring, item.source, channel, ring.name if ring else "", start, room,
+                                     keep_truncated)
         except BrokenProcessPool:  # the pool broke before any result said so
             future = Future()
             future.set_exception(BrokenProcessPool("the pool broke before this file was sent"))
@@ -306,6 +329,11 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
                 else:
                     suspects.extendleft(reversed([item] + [entry[0] for entry in pending]))
                 pending.clear()
+                continue
+            except Exception as error:  # noqa: BLE001 - e.g. a result too big to send back: this file's failure
+                if start is not None:
+                    ring.release(start)
+                yield item, (None, unexpected_failure(error))
                 continue
             yield item, received(result, start)
     finally:

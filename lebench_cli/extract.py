@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from .background import BackgroundWriter
-from .decoding import SHORT_FLAG
+from .decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
 from .errors import AudioError, InputError
 from .options import ExtractOptions
 from .parts import select_part
@@ -240,17 +240,20 @@ class Extraction:
         from .decoding import RecordingStatistics, decode, decoded_stream
 
         ahead = max(4, 4 * max(1, self.options.workers))
+        keep = self.options.keep_truncated
         stream = decoded_stream(items, self.options.workers, self.options.channel, ahead,
-                                streamed_over=self.options.chunk_seconds, normalize=self.encoder.normalize)
+                                streamed_over=self.options.chunk_seconds, normalize=self.encoder.normalize,
+                                keep_truncated=keep)
         for item, (value, reason) in stream:
             if isinstance(value, RecordingStatistics) and value.samples <= self.options.chunk_seconds * SAMPLE_RATE:
-                value, reason = decode(item.source, self.options.channel)  # shorter than its manifest said
+                value, reason = decode(item.source, self.options.channel, keep)  # shorter than its manifest said
             if reason is not None:
                 self._fail(failures, item, reason)
                 self._advance(item)
                 continue
             if isinstance(value, RecordingStatistics):
                 item.statistics, item.samples = value, value.samples
+                item.flags = TRUNCATED_FLAG if value.truncated else ""
             else:
                 item.waveform, item.flags, item.original_samples = value
                 item.samples = len(item.waveform)
@@ -291,7 +294,9 @@ class Extraction:
 
         statistics, reason = item.statistics, None
         if statistics is None:  # decoded whole first: its header or manifest said it was short
-            statistics, reason = recording_statistics(item.source, self.options.channel, self.encoder.normalize)
+            statistics, reason = recording_statistics(item.source, self.options.channel, self.encoder.normalize,
+                                                      self.options.keep_truncated)
+            item.flags = TRUNCATED_FLAG if reason is None and statistics.truncated else ""
         if reason is not None:
             self._fail(failures, item, reason)
             return
@@ -300,7 +305,7 @@ class Extraction:
         source = item.source
         self._finish_all()  # the utterances before this one reach the writer first
         background.put("begin_utterance", source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
-                       frame_count(samples), flags=CHUNKED_FLAG if len(windows) > 1 else "",
+                       frame_count(samples), flags=joined_flags(CHUNKED_FLAG if len(windows) > 1 else "", item.flags),
                        **_fingerprint_fields(item))
         batches = normalised_window_batches(source.path, self.options.channel, windows, self.options.batch_seconds,
                                             self.options.chunk_seconds, mean, std)
@@ -320,6 +325,7 @@ class Extraction:
             raise
         background.put("end_utterance")
         self.summary.chunked += int(len(windows) > 1)
+        self.summary.truncated += int(TRUNCATED_FLAG in item.flags)
         self.summary.extracted += 1
         self.summary.audio_seconds += samples / SAMPLE_RATE
 
@@ -392,8 +398,9 @@ class Extraction:
             duration=item.original_samples / SAMPLE_RATE, frames=frames, flags=item.flags,
             states={str(layer): value for layer, value in states.items()}, **_fingerprint_fields(item),
         )
-        if item.flags == SHORT_FLAG:
-            self.summary.padded += 1
+        flags = item.flags.split(",")
+        self.summary.padded += int(SHORT_FLAG in flags)
+        self.summary.truncated += int(TRUNCATED_FLAG in flags)
         background.put("add", utterance)
         self.summary.extracted += 1
         self.summary.audio_seconds += utterance.duration

@@ -35,6 +35,7 @@ class ExtractOptions:
     overwrite: bool = False
     update: bool = False  # extract again the stored ids whose source changed, replacing their features
     strict: bool = False
+    keep_truncated: bool = False  # store what a file that ends before its header's length holds, flagged
     trust_checkpoint: bool = False
     root: Optional[str] = None  # ids of every file relative to this folder
     id_prefix: str = ""  # pasted before every id

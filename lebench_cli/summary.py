@@ -15,6 +15,7 @@ class ExtractSummary:
     updated: int = 0  # stored ids extracted again (--update), their old features removed
     padded: int = 0
     chunked: int = 0
+    truncated: int = 0  # stored as far as they go, with --keep-truncated
     recomputed_float32: int = 0
     audio_seconds: float = 0.0
     processing_seconds: float = 0.0  # from the first file read to the last one stored, as the bar
@@ -49,6 +50,7 @@ class ExtractSummary:
             f"{self.updated} updated (old features replaced)" if self.updated else "",
             f"{self.padded} padded to one frame" if self.padded else "",
             f"{self.chunked} chunked" if self.chunked else "",
+            f"{self.truncated} truncated, stored as far as they go" if self.truncated else "",
             f"{count(self.recomputed_float32, 'batch', 'batches')} recomputed in float32" if self.recomputed_float32 else "",
             f"{self.failed} failed (see {self.failures_path})" if self.failed else "",
         ]

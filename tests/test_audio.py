@@ -6,7 +6,7 @@ import pytest
 import soundfile
 
 from lebench_cli import audio
-from lebench_cli.audio import MIN_SAMPLES, SAMPLE_RATE, AudioInfo, load_audio, probe
+from lebench_cli.audio import MIN_SAMPLES, SAMPLE_RATE, AudioInfo, load_audio, probe, read_audio
 from lebench_cli.errors import AudioError
 
 
@@ -124,14 +124,22 @@ def test_valid_wav_without_samples(tmp_path):
     assert probe(path).frames == 0
 
 
-def test_truncated_wav_decodes_the_samples_present(tmp_path):
+def test_truncated_wav_is_an_error_naming_both_lengths(tmp_path):
+    write(tmp_path / "full.wav", noise(16000), subtype="PCM_16")
+    full = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(full[: 44 + 2 * 8000])
+    assert reason_of(tmp_path / "cut.wav") == "truncated: ends at 0.500 s of the 1.000 s its header declares"
+
+
+def test_truncated_wav_kept_gives_the_samples_present(tmp_path):
     samples = noise(16000)
     write(tmp_path / "full.wav", samples, subtype="PCM_16")
     full = (tmp_path / "full.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(full[: len(full) // 2])
-    loaded = load_audio(tmp_path / "cut.wav")
-    assert 0 < len(loaded) < len(samples)
+    loaded, truncated = read_audio(tmp_path / "cut.wav", keep_truncated=True)
+    assert truncated and 0 < len(loaded) < len(samples)
     np.testing.assert_array_equal(loaded, load_audio(tmp_path / "full.wav")[: len(loaded)])
+    assert read_audio(tmp_path / "full.wav", keep_truncated=True)[1] is False
 
 
 def test_truncated_flac_is_an_error(tmp_path):

@@ -247,9 +247,9 @@ def test_ls_and_show(checkpoints, corpus, tmp_path):
     assert extract(corpus, *base_args(checkpoints("base"), out)).exit_code == 0
     result = CliRunner().invoke(main, ["ls", str(out), "--header"])
     lines = result.output.splitlines()
-    assert lines[0] == "id\tframes\tduration"
-    assert sorted(lines[1:]) == ["spk1/a\t64\t1.300", "spk1/b\t34\t0.700", "spk2/c\t104\t2.100",
-                                 "spk2/d\t94\t1.900", "spk2/e\t22\t0.450"]
+    assert lines[0] == "id\tframes\tduration\tflags"
+    assert sorted(lines[1:]) == ["spk1/a\t64\t1.300\t", "spk1/b\t34\t0.700\t", "spk2/c\t104\t2.100\t",
+                                 "spk2/d\t94\t1.900\t", "spk2/e\t22\t0.450\t"]
     shown = json.loads(CliRunner().invoke(main, ["show", str(out)]).output)
     assert shown["utterances"] == 5
     assert shown["layers"] == ["3"] and shown["frame_shift_seconds"] == 0.02 and shown["sample_rate"] == 16000

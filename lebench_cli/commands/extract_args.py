@@ -56,7 +56,8 @@ def extract_options(params: dict, shard: tuple, overwrite: bool = False):
         save_dtype=params["save_dtype"], shard_size=parse_size(params["shard_size"]),
         compression=None if params["compression"] == "none" else params["compression"],
         commit_seconds=params["commit_seconds"], workers=params["workers"], shard=shard,
-        overwrite=overwrite, update=params["update"], strict=params["strict"], trust_checkpoint=params["trust_checkpoint"],
+        overwrite=overwrite, update=params["update"], strict=params["strict"],
+        keep_truncated=params["keep_truncated"], trust_checkpoint=params["trust_checkpoint"],
         root=params["root"], id_prefix=params["id_prefix"],
     )
 
