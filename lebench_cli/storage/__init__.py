@@ -12,7 +12,8 @@ records (docs/format.md is the contract). One module per concern:
 
 from .failures import FailureLog, read_failures
 from .files import fsync_path, write_atomic
-from .folder import check_writable_destination, prepare_output, remove_store, require_writable_folder
+from .folder import (check_same_run, check_writable_destination, prepare_output, remove_store,
+                     require_writable_folder)
 from .layout import (CNN_LAYER, FORMAT, FORMAT_VERSION, INDEX_HEADER, METADATA_FILE, SAVE_DTYPES, SHARDS_DIR,
                      STORE_FILES, ShardName, ShardTable, StoredSource, committed_shards, open_h5, part_tag,
                      read_shard_table, stored_ids, stored_sources)
@@ -21,7 +22,7 @@ from .utterance import StoredUtterance, WriterOptions, compression_options
 from .writer import ShardWriter, WriterStats
 
 __all__ = [
-    "CNN_LAYER", "check_writable_destination", "FORMAT", "FORMAT_VERSION", "INDEX_HEADER", "METADATA_FILE", "SAVE_DTYPES", "SHARDS_DIR",
+    "CNN_LAYER", "check_same_run", "check_writable_destination", "FORMAT", "FORMAT_VERSION", "INDEX_HEADER", "METADATA_FILE", "SAVE_DTYPES", "SHARDS_DIR",
     "STORE_FILES", "StoredSource", "FailureLog", "PartLock", "ShardName", "ShardTable", "ShardWriter", "StoredUtterance",
     "WriterOptions", "WriterStats", "committed_shards", "compression_options", "fsync_path", "lock_key",
     "open_h5", "part_tag", "prepare_output", "read_failures", "read_shard_table", "remove_store",

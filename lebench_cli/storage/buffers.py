@@ -21,6 +21,7 @@ class _Row:
     offset: int  # first row in the layers/NAME/frames matrices
     source_size: int = -1
     source_mtime_ns: int = -1
+    checksums: dict = field(default_factory=dict)  # dataset path -> xxh3-64 of its rows, as stored
 
 
 @dataclass
@@ -31,6 +32,7 @@ class _Stream:
     size: int
     written: int = 0
     sums: dict = field(default_factory=dict)  # layer name -> float64 sum, for the mean
+    hashers: dict = field(default_factory=dict)  # dataset path -> RowsHasher of the rows written
 
 
 class _Pending:

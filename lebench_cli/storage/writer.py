@@ -7,6 +7,7 @@ leaves readable shards and loses at most the shard being written.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ import numpy as np
 
 from ..errors import OutputError
 from .buffers import _Pending, _Row, _Stream
+from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, TABLES_ATTR, RowsHasher, checksum_key, digest,
+                        tables_digest)
 from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atomic
-from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
-                     _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
+from .identity import identity_text
+from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, METADATA_FILE, SHARDS_DIR, ShardName, _ids_of,
+                     _index_line, _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
 from .locks import _HELD_LOCKS, lock_key
 from .placement import aligned, frames_chunk_rows, write_chunk_tables, write_rows
 from .sizing import chunk_rows
@@ -57,9 +61,11 @@ class ShardWriter:
             raise RuntimeError(f"hold PartLock({self.out}, {options.part}, "
                                f"{options.num_parts}) while writing")
         self._shards = self.out / SHARDS_DIR
+        self._identity = _run_identity(self.out)
         self._widths = {}
         self._pending = _Pending(np.dtype(options.save_dtype))
         self._stream = None
+        self._direct_checksums = {}  # of the utterance _write_rows just wrote
         self._start_part()
         self._reset_shard()
 
@@ -73,9 +79,9 @@ class ShardWriter:
         self._known, self._index_lines, last_sequence = set(), [], -1
         for name, path in committed_shards(self.out):
             if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
-                self._known.update(_ids_of(path))
+                self._known.update(_ids_of(path, self._identity))
                 continue
-            table = read_shard_table(path)
+            table = read_shard_table(path, self._identity)
             self._known.update(table.ids)
             self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
             last_sequence = name.sequence
@@ -147,7 +153,9 @@ class ShardWriter:
             for name, piece in pieces.items():
                 if self.options.store_frames:
                     key = f"layers/{name}/frames"
-                    self._write_block(key, row.offset + stream.written, self._converted(row.utt_id, key, piece))
+                    converted = self._converted(row.utt_id, key, piece)
+                    self._write_block(key, row.offset + stream.written, converted)
+                    stream.hashers.setdefault(key, RowsHasher()).update(converted)
                 if self.options.store_mean:
                     stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
         except _WRITE_ERRORS as error:
@@ -167,9 +175,12 @@ class ShardWriter:
                     key = f"layers/{name}/mean"
                     mean = (stream.sums[name] / row.frames).astype(np.float32)[None]
                     self._check_width(row.utt_id, key, mean.shape[1])
-                    self._write_block(key, len(self._rows), self._converted(row.utt_id, key, mean))
+                    converted = self._converted(row.utt_id, key, mean)
+                    self._write_block(key, len(self._rows), converted)
+                    row.checksums[key] = digest(converted)
         except _WRITE_ERRORS as error:
             self._fail(error)
+        row.checksums.update((key, hasher.intdigest()) for key, hasher in stream.hashers.items())
         self._rows.append(row)
         self._flushed = len(self._rows)
         self._known.add(row.utt_id)
@@ -286,11 +297,13 @@ class ShardWriter:
                 self._write_block(key, offset if key.endswith("/frames") else len(self._rows), block)
         except _WRITE_ERRORS as error:
             self._fail(error)
+        self._direct_checksums = {key: digest(block) for key, block in converted.items()}
 
     def _append(self, utt: StoredUtterance, size: int) -> None:
         offset = self._next_offset()
         row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
-                   int(utt.source_size), int(utt.source_mtime_ns))
+                   int(utt.source_size), int(utt.source_mtime_ns), checksums=self._direct_checksums)
+        self._direct_checksums = {}  # buffered rows get theirs when flushed
         self._rows.append(row)
         self._known.add(utt.utt_id)
         self._size += size
@@ -318,7 +331,9 @@ class ShardWriter:
             self._file = open_h5(self._tmp, "w", rdcc_nbytes=0)
             self._file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                                      "part": name.part, "num_parts": name.num_parts,
-                                     "sequence": name.sequence})
+                                     "sequence": name.sequence, IDENTITY_ATTR: identity_text(self._identity)})
+            if self.options.compute is not None:
+                self._file.attrs[COMPUTE_ATTR] = json.dumps(self.options.compute, sort_keys=True)
         except _WRITE_ERRORS as error:
             self._fail(error)
         self._started = time.monotonic()
@@ -334,11 +349,15 @@ class ShardWriter:
             first = 0
             for row in todo:  # utterance by utterance, layer after layer: see placement.py
                 for key in frames_keys:
-                    self._write_block(key, row.offset, self._pending.buffers[key][first: first + row.frames])
+                    block = self._pending.buffers[key][first: first + row.frames]
+                    self._write_block(key, row.offset, block)
+                    row.checksums[key] = digest(block)
                 first += row.frames
             for key, buffer in self._pending.buffers.items():
                 if not key.endswith("/frames"):
                     self._write_block(key, self._flushed, buffer[: len(todo)], complete)
+                    for position, row in enumerate(todo):
+                        row.checksums[key] = digest(buffer[position: position + 1])
         except _WRITE_ERRORS as error:
             self._fail(error)
         self._flushed += len(todo)
@@ -368,16 +387,29 @@ class ShardWriter:
         write_rows(dataset, start, block)
 
     def _write_table(self) -> None:
+        """The per-utterance tables, each layer matrix's checksums, and the checksum over them
+        all (docs/format.md)."""
         strings = h5py.string_dtype()
         rows = self._rows
-        self._file["ids"] = np.array([row.utt_id for row in rows], dtype=strings)
-        self._file["offsets"] = np.array([row.offset for row in rows], dtype=np.int64)
-        self._file["frames"] = np.array([row.frames for row in rows], dtype=np.int64)
-        self._file["durations"] = np.array([row.duration for row in rows], dtype=np.float64)
-        self._file["sources"] = np.array([row.source for row in rows], dtype=strings)
-        self._file["source_sizes"] = np.array([row.source_size for row in rows], dtype=np.int64)
-        self._file["source_mtimes_ns"] = np.array([row.source_mtime_ns for row in rows], dtype=np.int64)
-        self._file["flags"] = np.array([row.flags for row in rows], dtype=strings)
+        tables = {
+            "ids": [row.utt_id for row in rows],
+            "offsets": np.array([row.offset for row in rows], dtype=np.int64),
+            "frames": np.array([row.frames for row in rows], dtype=np.int64),
+            "durations": np.array([row.duration for row in rows], dtype=np.float64),
+            "sources": [row.source for row in rows],
+            "source_sizes": np.array([row.source_size for row in rows], dtype=np.int64),
+            "source_mtimes_ns": np.array([row.source_mtime_ns for row in rows], dtype=np.int64),
+            "flags": [row.flags for row in rows],
+        }
+        for name in self._layers:
+            for kind, stored in (("frames", self.options.store_frames), ("mean", self.options.store_mean)):
+                if stored:
+                    key = f"layers/{name}/{kind}"
+                    tables[checksum_key(name, kind)] = np.array([row.checksums[key] for row in rows], np.uint64)
+        for key, values in tables.items():
+            self._file[key] = values if isinstance(values, np.ndarray) else np.array(values, dtype=strings)
+        self._file.attrs[COVERS_ATTR] = ",".join(sorted(tables))
+        self._file.attrs[TABLES_ATTR] = np.uint64(tables_digest(tables, identity_text(self._identity)))
 
     def _record_commit(self, rows: list, final: Path) -> None:
         self.stats.utterances += len(rows)
@@ -420,3 +452,16 @@ class ShardWriter:
                 pass  # removed on the next start of this part
         self._reset_shard()
 
+
+
+def _run_identity(out: Path) -> dict:
+    """The identity of OUT's run, as lebench.json records it (prepare_output wrote or checked
+    it): every shard carries a copy, so that a shard of another run is told apart."""
+    try:
+        identity = json.loads((out / METADATA_FILE).read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError) as error:
+        raise OutputError(f"cannot read the run's identity from {out / METADATA_FILE} ({error}): "
+                          "prepare the output folder first") from error
+    if not isinstance(identity, dict):
+        raise OutputError(f"{out / METADATA_FILE} holds no run identity")
+    return identity
