@@ -107,6 +107,9 @@ def read_shard_table(path: Path, identity: Optional[dict] = None) -> ShardTable:
 
 def _read_table(shard: h5py.File, path: Path) -> ShardTable:
     _check_shard(shard, path)
+    # Every object's header, opened once: a damaged one (a flipped address) fails here, by
+    # name, rather than in the middle of a later read.
+    shard.visititems(lambda name, item: None)
     layers = {name: set(group) & set(KINDS) for name, group in shard.get("layers", {}).items()}
     count = len(shard["ids"])
     unknown = np.full(count, -1, dtype=np.int64)
