@@ -29,6 +29,10 @@ takes drop when /proc/sys/vm/drop_caches is writable: every read then comes from
 as in an epoch over a corpus larger than memory. MB/s counts the float16 bytes
 delivered (frames x width x layers x 2), whatever the format holds on disk.
 
+Every lebench case runs twice: as readers get it (each read checked against its xxh3
+checksum) and with open_features(..., verify=False); "check cost" is how much longer the
+checked pass took (checked seconds / unchecked seconds - 1, per utterance).
+
 Run with the project's interpreter:  .venv/bin/python benchmarks/bench_read.py --help
 """
 
@@ -226,10 +230,10 @@ WRITERS = {
 
 # ---- readers: (utterance id, layer indices) -> [layers, frames, width] ------------------------
 
-def lebench_reader(folder: Path):
+def lebench_reader(folder: Path, verify: bool = True):
     from lebench_cli.reader import open_features
 
-    return lebench_reader_of(open_features(folder))
+    return lebench_reader_of(open_features(folder, verify=verify))
 
 
 def lebench_reader_of(store):
@@ -277,8 +281,9 @@ READERS = {"lebench": lebench_reader, "npy": npy_reader, "npy-stacked": npy_stac
 class ReadDataset:
     """torch Dataset: item i is utterance ids[i]'s selected layers as a tensor."""
 
-    def __init__(self, name: str, folder: Path, ids: list, layers: list):
+    def __init__(self, name: str, folder: Path, ids: list, layers: list, verify: bool = True):
         self.name, self.folder, self.ids, self.layers = name, folder, ids, layers
+        self.verify = verify  # lebench only: reads checked against their checksums
         self._read = None  # opened in the process that reads (a DataLoader worker)
 
     def __len__(self) -> int:
@@ -288,7 +293,8 @@ class ReadDataset:
         import torch
 
         if self._read is None:
-            self._read = READERS[self.name](self.folder)
+            self._read = (lebench_reader(self.folder, self.verify) if self.name == "lebench"
+                          else READERS[self.name](self.folder))
         return torch.from_numpy(self._read(self.ids[index], self.layers))
 
 
@@ -317,7 +323,7 @@ def run_case(spec: dict) -> dict:
     frames, work = spec["frames"], Path(spec["work"])
     ids = [f"spk{index % 10}/utt{index:05d}" for index in range(len(frames))]
     layers = spread_layers(spec["layers"])
-    dataset = ReadDataset(spec["format"], work / spec["format"], ids, layers)
+    dataset = ReadDataset(spec["format"], work / spec["format"], ids, layers, spec.get("verify", True))
     sampler = batches(frames, int(spec["batch_seconds"] * FRAME_RATE), spec["seed"])
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec["workers"],
                                          collate_fn=list, persistent_workers=spec["workers"] > 0)
@@ -409,6 +415,11 @@ def main(argv=None) -> int:
                             "work": str(args.work), "batch_seconds": args.batch_seconds, "seed": args.seed,
                             "cold_method": method, "min_seconds": 0 if args.quick else args.min_seconds}
                     result = run_case(spec) if args.quick else run_child(spec)
+                    if name == "lebench":
+                        spec = {**spec, "verify": False}
+                        unchecked = run_case(spec) if args.quick else run_child(spec)
+                        result["unchecked_utt_per_s"] = unchecked["utt_per_s"]
+                        result["check_cost"] = unchecked["utt_per_s"] / result["utt_per_s"] - 1
                     group.append({"format": name, "cache": cache, "layers": layers, "workers": workers, **result})
                 best_peer = max(row["utt_per_s"] for row in group if row["format"] != "lebench") if len(group) > 1 else None
                 for row in group:
@@ -431,10 +442,12 @@ def run_child(spec: dict) -> dict:
 
 def print_row(row: dict, first: bool) -> None:
     if first:
-        print(f"{'cache':<5} {'layers':>6} {'workers':>7} {'format':<13} {'utt/s':>8} {'MB/s':>8} {'vs best peer':>12}")
+        print(f"{'cache':<5} {'layers':>6} {'workers':>7} {'format':<13} {'utt/s':>8} {'MB/s':>8} {'vs best peer':>12}"
+              f" {'check cost':>10}")
     ratio = "-" if row["vs_best_peer"] is None else f"{row['vs_best_peer']:.2f}"
+    cost = f"{row['check_cost']:+.1%}" if "check_cost" in row else "-"
     print(f"{row['cache']:<5} {row['layers']:>6} {row['workers']:>7} {row['format']:<13} "
-          f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12}", flush=True)
+          f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12} {cost:>10}", flush=True)
 
 
 def breakdown(folder: Path) -> int:
