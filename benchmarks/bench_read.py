@@ -77,6 +77,9 @@ def parse_args(argv):
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: where one lebench read's time goes (warm), per utterance")
+    parser.add_argument("--check-cost", action="store_true",
+                        help="only the cost of checking reads: lebench read checked and unchecked, interleaved "
+                             "round by round in one process, best round of each")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
     if args.quick:  # cases run in this process (no worker forks): cold figures are warmer than real
@@ -390,6 +393,8 @@ def main(argv=None) -> int:
     corpus = build_corpus(args.work, frames, args.format_list, args.seed)
     if args.breakdown:
         return breakdown(args.work / "lebench")
+    if args.check_cost:
+        return check_cost(args.work / "lebench", args.layer_counts, 3 if args.quick else 7)
     formats = [name for name in args.format_list if name in corpus["formats"]]
     skipped = [name for name in args.format_list if name not in formats]
     method = cold_method(args.cold)
@@ -448,6 +453,29 @@ def print_row(row: dict, first: bool) -> None:
     cost = f"{row['check_cost']:+.1%}" if "check_cost" in row else "-"
     print(f"{row['cache']:<5} {row['layers']:>6} {row['workers']:>7} {row['format']:<13} "
           f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12} {cost:>10}", flush=True)
+
+
+def check_cost(folder: Path, layer_counts: list, rounds: int) -> int:
+    """Seconds per warm pass over every utterance in random order, read() checked against its
+    checksums and not, the two alternating round after round (so that a loaded machine slows
+    both alike); the best round of each, and how much longer the checked one took."""
+    from lebench_cli.reader import open_features
+
+    stores = {verify: open_features(folder, verify=verify) for verify in (True, False)}
+    ids = list(stores[True].ids)
+    order = [ids[index] for index in np.random.default_rng(0).permutation(len(ids))]
+    print(f"{'layers':>6} {'checked s':>10} {'unchecked s':>12} {'check cost':>10}")
+    for count in layer_counts:
+        layers = spread_layers(count)
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(rounds):
+            for verify, store in stores.items():
+                started = time.perf_counter()
+                for utt_id in order:
+                    store.read(utt_id, layers)
+                best[verify] = min(best[verify], time.perf_counter() - started)
+        print(f"{count:>6} {best[True]:>10.3f} {best[False]:>12.3f} {best[True] / best[False] - 1:>+10.1%}", flush=True)
+    return 0
 
 
 def breakdown(folder: Path) -> int:

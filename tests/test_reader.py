@@ -132,11 +132,12 @@ def test_the_docs_examples_run(tmp_path, monkeypatch):
     write(tmp_path / "features", utts, shard_size_bytes=2000)
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text(), re.DOTALL)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespaces = []
     for block in blocks:
         namespaces.append({})
         exec(compile(block, str(FORMAT_DOC), "exec"), namespaces[-1])
+    assert namespaces.pop(0)["i"] == 1  # the checksums of the first shard's two utterances hold
     expected = utts[3].states["12"].astype(np.float16)
     np.testing.assert_array_equal(namespaces[0]["features"], expected)
     assert sorted(namespaces[1]["utterance_means"]) == sorted(utt.utt_id for utt in utts)
