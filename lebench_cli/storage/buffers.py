@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _FLUSH_BYTES = 64 * 1024**2  # utterances are buffered and written to HDF5 in blocks this large
+_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
 
 @dataclass

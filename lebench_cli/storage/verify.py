@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import InputError, OutputError, StoreIntegrityError, StoreReadError
-from .checksums import checksum_key, digest
+from .checksums import digest
 from .files import _one_line
 from .identity import first_difference
 from .layout import METADATA_FILE, SHARDS_DIR, _SHARD_READ_ERRORS, committed_shards, open_h5, part_tag, read_shard_table

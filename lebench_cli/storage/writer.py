@@ -13,24 +13,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import OutputError
-from .buffers import _Pending, _Row, _Stream
-from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, TABLES_ATTR, RowsHasher, checksum_key, digest,
-                        tables_digest)
+from .buffers import _ROW_BYTES, _Pending, _Row
+from .checksums import COMPUTE_ATTR, IDENTITY_ATTR, digest
 from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atomic
 from .identity import identity_text
-from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, METADATA_FILE, SHARDS_DIR, ShardName, _ids_of,
-                     _index_line, _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
+from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
+                     _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
+from .streaming import _StreamedUtterances
+from .tables import run_identity, write_tables
 from .locks import _HELD_LOCKS, lock_key
 from .placement import aligned, frames_chunk_rows, write_chunk_tables, write_rows
 from .sizing import chunk_rows
-from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _layer_value, _mean_of,
+from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _mean_of,
                         compression_options, range_check)
 
-_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
 
 @dataclass
@@ -41,7 +40,7 @@ class WriterStats:
     shards: int = 0
 
 
-class ShardWriter:
+class ShardWriter(_StreamedUtterances):
     """Writes utterances of one part into shards; the caller holds that part's PartLock.
 
     A shard is committed when the next utterance would take it past shard_size_bytes,
@@ -61,7 +60,7 @@ class ShardWriter:
             raise RuntimeError(f"hold PartLock({self.out}, {options.part}, "
                                f"{options.num_parts}) while writing")
         self._shards = self.out / SHARDS_DIR
-        self._identity = _run_identity(self.out)
+        self._identity = run_identity(self.out)
         self._widths = {}
         self._pending = _Pending(np.dtype(options.save_dtype))
         self._stream = None
@@ -110,87 +109,6 @@ class ShardWriter:
         elapsed = time.monotonic() - self._started
         if self._size >= self.options.shard_size_bytes or elapsed >= self.options.commit_seconds:
             self.commit()
-
-    # -- an utterance in pieces (long recordings) ------------------------------------------
-
-    def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "",
-                        source_size: int = -1, source_mtime_ns: int = -1) -> None:
-        """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
-        not the recording: append_frames() each piece in order, then end_utterance()."""
-        if utt_id in self._known:
-            raise OutputError(f"utterance {utt_id} is already stored in {self.out}")
-        if frames < 1:
-            raise ValueError(f"{utt_id}: no frames to store")
-        size = _ROW_BYTES + len(utt_id) + len(source) + len(flags) + frames * self._frame_bytes()
-        if self._rows and self._size + size > self.options.shard_size_bytes:
-            self.commit()
-        self._flush()
-        if self._file is None:
-            self._open_shard()
-        offset = self._next_offset()
-        row = _Row(utt_id, str(source), float(duration), int(frames), flags, offset, source_size, source_mtime_ns)
-        self._stream = _Stream(row, size)
-
-    def append_frames(self, states: dict) -> None:
-        """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
-        stream = self._stream
-        if stream is None:
-            raise RuntimeError("append_frames() without begin_utterance()")
-        row = stream.row
-        count, pieces = None, {}
-        for name in self._layers:  # every width is known before a first matrix is made
-            piece = _layer_value(states, name)
-            piece = None if piece is None else np.asarray(piece)
-            if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
-                raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
-            count = len(piece)
-            if stream.written + count > row.frames:
-                raise ValueError(f"{row.utt_id}: more than the announced {row.frames} frames")
-            if self.options.store_frames:
-                self._check_width(row.utt_id, f"layers/{name}/frames", piece.shape[1])
-            pieces[name] = piece
-        try:
-            for name, piece in pieces.items():
-                if self.options.store_frames:
-                    key = f"layers/{name}/frames"
-                    converted = self._converted(row.utt_id, key, piece)
-                    self._write_block(key, row.offset + stream.written, converted)
-                    stream.hashers.setdefault(key, RowsHasher()).update(converted)
-                if self.options.store_mean:
-                    stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
-        except _WRITE_ERRORS as error:
-            self._fail(error)
-        stream.written += count or 0
-
-    def end_utterance(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is None:
-            raise RuntimeError("end_utterance() without begin_utterance()")
-        row = stream.row
-        if stream.written != row.frames:
-            raise ValueError(f"{row.utt_id}: {stream.written} frames written, {row.frames} announced")
-        try:
-            if self.options.store_mean:
-                for name in self._layers:
-                    key = f"layers/{name}/mean"
-                    mean = (stream.sums[name] / row.frames).astype(np.float32)[None]
-                    self._check_width(row.utt_id, key, mean.shape[1])
-                    converted = self._converted(row.utt_id, key, mean)
-                    self._write_block(key, len(self._rows), converted)
-                    row.checksums[key] = digest(converted)
-        except _WRITE_ERRORS as error:
-            self._fail(error)
-        row.checksums.update((key, hasher.intdigest()) for key, hasher in stream.hashers.items())
-        self._rows.append(row)
-        self._flushed = len(self._rows)
-        self._known.add(row.utt_id)
-        self._size += stream.size
-        if self._size >= self.options.shard_size_bytes or time.monotonic() - self._started >= self.options.commit_seconds:
-            self.commit()
-
-    def abort_utterance(self) -> None:
-        """Give up the utterance being streamed: what it wrote is overwritten or trimmed."""
-        self._stream = None
 
     def _frame_bytes(self) -> int:
         """Bytes per stored frame across layers, once widths are known (0 before)."""
@@ -387,29 +305,7 @@ class ShardWriter:
         write_rows(dataset, start, block)
 
     def _write_table(self) -> None:
-        """The per-utterance tables, each layer matrix's checksums, and the checksum over them
-        all (docs/format.md)."""
-        strings = h5py.string_dtype()
-        rows = self._rows
-        tables = {
-            "ids": [row.utt_id for row in rows],
-            "offsets": np.array([row.offset for row in rows], dtype=np.int64),
-            "frames": np.array([row.frames for row in rows], dtype=np.int64),
-            "durations": np.array([row.duration for row in rows], dtype=np.float64),
-            "sources": [row.source for row in rows],
-            "source_sizes": np.array([row.source_size for row in rows], dtype=np.int64),
-            "source_mtimes_ns": np.array([row.source_mtime_ns for row in rows], dtype=np.int64),
-            "flags": [row.flags for row in rows],
-        }
-        for name in self._layers:
-            for kind, stored in (("frames", self.options.store_frames), ("mean", self.options.store_mean)):
-                if stored:
-                    key = f"layers/{name}/{kind}"
-                    tables[checksum_key(name, kind)] = np.array([row.checksums[key] for row in rows], np.uint64)
-        for key, values in tables.items():
-            self._file[key] = values if isinstance(values, np.ndarray) else np.array(values, dtype=strings)
-        self._file.attrs[COVERS_ATTR] = ",".join(sorted(tables))
-        self._file.attrs[TABLES_ATTR] = np.uint64(tables_digest(tables, identity_text(self._identity)))
+        write_tables(self._file, self._rows, self._layers, self.options, self._identity)
 
     def _record_commit(self, rows: list, final: Path) -> None:
         self.stats.utterances += len(rows)
@@ -453,15 +349,3 @@ class ShardWriter:
         self._reset_shard()
 
 
-
-def _run_identity(out: Path) -> dict:
-    """The identity of OUT's run, as lebench.json records it (prepare_output wrote or checked
-    it): every shard carries a copy, so that a shard of another run is told apart."""
-    try:
-        identity = json.loads((out / METADATA_FILE).read_text(encoding="utf-8")).get("identity")
-    except (OSError, ValueError, AttributeError) as error:
-        raise OutputError(f"cannot read the run's identity from {out / METADATA_FILE} ({error}): "
-                          "prepare the output folder first") from error
-    if not isinstance(identity, dict):
-        raise OutputError(f"{out / METADATA_FILE} holds no run identity")
-    return identity
