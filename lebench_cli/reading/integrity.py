@@ -26,9 +26,11 @@ def verify_default() -> bool:
 
 
 def checked_block(values: np.ndarray, stored_dtype, expected: int, shard: Path, utt_id: str, layer: str,
-                  kind: str) -> None:
-    block = values if values.dtype == stored_dtype else values.astype(stored_dtype)
-    if digest(block) != expected:
+                  kind: str, hashed=None) -> None:
+    """hashed: the values' hash made as they were read, or None."""
+    if hashed is None:
+        hashed = digest(values if values.dtype == stored_dtype else values.astype(stored_dtype))
+    if hashed != expected:
         raise StoreIntegrityError(f"{shard}: utterance {utt_id}, layer {layer}: the {kind} read do not match "
                                   "their checksum: the shard is damaged (lebench verify --repair moves it aside)")
 

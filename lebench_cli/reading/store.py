@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
+from ..storage.checksums import RowsHasher
 from ..storage.placement import CHUNK_OFFSETS
 from .integrity import check_indexed_shards, checked_block, compute_settings, reading_errors, verify_default
 from .rows import LayerRows, read_runs
@@ -100,18 +101,20 @@ class FeatureSet:
             matrices = {name: self._frames_of(index, name) for name in dict.fromkeys(names)}
             if not stacked:
                 out = np.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
-                self._read_rows(index, rows.start, [(matrices[names[0]], out)])
-                self._check(index, names[0], "frames", out, matrices[names[0]].dtype)
+                hashed = self._read_rows(index, rows.start, [(matrices[names[0]], out)], [names[0]])
+                self._check(index, names[0], "frames", out, matrices[names[0]].dtype, hashed[0])
                 return out
             out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
             firsts = [names.index(name) for name in names]  # a layer listed twice is read once
-            self._read_rows(index, rows.start, [(matrices[name], out[position])
-                                                for position, name in enumerate(names) if firsts[position] == position])
+            read = [position for position, first in enumerate(firsts) if first == position]
+            hashed = self._read_rows(index, rows.start, [(matrices[names[position]], out[position]) for position in read],
+                                     [names[position] for position in read])
+        for position, digest_on_arrival in zip(read, hashed):
+            self._check(index, names[position], "frames", out[position], matrices[names[position]].dtype,
+                        digest_on_arrival)
         for position, first in enumerate(firsts):
             if first < position:
                 out[position] = out[first]
-            else:
-                self._check(index, names[position], "frames", out[position], matrices[names[position]].dtype)
         return out
 
     def read_mean(self, utt_id: str, layers: Layers) -> np.ndarray:
@@ -199,14 +202,18 @@ class FeatureSet:
                                f"(stored: {', '.join(map(str, self.layers))})")
         return names, stacked
 
-    def _check(self, index: int, name: str, kind: str, values: np.ndarray, stored_dtype) -> None:
-        """Refuses values whose bytes, as stored, do not match their checksum (format 2)."""
-        if not self.verify:
-            return
-        checksums = self._checksums[self._shard_of[index]].get(name, {}).get(kind)
-        if checksums is not None:
-            checked_block(values, stored_dtype, int(checksums[self._row_of[index]]),
-                          self._shards[self._shard_of[index]], self.ids[index], name, kind)
+    def _checksum(self, index: int, name: str, kind: str) -> Optional[int]:
+        """The stored checksum of the utterance's layer when reads are checked (format 2)."""
+        checksums = self._checksums[self._shard_of[index]].get(name, {}).get(kind) if self.verify else None
+        return None if checksums is None else int(checksums[self._row_of[index]])
+
+    def _check(self, index: int, name: str, kind: str, values: np.ndarray, stored_dtype, hashed=None) -> None:
+        """Refuses values whose bytes, as stored, do not match their checksum. hashed: their
+        hash, made as they arrived (None: hash them now)."""
+        expected = self._checksum(index, name, kind)
+        if expected is not None:
+            checked_block(values, stored_dtype, expected, self._shards[self._shard_of[index]], self.ids[index], name,
+                          kind, hashed)
 
     def _frame_range(self, index: int, start, end) -> range:
         return frame_range(int(self._frames[index]), start, end, self.frame_shift)
@@ -217,19 +224,27 @@ class FeatureSet:
     def _dataset(self, index: int, name: str, kind: str):
         return self._handle(self._shard_with(index, name, kind)).dataset(f"layers/{name}/{kind}")
 
-    def _read_rows(self, index: int, skip: int, targets: list) -> None:
+    def _read_rows(self, index: int, skip: int, targets: list, names: list) -> list:
         """Rows skip.. of utterance `index` of each (LayerRows, out): the raw runs of all of
         them in one pass over the file (an utterance's layers lie side by side), the others
-        through HDF5."""
-        row, runs = int(self._row_of[index]), []
-        for matrix, out in targets:
+        through HDF5. Returns, per target, the hash of its bytes made as they arrived (while
+        they are in the CPU's cache), or None (hash them after)."""
+        row, runs, hashers = int(self._row_of[index]), [], []
+        for (matrix, out), name in zip(targets, names):
             layer_runs = matrix.runs(row, skip, out)
+            hasher = None
             if layer_runs is None:
                 matrix.read_through_hdf5(row, skip, out)
             else:
-                runs.extend(layer_runs)
+                # Hashed on arrival only when the file holds its bytes in their order (the
+                # runs are read in file order).
+                in_order = all(a[0] < b[0] for a, b in zip(layer_runs, layer_runs[1:]))
+                hasher = RowsHasher() if in_order and self._checksum(index, name, "frames") is not None else None
+                runs.extend((at, buffer, hasher) for at, buffer in layer_runs)
+            hashers.append(hasher)
         if runs:
             read_runs(self._handle(self._shard_of[index]).descriptor, runs, targets[0][0].dataset)
+        return [None if hasher is None else hasher.intdigest() for hasher in hashers]
 
     def _frames_of(self, index: int, name: str) -> LayerRows:
         shard = self._shard_with(index, name, "frames")

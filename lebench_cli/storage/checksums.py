@@ -39,8 +39,11 @@ class RowsHasher:
     def __init__(self):
         self._state = xxhash.xxh3_64()
 
-    def update(self, array: np.ndarray) -> None:
-        self._state.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    def update(self, array) -> None:
+        """An array (hashed in C order), or bytes as a buffer."""
+        if isinstance(array, np.ndarray):
+            array = memoryview(np.ascontiguousarray(array)).cast("B")
+        self._state.update(array)
 
     def intdigest(self) -> int:
         return self._state.intdigest()
