@@ -125,8 +125,8 @@ def test_flipped_bits_in_a_frames_chunk(store, models, corpus):
     shard = shards(store)[1]
     victim = ids_of(shard)[0]
     flip(shard, rows_offset(shard, 0) + 10)
-    message = (f"{shard}: utterance {victim}, layer 2: the frames read do not match their checksum: the shard is "
-               "damaged (lebench verify --repair moves it aside)")
+    message = (f"{shard}: utterance {victim}, layer 2: the frames bytes read do not match their checksum: the "
+               "shard is damaged (lebench verify --repair moves it aside)")
     # ls and show serve the tables, which are intact (and checked): they list the store as it is.
     assert all(invoke(name, store).exit_code == 0 for name in LISTINGS)
     every_reader_refuses(store, message, utt_id=victim, listings=False)
@@ -380,3 +380,47 @@ def test_a_resume_with_another_dtype_is_recorded_per_shard_and_show_says_mixed(m
     shown = json.loads(invoke("show", out).output)
     assert shown["mixed_compute"] is True
     assert {entry["dtype"] for entry in shown["shard_compute"]} == {"float32", "bfloat16"}
+
+
+# ---- the reader's own checks, on stores written by the writer ---------------------------------------
+
+
+def written_store(out: Path, **options):
+    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
+
+    rng = np.random.default_rng(0)
+    prepare_output(out, {"identity": {"layers": ["1", "2"]}}, overwrite=False)
+    with PartLock(out, 1, 1), ShardWriter(out, WriterOptions(layers=["1", "2"], **options)) as writer:
+        for number in range(3):
+            states = {name: rng.normal(size=(20, 8)).astype(np.float32) for name in ("1", "2")}
+            writer.add(StoredUtterance(f"w{number}", f"/audio/w{number}.wav", 0.4, 20, states))
+    return shards(out)[0]
+
+
+def test_a_damaged_mean_is_refused(tmp_path):
+    shard = written_store(tmp_path / "out", store_mean=True, store_frames=False)
+    with h5py.File(shard, "r") as file:
+        dataset = file["layers/2/mean"]
+        at = dataset.id.get_offset() if dataset.chunks is None else dataset.id.get_chunk_info(0).byte_offset
+    flip(shard, at + 8 * 2 + 1, count=1)  # w1's row of 8 float16
+    with open_features(tmp_path / "out") as features:
+        features.read_mean("w0", 2)
+        with pytest.raises(StoreIntegrityError) as raised:
+            features.read_mean("w1", [1, 2])
+    assert str(raised.value) == (f"{shard}: utterance w1, layer 2: the mean bytes read do not match their checksum: the "
+                                 "shard is damaged (lebench verify --repair moves it aside)")
+
+
+def test_an_hdf5_error_during_a_read_is_a_read_error_naming_the_shard(tmp_path, monkeypatch):
+    from lebench_cli.reading import store as store_module
+
+    shard = written_store(tmp_path / "out")
+
+    def failing(*args):
+        raise OSError("Unable to synchronously read data (wrong B-tree signature)")
+
+    monkeypatch.setattr(store_module, "read_runs", failing)
+    with open_features(tmp_path / "out") as features, pytest.raises(StoreReadError) as raised:
+        features.read("w2", "all")
+    assert str(raised.value) == (f"read error in {shard} (utterance w2): Unable to synchronously read data (wrong "
+                                 "B-tree signature): the shard is damaged (lebench verify --repair moves it aside)")

@@ -31,7 +31,7 @@ def checked_block(values: np.ndarray, stored_dtype, expected: int, shard: Path, 
     if hashed is None:
         hashed = digest(values if values.dtype == stored_dtype else values.astype(stored_dtype))
     if hashed != expected:
-        raise StoreIntegrityError(f"{shard}: utterance {utt_id}, layer {layer}: the {kind} read do not match "
+        raise StoreIntegrityError(f"{shard}: utterance {utt_id}, layer {layer}: the {kind} bytes read do not match "
                                   "their checksum: the shard is damaged (lebench verify --repair moves it aside)")
 
 

@@ -107,8 +107,8 @@ class FeatureSet:
             out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
             firsts = [names.index(name) for name in names]  # a layer listed twice is read once
             read = [position for position, first in enumerate(firsts) if first == position]
-            hashed = self._read_rows(index, rows.start, [(matrices[names[position]], out[position]) for position in read],
-                                     [names[position] for position in read])
+            targets = [(matrices[names[position]], out[position]) for position in read]
+            hashed = self._read_rows(index, rows.start, targets, [names[position] for position in read])
         for position, digest_on_arrival in zip(read, hashed):
             self._check(index, names[position], "frames", out[position], matrices[names[position]].dtype,
                         digest_on_arrival)
