@@ -251,6 +251,10 @@ def test_a_copy_of_a_shard_under_another_name(store):
 
 def test_lebench_json_deleted_then_another_model_is_refused_and_never_relabels(store, models, corpus):
     (store / "lebench.json").unlink()
+    result = invoke("ls", store)
+    assert (result.exit_code, result.output) == (1, f"Error: {store} is not a lebench output folder (no lebench.json)\n")
+    verify_finds(store, "lebench.json: missing: the shards' identity cannot be checked against it (rerun the "
+                        "extraction to write it again)")
     for extra in ([], ["--dry-run"]):
         result = extract(corpus, store, models["large"], *extra)
         assert result.exit_code == 1, result.output
