@@ -5,7 +5,9 @@ records (docs/format.md is the contract). One module per concern:
 - folder: creating an output folder, or checking it holds the same run;
 - locks: one writer per part;
 - utterance: what the writer takes, and its options;
-- buffers and writer: the shard writer;
+- buffers, streaming, tables and writer: the shard writer;
+- checksums and identity: what a shard records to check itself and tell its run;
+- verify: `lebench verify`, every shard read and checked, damaged ones moved aside;
 - failures: the files a run could not use;
 - files: atomic writes and the OS's words for a failed write.
 """

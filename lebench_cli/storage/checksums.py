@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-# The per-utterance tables the tables' checksum covers, when a shard holds them; the shard's
-# `tables_xxh3_covers` attribute names those it did cover, with the layers' checksum tables.
-TABLE_DATASETS = ("ids", "offsets", "frames", "durations", "sources", "source_sizes", "source_mtimes_ns",
-                  "flags")
+# The tables' checksum, and the names of the datasets it covers (storage/tables.py: each
+# per-utterance table and each layer's checksums; a reader hashes exactly those named).
 TABLES_ATTR = "tables_xxh3"
 COVERS_ATTR = "tables_xxh3_covers"
 IDENTITY_ATTR = "identity"
