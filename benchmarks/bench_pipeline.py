@@ -145,7 +145,7 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
 def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
     from lebench_cli.chunking import frame_count
     from lebench_cli.layers import parse_layers
-    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions
+    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 
     layers, width, cnn_width = SHAPES[arch]
     names = [str(layer) for layer in parse_layers(spec, layers)]
@@ -155,6 +155,7 @@ def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
             for name in names}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    prepare_output(out, {"identity": {"layers": names, "save_dtype": "float16"}}, overwrite=False)  # shards copy it
     options = WriterOptions(layers=names, store_frames=True, store_mean=False, save_dtype="float16",
                             shard_size_bytes=2 * 1024**3, compression=None, commit_seconds=300.0)
     started, cpu = time.perf_counter(), time.process_time()

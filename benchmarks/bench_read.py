@@ -29,6 +29,10 @@ takes drop when /proc/sys/vm/drop_caches is writable: every read then comes from
 as in an epoch over a corpus larger than memory. MB/s counts the float16 bytes
 delivered (frames x width x layers x 2), whatever the format holds on disk.
 
+Every lebench case runs twice: as readers get it (each read checked against its xxh3
+checksum) and with open_features(..., verify=False); "check cost" is how much longer the
+checked pass took (checked seconds / unchecked seconds - 1, per utterance).
+
 Run with the project's interpreter:  .venv/bin/python benchmarks/bench_read.py --help
 """
 
@@ -73,6 +77,9 @@ def parse_args(argv):
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: where one lebench read's time goes (warm), per utterance")
+    parser.add_argument("--check-cost", action="store_true",
+                        help="only the cost of checking reads: lebench read checked and unchecked, interleaved "
+                             "round by round in one process, best round of each")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
     if args.quick:  # cases run in this process (no worker forks): cold figures are warmer than real
@@ -226,10 +233,10 @@ WRITERS = {
 
 # ---- readers: (utterance id, layer indices) -> [layers, frames, width] ------------------------
 
-def lebench_reader(folder: Path):
+def lebench_reader(folder: Path, verify: bool = True):
     from lebench_cli.reader import open_features
 
-    return lebench_reader_of(open_features(folder))
+    return lebench_reader_of(open_features(folder, verify=verify))
 
 
 def lebench_reader_of(store):
@@ -277,8 +284,9 @@ READERS = {"lebench": lebench_reader, "npy": npy_reader, "npy-stacked": npy_stac
 class ReadDataset:
     """torch Dataset: item i is utterance ids[i]'s selected layers as a tensor."""
 
-    def __init__(self, name: str, folder: Path, ids: list, layers: list):
+    def __init__(self, name: str, folder: Path, ids: list, layers: list, verify: bool = True):
         self.name, self.folder, self.ids, self.layers = name, folder, ids, layers
+        self.verify = verify  # lebench only: reads checked against their checksums
         self._read = None  # opened in the process that reads (a DataLoader worker)
 
     def __len__(self) -> int:
@@ -288,7 +296,8 @@ class ReadDataset:
         import torch
 
         if self._read is None:
-            self._read = READERS[self.name](self.folder)
+            self._read = (lebench_reader(self.folder, self.verify) if self.name == "lebench"
+                          else READERS[self.name](self.folder))
         return torch.from_numpy(self._read(self.ids[index], self.layers))
 
 
@@ -317,7 +326,7 @@ def run_case(spec: dict) -> dict:
     frames, work = spec["frames"], Path(spec["work"])
     ids = [f"spk{index % 10}/utt{index:05d}" for index in range(len(frames))]
     layers = spread_layers(spec["layers"])
-    dataset = ReadDataset(spec["format"], work / spec["format"], ids, layers)
+    dataset = ReadDataset(spec["format"], work / spec["format"], ids, layers, spec.get("verify", True))
     sampler = batches(frames, int(spec["batch_seconds"] * FRAME_RATE), spec["seed"])
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec["workers"],
                                          collate_fn=list, persistent_workers=spec["workers"] > 0)
@@ -384,6 +393,8 @@ def main(argv=None) -> int:
     corpus = build_corpus(args.work, frames, args.format_list, args.seed)
     if args.breakdown:
         return breakdown(args.work / "lebench")
+    if args.check_cost:
+        return check_cost(args.work / "lebench", args.layer_counts, 3 if args.quick else 7)
     formats = [name for name in args.format_list if name in corpus["formats"]]
     skipped = [name for name in args.format_list if name not in formats]
     method = cold_method(args.cold)
@@ -409,6 +420,11 @@ def main(argv=None) -> int:
                             "work": str(args.work), "batch_seconds": args.batch_seconds, "seed": args.seed,
                             "cold_method": method, "min_seconds": 0 if args.quick else args.min_seconds}
                     result = run_case(spec) if args.quick else run_child(spec)
+                    if name == "lebench":
+                        spec = {**spec, "verify": False}
+                        unchecked = run_case(spec) if args.quick else run_child(spec)
+                        result["unchecked_utt_per_s"] = unchecked["utt_per_s"]
+                        result["check_cost"] = unchecked["utt_per_s"] / result["utt_per_s"] - 1
                     group.append({"format": name, "cache": cache, "layers": layers, "workers": workers, **result})
                 best_peer = max(row["utt_per_s"] for row in group if row["format"] != "lebench") if len(group) > 1 else None
                 for row in group:
@@ -431,10 +447,35 @@ def run_child(spec: dict) -> dict:
 
 def print_row(row: dict, first: bool) -> None:
     if first:
-        print(f"{'cache':<5} {'layers':>6} {'workers':>7} {'format':<13} {'utt/s':>8} {'MB/s':>8} {'vs best peer':>12}")
+        print(f"{'cache':<5} {'layers':>6} {'workers':>7} {'format':<13} {'utt/s':>8} {'MB/s':>8} {'vs best peer':>12}"
+              f" {'check cost':>10}")
     ratio = "-" if row["vs_best_peer"] is None else f"{row['vs_best_peer']:.2f}"
+    cost = f"{row['check_cost']:+.1%}" if "check_cost" in row else "-"
     print(f"{row['cache']:<5} {row['layers']:>6} {row['workers']:>7} {row['format']:<13} "
-          f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12}", flush=True)
+          f"{row['utt_per_s']:>8.1f} {row['mb_per_s']:>8.0f} {ratio:>12} {cost:>10}", flush=True)
+
+
+def check_cost(folder: Path, layer_counts: list, rounds: int) -> int:
+    """Seconds per warm pass over every utterance in random order, read() checked against its
+    checksums and not, the two alternating round after round (so that a loaded machine slows
+    both alike); the best round of each, and how much longer the checked one took."""
+    from lebench_cli.reader import open_features
+
+    stores = {verify: open_features(folder, verify=verify) for verify in (True, False)}
+    ids = list(stores[True].ids)
+    order = [ids[index] for index in np.random.default_rng(0).permutation(len(ids))]
+    print(f"{'layers':>6} {'checked s':>10} {'unchecked s':>12} {'check cost':>10}")
+    for count in layer_counts:
+        layers = spread_layers(count)
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(rounds):
+            for verify, store in stores.items():
+                started = time.perf_counter()
+                for utt_id in order:
+                    store.read(utt_id, layers)
+                best[verify] = min(best[verify], time.perf_counter() - started)
+        print(f"{count:>6} {best[True]:>10.3f} {best[False]:>12.3f} {best[True] / best[False] - 1:>+10.1%}", flush=True)
+    return 0
 
 
 def breakdown(folder: Path) -> int:

@@ -12,6 +12,7 @@ __all__ = [
     "FeatureDataset",
     "LengthBucketSampler",
     "LebenchError",
+    "StoreIntegrityError",
     "features_of",
     "iter_features",
     "load_checkpoint",
@@ -33,6 +34,7 @@ _LAZY = {
     "ExtractOptions": ("extract", "ExtractOptions"),
     "run_extract": ("extract", "run_extract"),
     "LebenchError": ("errors", "LebenchError"),
+    "StoreIntegrityError": ("errors", "StoreIntegrityError"),
     "features_of": ("in_memory", "features_of"),
     "iter_features": ("in_memory", "iter_features"),
 }

@@ -227,6 +227,8 @@ def show(output):
     with open_features(output) as features:
         described = dict(features.metadata)
         described["utterances"] = len(features)
+        described["shard_compute"] = features.compute  # a store resumed with another --dtype/device: several
+        described["mixed_compute"] = len(features.compute) > 1
         click.echo(json.dumps(described, indent=2))
 
 
@@ -235,8 +237,10 @@ from .commands.export import export  # noqa: E402
 from .commands.fetch import fetch  # noqa: E402
 from .commands.ray import ray  # noqa: E402
 from .commands.slurm import slurm  # noqa: E402
+from .commands.verify import verify  # noqa: E402
 
 main.add_command(fetch)
 main.add_command(slurm)
 main.add_command(ray)
 main.add_command(export)
+main.add_command(verify)

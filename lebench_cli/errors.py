@@ -42,3 +42,11 @@ class ModelNotFoundError(LebenchError):
 
 class OutputError(LebenchError):
     """An output folder that cannot be written, is locked, or holds an incompatible run."""
+
+
+class StoreReadError(InputError):
+    """A shard of an output folder that HDF5 cannot read (damaged, truncated, not HDF5)."""
+
+
+class StoreIntegrityError(LebenchError):
+    """Stored bytes that do not match their checksum, or a shard that is not this store's."""

@@ -84,22 +84,29 @@ def _probe(item: _Item) -> Optional[str]:
 
 def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     """What a run would do: file count, duration and estimated output size; writes nothing."""
-    from .layers import parse_layers
+    from .checkpoints import sha256_file
+    from .layers import canonical_layers, parse_layers
     from .models import load_checkpoint
     from .resume import plan_resume
-    from .storage import stored_sources
+    from .run_metadata import build_identity
+    from .storage import check_same_run, stored_sources
     from .storage.sizing import estimate_store_bytes
 
     options = options.resolved()
     sources = discover_sources(options, stdin)
-    stored = stored_sources(Path(options.output)) if Path(options.output, "lebench.json").exists() else {}
+    checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
+    layers = parse_layers(options.layers, checkpoint.layers)
+    output = Path(options.output)
+    stored = {}
+    if output.is_dir() and not options.overwrite:  # the checks of the real run, on the same folder
+        identity = build_identity(options, sha256_file(checkpoint.weights_path), canonical_layers(layers))
+        check_same_run(output, identity)
+        stored = stored_sources(output, identity)
     resume = plan_resume(sources, stored, update=options.update, part=options.shard)
     todo = [_Item(s) for s in resume.todo]
     readable = [item for item in todo if _probe(item) is None]
     unreadable = len(todo) - len(readable)
     seconds = sum(item.seconds for item in todo)
-    checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
-    layers = parse_layers(options.layers, checkpoint.layers)
     widths = [_cnn_width(checkpoint) if layer == "cnn" else checkpoint.width for layer in layers]
     size = estimate_store_bytes(
         frames=[max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in readable],
@@ -169,10 +176,12 @@ class Extraction:
             store_mean=options.pool == "mean", save_dtype=options.save_dtype,
             shard_size_bytes=options.shard_size, compression=options.compression,
             commit_seconds=options.commit_seconds, part=part, num_parts=parts,
+            compute={"dtype": options.dtype, "device": encoder.device.type},
         )
         with writing_part(output, metadata, part, parts, overwrite=options.overwrite):
             remove_superseded(output, writer_options)  # what an --update cut short left
-            resume = plan_resume(sources, stored_sources(output), update=options.update, part=options.shard)
+            resume = plan_resume(sources, stored_sources(output, metadata["identity"]), update=options.update,
+                                 part=options.shard)
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
             self.summary.already_stored = resume.already_stored

@@ -13,11 +13,11 @@ SAMPLE_RATE = 16000
 FRAME_SECONDS = 0.02
 
 
-def build_metadata(options: ExtractOptions, checkpoint, sha256: str, layers: list, encoder) -> dict:
-    layer_names = [str(layer) for layer in layers]
-    identity = {
+def build_identity(options: ExtractOptions, sha256: str, layers: list) -> dict:
+    """What decides whether two runs may share an output folder (lebench.json and every shard)."""
+    return {
         "model_sha256": sha256,
-        "layers": layer_names,
+        "layers": [str(layer) for layer in layers],
         "store_frames": options.store_frames,
         "pool": options.pool,
         "save_dtype": options.save_dtype,
@@ -25,9 +25,14 @@ def build_metadata(options: ExtractOptions, checkpoint, sha256: str, layers: lis
         "overlap_seconds": options.overlap_seconds,
         "channel": options.channel,
     }
+
+
+def build_metadata(options: ExtractOptions, checkpoint, sha256: str, layers: list, encoder) -> dict:
+    layer_names = [str(layer) for layer in layers]
+    identity = build_identity(options, sha256, layers)
     return {
         "format": "lebench-features",
-        "format_version": 1,
+        "format_version": 2,
         "identity": identity,
         "tool": "lebench",
         "tool_version": __version__,

@@ -55,6 +55,8 @@ def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
     assert all(r["utterances"] == report["utterances"] and r["utt_per_s"] > 0 and r["mb_per_s"] > 0 for r in rows)
     assert max(r["vs_best_peer"] for r in rows if r["format"] != "lebench") == 1.0
     assert report["cold_method"] == "fadvise" and "vs best peer" in completed.stdout
+    checked = [r for r in rows if r["format"] == "lebench"]
+    assert all(r["unchecked_utt_per_s"] > 0 and "check_cost" in r for r in checked) and "check cost" in completed.stdout
 
 
 def test_bench_finite_check_times_the_check_against_the_model(checkpoints, tmp_path):

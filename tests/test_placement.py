@@ -100,7 +100,8 @@ def test_a_shard_laid_out_before_the_chunk_table_reads_back_exactly(tmp_path, mo
     path = shard_path(tmp_path)
     with h5py.File(path, "r") as shard:
         table = {key: shard[key][()] for key in ("ids", "frames", "durations", "sources", "flags")}
-        attrs = dict(shard.attrs)
+        attrs = {**{key: value for key, value in shard.attrs.items() if not key.startswith(("tables_", "identity"))},
+                 "format_version": 1}  # no checksums, no identity: as lebench wrote it then
     packed = np.concatenate([[0], np.cumsum([utt.frames for utt in utts])[:-1]])
     with h5py.File(path, "w") as shard:
         shard.attrs.update(attrs)

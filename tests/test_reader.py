@@ -132,11 +132,12 @@ def test_the_docs_examples_run(tmp_path, monkeypatch):
     write(tmp_path / "features", utts, shard_size_bytes=2000)
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text(), re.DOTALL)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespaces = []
     for block in blocks:
         namespaces.append({})
         exec(compile(block, str(FORMAT_DOC), "exec"), namespaces[-1])
+    assert namespaces.pop(0)["i"] == 1  # the checksums of the first shard's two utterances hold
     expected = utts[3].states["12"].astype(np.float16)
     np.testing.assert_array_equal(namespaces[0]["features"], expected)
     assert sorted(namespaces[1]["utterance_means"]) == sorted(utt.utt_id for utt in utts)
@@ -299,7 +300,7 @@ def test_a_segment_reads_only_its_frames(tmp_path, monkeypatch):
     first = StoredUtterance("first", "/audio/first.wav", 0.205, 10, utterance_of(10).states)
     write(tmp_path, [first, utt], layers=FOUR_LAYERS)
     reads = record_reads(monkeypatch)
-    with open_features(tmp_path) as features:
+    with open_features(tmp_path, verify=False) as features:  # checked, a segment reads its utterance's rows
         segment = features.read("long", 12, start=1.0, end=1.5)  # frames 50..74
         np.testing.assert_array_equal(segment, utt.states["12"][50:75].astype(np.float16))
         long_starts = stored_offset(tmp_path, "long")  # after "first" (10 rows), on a chunk boundary
@@ -326,3 +327,15 @@ def test_a_segment_reads_only_its_frames(tmp_path, monkeypatch):
             features.read("long", 12, end=float("nan"))
         with pytest.raises(ValueError, match=re.escape("start='1' is not a number of seconds")):
             features.read("long", 12, start="1")
+
+
+def test_a_checked_segment_reads_the_utterances_rows_and_serves_only_its_own(tmp_path, monkeypatch):
+    utt = utterance_of(500)
+    write(tmp_path, [utt], layers=FOUR_LAYERS)
+    reads = record_reads(monkeypatch)
+    with open_features(tmp_path) as features:
+        segment = features.read("long", [0, 12], start=1.0, end=1.5)
+        np.testing.assert_array_equal(segment, np.stack([utt.states[name][50:75] for name in ("0", "12")])
+                                      .astype(np.float16))
+        assert segment.flags.c_contiguous
+        assert reads == [("/layers/0/frames", 0, 500), ("/layers/12/frames", 0, 500)]

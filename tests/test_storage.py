@@ -61,8 +61,14 @@ def test_shard_holds_the_documented_datasets(tmp_path):
     write(out, [utterance("a", 3), utterance("b", 4, flags="padded")], store_mean=True,
           compression="gzip:5")
     with h5py.File(out / "shards" / "part-1of1-00000.h5", "r") as shard:
-        assert dict(shard.attrs) == {"format": "lebench-shard", "format_version": 1, "part": 1,
-                                     "num_parts": 1, "sequence": 0}
+        attrs = dict(shard.attrs)
+        assert json.loads(attrs.pop("identity")) == {**IDENTITY, "layers": ["cnn", "12"]}
+        assert attrs.pop("tables_xxh3").dtype == np.uint64
+        assert attrs.pop("tables_xxh3_covers").split(",") == sorted([
+            "durations", "flags", "frames", "ids", "offsets", "source_mtimes_ns", "source_sizes", "sources",
+            *(f"layers/{name}/{kind}_xxh3" for name in ("12", "cnn") for kind in ("frames", "mean"))])
+        assert attrs == {"format": "lebench-shard", "format_version": 2, "part": 1, "num_parts": 1, "sequence": 0}
+        assert shard["layers/12/frames_xxh3"].dtype == np.uint64 and shard["layers/12/mean_xxh3"].shape == (2,)
         assert list(shard["ids"].asstr()[:]) == ["a", "b"]
         # 8 wide float16: 16 rows a chunk (the most), and "b" starts on the next chunk boundary
         assert shard["offsets"][:].tolist() == [0, 16]
@@ -77,7 +83,7 @@ def test_shard_holds_the_documented_datasets(tmp_path):
         assert shard["layers/cnn/mean"].shape == (2, 8)
     write(tmp_path / "raw", [utterance("a", 3)])
     with h5py.File(tmp_path / "raw" / "shards" / "part-1of1-00000.h5", "r") as shard:
-        assert set(shard["layers/12"]) == {"frames", "frames_chunk_offsets"}
+        assert set(shard["layers/12"]) == {"frames", "frames_chunk_offsets", "frames_xxh3"}
         assert shard["layers/12/frames_chunk_offsets"].dtype == np.int64
 
 

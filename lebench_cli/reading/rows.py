@@ -110,36 +110,40 @@ class LayerRows:
 
 
 def read_runs(descriptor: int, runs: list, dataset) -> None:
-    """Fills each (file offset, buffer) from the file: in file order, runs less than
-    _JOIN_GAP apart read by one preadv (the bytes between them into a scratch buffer)."""
+    """Fills each (file offset, buffer, hasher or None) from the file: in file order, runs less
+    than _JOIN_GAP apart read by one preadv (the bytes between them into a scratch buffer).
+    A hasher is updated with its run's bytes as each read brings them in."""
     if len(runs) == 1:
-        _pread_fully(descriptor, [runs[0][1]], runs[0][0], dataset)
+        _pread_fully(descriptor, [runs[0][1]], runs[0][0], dataset, [runs[0][2]])
         return
     runs = sorted(runs, key=lambda run: run[0])
     scratch = None
-    group, group_at, group_end = [], 0, 0
-    for at, buffer in runs:
+    group, owners, group_at, group_end = [], [], 0, 0
+    for at, buffer, hasher in runs:
         if group and (at - group_end > _JOIN_GAP or at < group_end or len(group) >= _MAX_BUFFERS):
-            _pread_fully(descriptor, group, group_at, dataset)
-            group = []
+            _pread_fully(descriptor, group, group_at, dataset, owners)
+            group, owners = [], []
         if not group:
             group_at = group_end = at
         elif at > group_end:
             if scratch is None or len(scratch) < at - group_end:
                 scratch = memoryview(bytearray(max(at - group_end, _JOIN_GAP)))
             group.append(scratch[: at - group_end])
+            owners.append(None)
         group.append(buffer)
+        owners.append(hasher)
         group_end = at + len(buffer)
     if group:
-        _pread_fully(descriptor, group, group_at, dataset)
+        _pread_fully(descriptor, group, group_at, dataset, owners)
 
 
-def _pread_fully(descriptor: int, buffers: list, at: int, dataset) -> None:
-    """Fills the buffers from the file at `at`. A long run (all the layers of an utterance)
-    goes in reads of _READ_BYTES: Linux reads a random read's pages one by one, and the rest of
-    a sequence of reads ahead in large folios (measured cold: 1.3-1.5x one read of 14 MB). A
+def _pread_fully(descriptor: int, buffers: list, at: int, dataset, owners: list) -> None:
+    """Fills the buffers from the file at `at`, each owner (a hasher, or None) updated with
+    its buffer's bytes as they arrive. A long run (all the layers of an utterance) goes in
+    reads of _READ_BYTES: Linux reads a random read's pages one by one, and the rest of a
+    sequence of reads ahead in large folios (measured cold: 1.3-1.5x one read of 14 MB). A
     short one (a layer) goes in one read: a sequence would make the kernel read past its end."""
-    buffers = list(buffers)
+    buffers, owners = list(buffers), list(owners)
     total = sum(len(buffer) for buffer in buffers)
     step = _READ_BYTES if total >= _SPLIT_FROM else total
     while buffers:
@@ -153,9 +157,16 @@ def _pread_fully(descriptor: int, buffers: list, at: int, dataset) -> None:
         if count <= 0:
             raise OSError(f"{dataset.file.filename} ends inside {dataset.name} (a truncated shard?)")
         at += count
+        filled = count
+        for piece, owner in zip(batch, owners):
+            if filled <= 0:
+                break
+            if owner is not None:
+                owner.update(piece[:filled])
+            filled -= len(piece)
         while buffers and count >= len(buffers[0]):
             count -= len(buffers[0])
-            buffers = buffers[1:]
+            buffers, owners = buffers[1:], owners[1:]
         if buffers and count:
             buffers[0] = buffers[0][count:]
 

@@ -17,8 +17,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
+from ..storage.checksums import RowsHasher
 from ..storage.layout import superseded_ids
 from ..storage.placement import CHUNK_OFFSETS
+from .integrity import check_indexed_shards, checked_block, compute_settings, reading_errors, verify_default
 from .rows import LayerRows, read_runs
 from .selection import Layers, frame_range, layer_names, sorted_layers
 
@@ -26,9 +28,12 @@ _OPEN_SHARDS = 64  # handles kept open at once; a store may have thousands of sh
 _FRAME_SHIFT = 0.02  # seconds, where lebench.json does not say
 
 
-def open_features(path) -> "FeatureSet":
-    """Opens a lebench output folder for reading."""
-    return FeatureSet(path)
+def open_features(path, verify: Optional[bool] = None) -> "FeatureSet":
+    """Opens a lebench output folder for reading. verify (default: True, unless the environment
+    sets LEBENCH_VERIFY=0): check every read against the checksums stored with it
+    (docs/reliability.md#integrity); the tables and the shards' identity are checked on
+    opening either way."""
+    return FeatureSet(path, verify=verify)
 
 
 class FeatureSet:
@@ -36,13 +41,18 @@ class FeatureSet:
     (part, shard sequence, row). Shard files open on first read; a process forked after
     opening (a DataLoader worker) reopens its own."""
 
-    def __init__(self, path):
+    def __init__(self, path, verify: Optional[bool] = None):
         self.path = Path(path)
+        self.verify = verify_default() if verify is None else bool(verify)
         self.metadata = _load_metadata(self.path)
+        identity = self.metadata.get("identity")
         named = committed_shards(self.path)
         self._shards = [shard for _, shard in named]
-        tables = [read_shard_table(shard) for shard in self._shards]
+        check_indexed_shards(self.path, self._shards)
+        tables = [read_shard_table(shard, identity if isinstance(identity, dict) else None) for shard in self._shards]
         self._superseded = superseded_ids([(name, shard, table.ids) for (name, shard), table in zip(named, tables)])
+        self._checksums = [table.checksums for table in tables]
+        self.compute = compute_settings(tables)
         self._load_tables(tables)
         self._handles = OrderedDict()
         self._pid = os.getpid()
@@ -95,15 +105,28 @@ class FeatureSet:
         index = self._position(utt_id)
         names, stacked = self._names(layers)
         rows = self._frame_range(index, start, end)
-        matrices = {name: self._frames_of(index, name) for name in dict.fromkeys(names)}
-        if not stacked:
-            out = np.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
-            self._read_rows(index, rows.start, [(matrices[names[0]], out)])
-            return out
-        out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
-        firsts = [names.index(name) for name in names]  # a layer listed twice is read once
-        self._read_rows(index, rows.start, [(matrices[name], out[position])
-                                            for position, name in enumerate(names) if firsts[position] == position])
+        if self.verify and len(rows) != self._frames[index]:
+            # A checksum covers the utterance's rows of a layer: a segment is checked by
+            # reading them all (docs/reliability.md#integrity).
+            whole = self.read(utt_id, layers)
+            return np.ascontiguousarray(whole[..., rows.start: rows.stop, :])
+        for name in names:
+            self._shard_with(index, name, "frames")
+        with reading_errors(self._shards[self._shard_of[index]], utt_id):
+            matrices = {name: self._frames_of(index, name) for name in dict.fromkeys(names)}
+            if not stacked:
+                out = np.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
+                hashed = self._read_rows(index, rows.start, [(matrices[names[0]], out)], [names[0]])
+                self._check(index, names[0], "frames", out, matrices[names[0]].dtype, hashed[0])
+                return out
+            out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
+            firsts = [names.index(name) for name in names]  # a layer listed twice is read once
+            read = [position for position, first in enumerate(firsts) if first == position]
+            targets = [(matrices[names[position]], out[position]) for position in read]
+            hashed = self._read_rows(index, rows.start, targets, [names[position] for position in read])
+        for position, digest_on_arrival in zip(read, hashed):
+            self._check(index, names[position], "frames", out[position], matrices[names[position]].dtype,
+                        digest_on_arrival)
         for position, first in enumerate(firsts):
             if first < position:
                 out[position] = out[first]
@@ -114,14 +137,19 @@ class FeatureSet:
         for a list of layers or "all"."""
         index = self._position(utt_id)
         names, stacked = self._names(layers)
-        datasets = {name: self._dataset(index, name, "mean") for name in dict.fromkeys(names)}
+        for name in names:
+            self._shard_with(index, name, "mean")
         row = self._row_of[index]
+        with reading_errors(self._shards[self._shard_of[index]], utt_id):
+            datasets = {name: self._dataset(index, name, "mean") for name in dict.fromkeys(names)}
+            means = {name: dataset[row] for name, dataset in datasets.items()}
+        for name, mean in means.items():
+            self._check(index, name, "mean", mean, datasets[name].dtype)
         if not stacked:
-            return datasets[names[0]][row]
+            return means[names[0]]
         out = np.empty((len(names), _common_width(datasets)), _common_dtype(datasets))
         for position, name in enumerate(names):
-            earlier = names.index(name)
-            out[position] = out[earlier] if earlier < position else datasets[name][row]
+            out[position] = means[name]
         return out
 
     def frame_range(self, utt_id: str, start: Optional[float] = None,
@@ -202,6 +230,19 @@ class FeatureSet:
                                f"(stored: {', '.join(map(str, self.layers))})")
         return names, stacked
 
+    def _checksum(self, index: int, name: str, kind: str) -> Optional[int]:
+        """The stored checksum of the utterance's layer when reads are checked (format 2)."""
+        checksums = self._checksums[self._shard_of[index]].get(name, {}).get(kind) if self.verify else None
+        return None if checksums is None else int(checksums[self._row_of[index]])
+
+    def _check(self, index: int, name: str, kind: str, values: np.ndarray, stored_dtype, hashed=None) -> None:
+        """Refuses values whose bytes, as stored, do not match their checksum. hashed: their
+        hash, made as they arrived (None: hash them now)."""
+        expected = self._checksum(index, name, kind)
+        if expected is not None:
+            checked_block(values, stored_dtype, expected, self._shards[self._shard_of[index]], self.ids[index], name,
+                          kind, hashed)
+
     def _frame_range(self, index: int, start, end) -> range:
         return frame_range(int(self._frames[index]), start, end, self.frame_shift)
 
@@ -211,19 +252,27 @@ class FeatureSet:
     def _dataset(self, index: int, name: str, kind: str):
         return self._handle(self._shard_with(index, name, kind)).dataset(f"layers/{name}/{kind}")
 
-    def _read_rows(self, index: int, skip: int, targets: list) -> None:
+    def _read_rows(self, index: int, skip: int, targets: list, names: list) -> list:
         """Rows skip.. of utterance `index` of each (LayerRows, out): the raw runs of all of
         them in one pass over the file (an utterance's layers lie side by side), the others
-        through HDF5."""
-        row, runs = int(self._row_of[index]), []
-        for matrix, out in targets:
+        through HDF5. Returns, per target, the hash of its bytes made as they arrived (while
+        they are in the CPU's cache), or None (hash them after)."""
+        row, runs, hashers = int(self._row_of[index]), [], []
+        for (matrix, out), name in zip(targets, names):
             layer_runs = matrix.runs(row, skip, out)
+            hasher = None
             if layer_runs is None:
                 matrix.read_through_hdf5(row, skip, out)
             else:
-                runs.extend(layer_runs)
+                # Hashed on arrival only when the file holds its bytes in their order (the
+                # runs are read in file order).
+                in_order = all(a[0] < b[0] for a, b in zip(layer_runs, layer_runs[1:]))
+                hasher = RowsHasher() if in_order and self._checksum(index, name, "frames") is not None else None
+                runs.extend((at, buffer, hasher) for at, buffer in layer_runs)
+            hashers.append(hasher)
         if runs:
             read_runs(self._handle(self._shard_of[index]).descriptor, runs, targets[0][0].dataset)
+        return [None if hasher is None else hasher.intdigest() for hasher in hashers]
 
     def _frames_of(self, index: int, name: str) -> LayerRows:
         shard = self._shard_with(index, name, "frames")

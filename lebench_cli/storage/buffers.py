@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _FLUSH_BYTES = 64 * 1024**2  # utterances are buffered and written to HDF5 in blocks this large
+_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
 
 @dataclass
@@ -22,6 +23,7 @@ class _Row:
     source_size: int = -1
     source_mtime_ns: int = -1
     source_xxh3: str = ""
+    checksums: dict = field(default_factory=dict)  # dataset path -> xxh3-64 of its rows, as stored
 
 
 @dataclass
@@ -32,6 +34,7 @@ class _Stream:
     size: int
     written: int = 0
     sums: dict = field(default_factory=dict)  # layer name -> float64 sum, for the mean
+    hashers: dict = field(default_factory=dict)  # dataset path -> RowsHasher of the rows written
 
 
 class _Pending:

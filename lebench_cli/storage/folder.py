@@ -11,14 +11,13 @@ from pathlib import Path
 
 from ..errors import OutputError
 from .files import _reason, fsync_path, write_atomic
-from .layout import METADATA_FILE, SHARDS_DIR, STORE_FILES
+from .identity import _MISSING, canonical as _canonical, first_difference, show as _show
+from .layout import METADATA_FILE, SHARDS_DIR, STORE_FILES, committed_shards, read_shard_table
 from .locks import PartLock, StoreLock, every_part_locked
 
 # Where --overwrite moves the old content before deleting it: while it exists, a removal is
 # under way or was cut short, and the next writer finishes it before anything else.
 REMOVING_DIR = ".lebench-removing"
-
-_MISSING = object()
 
 
 @contextmanager
@@ -132,9 +131,15 @@ def check_writable_destination(out: Path) -> None:
         raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
 
 
+def check_same_run(out: Path, identity: dict) -> None:
+    """Fails as a run with `identity` would on OUT, without writing anything (--dry-run)."""
+    _require_same_run(Path(out), _identity_of({"identity": identity}))
+
+
 def _require_same_run(out: Path, identity: dict) -> None:
     path = out / METADATA_FILE
     if not path.exists():
+        _require_shards_of_run(out, identity)
         return
     try:
         stored = json.loads(path.read_text(encoding="utf-8")).get("identity")
@@ -153,30 +158,23 @@ def _require_same_run(out: Path, identity: dict) -> None:
                           "use --overwrite to replace them")
 
 
+def _require_shards_of_run(out: Path, identity: dict) -> None:
+    """Without lebench.json, OUT's shards say whose they are: lebench.json is written afresh
+    only when every shard records this very run, never over features of another."""
+    for _, shard in committed_shards(out):
+        recorded = read_shard_table(shard).identity
+        if recorded is None:
+            raise OutputError(f"{out} has no {METADATA_FILE} and {shard} (format 1) does not record its run: "
+                              f"restore {METADATA_FILE}, or use --overwrite to replace these features")
+        difference = first_difference(recorded, identity)
+        if difference is not None:
+            raise OutputError(f"{out} has no {METADATA_FILE} and {shard} holds features of a different run "
+                              f"({difference}); use --overwrite to replace them")
+
+
 def _without_layers(identity: dict) -> dict:
     return {key: value for key, value in identity.items() if key != "layers"}
 
 
-def _canonical(identity: dict) -> dict:
-    """The identity with its layer set in one order, each layer once ("cnn", then 0..L), as
-    stores written before lebench sorted it may hold another order."""
-    layers = identity.get("layers")
-    if isinstance(layers, list) and all(isinstance(name, str) and (name == "cnn" or name.isdigit())
-                                        for name in layers):
-        ordered = sorted(set(layers), key=lambda name: -1 if name == "cnn" else int(name))
-        identity = {**identity, "layers": ordered}
-    return identity
-
-
 def _first_difference(stored: dict, new: dict) -> str:
-    for key in [*new, *(key for key in stored if key not in new)]:
-        old_value, new_value = stored.get(key, _MISSING), new.get(key, _MISSING)
-        if old_value != new_value:
-            return f"{key}: {_show(old_value)} != {_show(new_value)}"
-    return "unknown difference"
-
-
-def _show(value) -> str:
-    if value is _MISSING:
-        return "(none)"
-    return value if isinstance(value, str) else json.dumps(value)
+    return first_difference(stored, new) or "unknown difference"

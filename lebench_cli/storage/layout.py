@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, StoreIntegrityError, StoreReadError
+from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, KINDS, TABLES_ATTR, checksum_key,
+                        tables_digest)
 from .files import _WRITE_ERRORS, _one_line, _reason
+from .identity import first_difference, parse_identity
 
 FORMAT = "lebench-shard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums and the run's identity in every shard; 1 is still read
 METADATA_FILE = "lebench.json"
 SHARDS_DIR = "shards"
 INDEX_HEADER = ("id", "shard", "position", "frames", "duration", "flags", "source")
@@ -57,7 +61,11 @@ class ShardTable:
     layers: dict  # layer name -> {"frames", "mean"} subset
     source_sizes: np.ndarray  # bytes, -1 when unknown (shards written before lebench 0.2)
     source_mtimes_ns: np.ndarray  # -1 when unknown
-    source_xxh3: list  # hex content hashes, "" when unknown (shards written before lebench 0.3)
+    source_xxh3: list = field(default_factory=list)  # hex content hashes, "" when unknown
+    format_version: int = 1
+    identity: Optional[dict] = None  # the run's identity; None in format 1 shards
+    compute: Optional[dict] = None  # {"dtype", "device"} the states were computed with, if recorded
+    checksums: dict = field(default_factory=dict)  # layer name -> {"frames"/"mean": uint64 [utterances]}
 
 
 def part_tag(part: int, num_parts: int) -> str:
@@ -85,34 +93,97 @@ def committed_shards(out: Path) -> list:
     return sorted(found)
 
 
-def read_shard_table(path: Path) -> ShardTable:
+def read_shard_table(path: Path, identity: Optional[dict] = None) -> ShardTable:
+    """The shard's tables, checked against their checksum (format 2) and against each other;
+    with identity (lebench.json's), a shard of another run is refused."""
     try:
         with open_h5(path) as shard:
-            _check_shard(shard, path)
-            layers = {name: set(group) for name, group in shard.get("layers", {}).items()}
-            unknown = np.full(len(shard["ids"]), -1, dtype=np.int64)
-            return ShardTable(
-                ids=list(shard["ids"].asstr()[:]),
-                offsets=shard["offsets"][:],
-                frames=shard["frames"][:],
-                durations=shard["durations"][:],
-                sources=list(shard["sources"].asstr()[:]),
-                flags=list(shard["flags"].asstr()[:]),
-                layers={name: kinds & {"frames", "mean"} for name, kinds in layers.items()},
-                source_sizes=shard["source_sizes"][:] if "source_sizes" in shard else unknown,
-                source_mtimes_ns=shard["source_mtimes_ns"][:] if "source_mtimes_ns" in shard else unknown,
-                source_xxh3=(list(shard["source_xxh3"].asstr()[:]) if "source_xxh3" in shard
-                             else [""] * len(unknown)),
-            )
+            table = _read_table(shard, path)
     except _SHARD_READ_ERRORS as error:
         raise _unreadable_shard(path, error) from None
+    if identity is not None:
+        require_identity(path, table.identity, identity)
+    return table
+
+
+def _read_table(shard: h5py.File, path: Path) -> ShardTable:
+    _check_shard(shard, path)
+    # Every object's header, opened once: a damaged one (a flipped address) fails here, by
+    # name, rather than in the middle of a later read.
+    shard.visititems(lambda name, item: None)
+    layers = {name: set(group) & set(KINDS) for name, group in shard.get("layers", {}).items()}
+    count = len(shard["ids"])
+    unknown = np.full(count, -1, dtype=np.int64)
+    table = ShardTable(
+        ids=list(shard["ids"].asstr()[:]),
+        offsets=shard["offsets"][:],
+        frames=shard["frames"][:],
+        durations=shard["durations"][:],
+        sources=list(shard["sources"].asstr()[:]),
+        flags=list(shard["flags"].asstr()[:]),
+        layers=layers,
+        source_sizes=shard["source_sizes"][:] if "source_sizes" in shard else unknown,
+        source_mtimes_ns=shard["source_mtimes_ns"][:] if "source_mtimes_ns" in shard else unknown,
+        source_xxh3=list(shard["source_xxh3"].asstr()[:]) if "source_xxh3" in shard else [""] * count,
+        format_version=int(shard.attrs.get("format_version", 1)),
+        identity=parse_identity(shard.attrs.get(IDENTITY_ATTR)),
+        compute=parse_identity(shard.attrs.get(COMPUTE_ATTR)),
+    )
+    for name, kinds in layers.items():
+        for kind in kinds:
+            key = checksum_key(name, kind)
+            if key in shard:
+                table.checksums.setdefault(name, {})[kind] = shard[key][:]
+    _check_tables(shard, path, table)
+    return table
+
+
+def _check_tables(shard: h5py.File, path: Path, table: ShardTable) -> None:
+    """The tables' checksum, then what must hold between the tables and the layer matrices
+    (a flipped offset or frame count would serve another utterance's rows)."""
+    if TABLES_ATTR in shard.attrs:
+        covered = [name for name in str(shard.attrs.get(COVERS_ATTR, "")).split(",") if name]
+        tables = {name: shard[name].asstr()[:] if shard[name].dtype.kind == "O" else shard[name][:]
+                  for name in covered}
+        text = shard.attrs.get(IDENTITY_ATTR, "")
+        if tables_digest(tables, text.decode() if isinstance(text, bytes) else str(text)) != \
+                int(shard.attrs[TABLES_ATTR]):
+            raise StoreIntegrityError(f"{path}: its tables (ids, offsets, frame counts...) do not match their "
+                                      "checksum: the shard is damaged (lebench verify --repair moves it aside)")
+    count = len(table.ids)
+    lengths = {len(table.offsets), len(table.frames), len(table.durations), len(table.sources), len(table.flags)}
+    ends = table.offsets + table.frames
+    for name, kinds in table.layers.items():
+        for kind in kinds:
+            dataset = shard[f"layers/{name}/{kind}"]
+            rows = dataset.shape[0]
+            if (kind == "mean" and rows != count) or (kind == "frames" and count and int(ends.max()) > rows):
+                raise StoreIntegrityError(f"{path}: layers/{name}/{kind} holds {rows} rows, fewer than its tables "
+                                          "say: the shard is damaged (lebench verify --repair moves it aside)")
+            checksums = table.checksums.get(name, {}).get(kind)
+            if checksums is not None:
+                lengths.add(len(checksums))
+    if lengths != {count} or (count and (table.offsets.min() < 0 or table.frames.min() < 1)):
+        raise StoreIntegrityError(f"{path}: its tables disagree on the utterances it holds: the shard is damaged "
+                                  "(lebench verify --repair moves it aside)")
+
+
+def require_identity(path: Path, shard_identity: Optional[dict], identity: dict) -> None:
+    """Refuses a shard written by another run than `identity` (lebench.json's). A shard of
+    format 1 records none: it is taken as the folder's, as before."""
+    if shard_identity is None:
+        return
+    difference = first_difference(identity, shard_identity)
+    if difference is not None:
+        raise StoreIntegrityError(f"{path} was written by another run than lebench.json records ({difference}, "
+                                  "lebench.json's value first): move it out of the folder")
 
 
 def _unreadable_shard(path: Path, error: Exception) -> InputError:
     # Committed shards are complete by construction: one that does not open was damaged
     # after the fact (a partial copy, a failing disk), and only the user can decide its fate.
     reason = _reason(error) if isinstance(error, _WRITE_ERRORS) else _one_line(error)
-    return InputError(f"{path} is not a readable lebench shard ({reason}): "
+    return StoreReadError(f"{path} is not a readable lebench shard ({reason}): "
                       "move it out of the folder, then rerun to extract its utterances again")
 
 
@@ -137,14 +208,18 @@ class StoredSource:
     part: tuple = (1, 1)
 
 
-def stored_sources(out: Path) -> dict:
-    """{id: StoredSource} of every committed shard of every part of OUT. An id in two shards
-    of one part (an --update cut short before it removed the old copy) is the later shard's."""
-    stored = {}
+def stored_sources(out: Path, identity: Optional[dict] = None) -> dict:
+    """{id: StoredSource} of every committed shard of every part of OUT, each shard checked
+    (read_shard_table). An id in two shards of one part (an --update cut short before it
+    removed the old copy) is the later shard's; an id in shards of two parts is refused."""
+    stored, where = {}, {}
     for name, path in committed_shards(out):
-        table = read_shard_table(path)
+        table = read_shard_table(path, identity)
         for utt_id, source, size, mtime, digest in zip(table.ids, table.sources, table.source_sizes,
                                                         table.source_mtimes_ns, table.source_xxh3):
+            first_name, first_path = where.setdefault(utt_id, (name, path))
+            if (first_name.part, first_name.num_parts) != (name.part, name.num_parts):
+                require_single(utt_id, first_path, path)
             stored[utt_id] = StoredSource(source, int(size), int(mtime), digest, (name.part, name.num_parts))
     return stored
 
@@ -153,7 +228,8 @@ def superseded_ids(shards: list) -> dict:
     """{shard path: ids that a later shard of the same part also holds} for `shards`, a list of
     (ShardName, path, ids) in storage order. The later copy is the one: an --update commits
     the new features before it removes the old ones (storage/update.py), so an id in two
-    shards of one part is an update cut short. Ids in shards of different parts are left be."""
+    shards of one part is an update cut short. Ids in shards of different parts are left be
+    (stored_sources and the reader refuse them)."""
     latest = {}
     for position, (name, _, ids) in enumerate(shards):
         for utt_id in ids:
@@ -166,21 +242,18 @@ def superseded_ids(shards: list) -> dict:
     return found
 
 
-def stored_ids(out: Path) -> set:
+def stored_ids(out: Path, identity: Optional[dict] = None) -> set:
     """Ids in every committed shard of every part of OUT."""
-    ids = set()
-    for _, path in committed_shards(out):
-        ids.update(_ids_of(path))
-    return ids
+    return set(stored_sources(out, identity))
 
 
-def _ids_of(path: Path) -> list:
-    try:
-        with open_h5(path) as shard:
-            _check_shard(shard, path)
-            return list(shard["ids"].asstr()[:])
-    except _SHARD_READ_ERRORS as error:
-        raise _unreadable_shard(path, error) from None
+def require_single(utt_id: str, first: Path, second: Path) -> None:
+    if first != second:
+        raise StoreIntegrityError(f"{utt_id} is stored twice ({first} and {second}): remove one of these shards")
+
+
+def _ids_of(path: Path, identity: Optional[dict] = None) -> list:
+    return read_shard_table(path, identity).ids
 
 
 def _index_lines(shard: Path, table: ShardTable) -> list:

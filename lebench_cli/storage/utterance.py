@@ -45,6 +45,7 @@ class WriterOptions:
     commit_seconds: float = 300.0  # commit a shard this long after its first utterance
     part: int = 1  # job-array part K of num_parts N
     num_parts: int = 1
+    compute: Optional[dict] = None  # {"dtype", "device"} of the model run, recorded in each shard
 
 
 def _frames_of(utt: StoredUtterance, name: str) -> np.ndarray:

@@ -7,26 +7,29 @@ leaves readable shards and loses at most the shard being written.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import OutputError
-from .buffers import _Pending, _Row, _Stream
+from .buffers import _ROW_BYTES, _Pending, _Row
+from .checksums import COMPUTE_ATTR, IDENTITY_ATTR, digest
 from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atomic
+from .identity import identity_text
 from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
                      _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
+from .streaming import _StreamedUtterances
+from .tables import run_identity, write_tables
 from .locks import _HELD_LOCKS, lock_key
 from .placement import aligned, frames_chunk_rows, write_chunk_tables, write_rows
 from .sizing import chunk_rows
-from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _layer_value, _mean_of,
+from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _mean_of,
                         compression_options, range_check)
 
-_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
 
 @dataclass
@@ -37,7 +40,7 @@ class WriterStats:
     shards: int = 0
 
 
-class ShardWriter:
+class ShardWriter(_StreamedUtterances):
     """Writes utterances of one part into shards; the caller holds that part's PartLock.
 
     A shard is committed when the next utterance would take it past shard_size_bytes,
@@ -57,9 +60,11 @@ class ShardWriter:
             raise RuntimeError(f"hold PartLock({self.out}, {options.part}, "
                                f"{options.num_parts}) while writing")
         self._shards = self.out / SHARDS_DIR
+        self._identity = run_identity(self.out)
         self._widths = {}
         self._pending = _Pending(np.dtype(options.save_dtype))
         self._stream = None
+        self._direct_checksums = {}  # of the utterance _write_rows just wrote
         self._start_part()
         self._reset_shard()
 
@@ -73,9 +78,9 @@ class ShardWriter:
         self._known, self._index_lines, last_sequence = set(), [], -1
         for name, path in committed_shards(self.out):
             if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
-                self._known.update(_ids_of(path))
+                self._known.update(_ids_of(path, self._identity))
                 continue
-            table = read_shard_table(path)
+            table = read_shard_table(path, self._identity)
             self._known.update(table.ids)
             self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
             last_sequence = name.sequence
@@ -109,83 +114,6 @@ class ShardWriter:
         """Let `ids`, stored in this part's shards, be stored again (update.py removes the
         old copies once the new ones are committed)."""
         self._known.difference_update(ids)
-
-    # -- an utterance in pieces (long recordings) ------------------------------------------
-
-    def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "",
-                        source_size: int = -1, source_mtime_ns: int = -1, source_xxh3: str = "") -> None:
-        """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
-        not the recording: append_frames() each piece in order, then end_utterance()."""
-        if utt_id in self._known:
-            raise OutputError(f"utterance {utt_id} is already stored in {self.out}")
-        if frames < 1:
-            raise ValueError(f"{utt_id}: no frames to store")
-        size = _ROW_BYTES + len(utt_id) + len(source) + len(flags) + frames * self._frame_bytes()
-        if self._rows and self._size + size > self.options.shard_size_bytes:
-            self.commit()
-        self._flush()
-        if self._file is None:
-            self._open_shard()
-        offset = self._next_offset()
-        row = _Row(utt_id, str(source), float(duration), int(frames), flags, offset, source_size, source_mtime_ns,
-                   source_xxh3)
-        self._stream = _Stream(row, size)
-
-    def append_frames(self, states: dict) -> None:
-        """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
-        stream = self._stream
-        if stream is None:
-            raise RuntimeError("append_frames() without begin_utterance()")
-        row = stream.row
-        count, pieces = None, {}
-        for name in self._layers:  # every width is known before a first matrix is made
-            piece = _layer_value(states, name)
-            piece = None if piece is None else np.asarray(piece)
-            if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
-                raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
-            count = len(piece)
-            if stream.written + count > row.frames:
-                raise ValueError(f"{row.utt_id}: more than the announced {row.frames} frames")
-            if self.options.store_frames:
-                self._check_width(row.utt_id, f"layers/{name}/frames", piece.shape[1])
-            pieces[name] = piece
-        try:
-            for name, piece in pieces.items():
-                if self.options.store_frames:
-                    key = f"layers/{name}/frames"
-                    self._write_block(key, row.offset + stream.written, self._converted(row.utt_id, key, piece))
-                if self.options.store_mean:
-                    stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
-        except _WRITE_ERRORS as error:
-            self._fail(error)
-        stream.written += count or 0
-
-    def end_utterance(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is None:
-            raise RuntimeError("end_utterance() without begin_utterance()")
-        row = stream.row
-        if stream.written != row.frames:
-            raise ValueError(f"{row.utt_id}: {stream.written} frames written, {row.frames} announced")
-        try:
-            if self.options.store_mean:
-                for name in self._layers:
-                    key = f"layers/{name}/mean"
-                    mean = (stream.sums[name] / row.frames).astype(np.float32)[None]
-                    self._check_width(row.utt_id, key, mean.shape[1])
-                    self._write_block(key, len(self._rows), self._converted(row.utt_id, key, mean))
-        except _WRITE_ERRORS as error:
-            self._fail(error)
-        self._rows.append(row)
-        self._flushed = len(self._rows)
-        self._known.add(row.utt_id)
-        self._size += stream.size
-        if self._size >= self.options.shard_size_bytes or time.monotonic() - self._started >= self.options.commit_seconds:
-            self.commit()
-
-    def abort_utterance(self) -> None:
-        """Give up the utterance being streamed: what it wrote is overwritten or trimmed."""
-        self._stream = None
 
     def _frame_bytes(self) -> int:
         """Bytes per stored frame across layers, once widths are known (0 before)."""
@@ -292,11 +220,13 @@ class ShardWriter:
                 self._write_block(key, offset if key.endswith("/frames") else len(self._rows), block)
         except _WRITE_ERRORS as error:
             self._fail(error)
+        self._direct_checksums = {key: digest(block) for key, block in converted.items()}
 
     def _append(self, utt: StoredUtterance, size: int) -> None:
         offset = self._next_offset()
         row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
-                   int(utt.source_size), int(utt.source_mtime_ns), utt.source_xxh3)
+                   int(utt.source_size), int(utt.source_mtime_ns), utt.source_xxh3, checksums=self._direct_checksums)
+        self._direct_checksums = {}  # buffered rows get theirs when flushed
         self._rows.append(row)
         self._known.add(utt.utt_id)
         self._size += size
@@ -324,7 +254,9 @@ class ShardWriter:
             self._file = open_h5(self._tmp, "w", rdcc_nbytes=0)
             self._file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                                      "part": name.part, "num_parts": name.num_parts,
-                                     "sequence": name.sequence})
+                                     "sequence": name.sequence, IDENTITY_ATTR: identity_text(self._identity)})
+            if self.options.compute is not None:
+                self._file.attrs[COMPUTE_ATTR] = json.dumps(self.options.compute, sort_keys=True)
         except _WRITE_ERRORS as error:
             self._fail(error)
         self._started = time.monotonic()
@@ -340,11 +272,15 @@ class ShardWriter:
             first = 0
             for row in todo:  # utterance by utterance, layer after layer: see placement.py
                 for key in frames_keys:
-                    self._write_block(key, row.offset, self._pending.buffers[key][first: first + row.frames])
+                    block = self._pending.buffers[key][first: first + row.frames]
+                    self._write_block(key, row.offset, block)
+                    row.checksums[key] = digest(block)
                 first += row.frames
             for key, buffer in self._pending.buffers.items():
                 if not key.endswith("/frames"):
                     self._write_block(key, self._flushed, buffer[: len(todo)], complete)
+                    for position, row in enumerate(todo):
+                        row.checksums[key] = digest(buffer[position: position + 1])
         except _WRITE_ERRORS as error:
             self._fail(error)
         self._flushed += len(todo)
@@ -374,17 +310,7 @@ class ShardWriter:
         write_rows(dataset, start, block)
 
     def _write_table(self) -> None:
-        strings = h5py.string_dtype()
-        rows = self._rows
-        self._file["ids"] = np.array([row.utt_id for row in rows], dtype=strings)
-        self._file["offsets"] = np.array([row.offset for row in rows], dtype=np.int64)
-        self._file["frames"] = np.array([row.frames for row in rows], dtype=np.int64)
-        self._file["durations"] = np.array([row.duration for row in rows], dtype=np.float64)
-        self._file["sources"] = np.array([row.source for row in rows], dtype=strings)
-        self._file["source_sizes"] = np.array([row.source_size for row in rows], dtype=np.int64)
-        self._file["source_mtimes_ns"] = np.array([row.source_mtime_ns for row in rows], dtype=np.int64)
-        self._file["source_xxh3"] = np.array([row.source_xxh3 for row in rows], dtype=strings)
-        self._file["flags"] = np.array([row.flags for row in rows], dtype=strings)
+        write_tables(self._file, self._rows, self._layers, self.options, self._identity)
 
     def _record_commit(self, rows: list, final: Path) -> None:
         self.stats.utterances += len(rows)
@@ -426,4 +352,5 @@ class ShardWriter:
             except OSError:
                 pass  # removed on the next start of this part
         self._reset_shard()
+
 
