@@ -21,6 +21,7 @@ from .errors import AudioError, InputError
 from .options import ExtractOptions
 from .parts import select_part
 from .run_metadata import SAMPLE_RATE, build_metadata
+from .scaleout.time_limit import TimeLimitStops
 from .summary import DryRunReport, ExtractSummary
 
 CHUNKED_FLAG = "chunked"
@@ -129,8 +130,14 @@ class Extraction:
         self.summary = ExtractSummary()
         self._float32_encoder = None
         self._in_flight: deque = deque()  # (Readback, inputs, normalize, on_ready), oldest first
+        self.streaming = None  # the long recording being encoded: a time_limit.InProgress
 
     def run(self) -> ExtractSummary:
+        started = time.monotonic()
+        with TimeLimitStops(self, self.options.shard, started) as time_limit:
+            return self._run(started, time_limit)
+
+    def _run(self, started: float, time_limit) -> ExtractSummary:
         from .checkpoints import sha256_file
         from .encoder import Encoder, check_device
         from .layers import canonical_layers, parse_layers
@@ -140,7 +147,6 @@ class Extraction:
                               prepare_output, stored_sources)
 
         options = self.options
-        started = time.monotonic()
         sources = self.sources if self.sources is not None else discover_sources(options, self.stdin)
         output = Path(options.output)
         # Every check before the first side effect: a run that cannot start leaves OUT as it
@@ -170,12 +176,16 @@ class Extraction:
                 shard_size_bytes=options.shard_size, compression=options.compression,
                 commit_seconds=options.commit_seconds, part=part, num_parts=parts,
             )
-            with ShardWriter(output, writer_options) as writer:
-                background = BackgroundWriter(writer)
-                try:
-                    self._process(todo, failures, background)
-                finally:
-                    background.finish()
+            with time_limit.under_lock(output) as part_work:
+                todo, given_up = part_work.split(todo)
+                for item, reason in given_up:
+                    self._fail(failures, item, reason)
+                with ShardWriter(output, writer_options) as writer:
+                    background = BackgroundWriter(writer)
+                    try:
+                        self._process(todo, failures, background)
+                    finally:
+                        background.finish()
         self.summary.elapsed_seconds = time.monotonic() - started
         return self.summary
 
@@ -270,6 +280,7 @@ class Extraction:
         from .chunking import frame_count, normalised_window_batches, plan_windows
         from .decoding import recording_statistics
         from .resume import stored_path
+        from .scaleout.time_limit import InProgress
 
         statistics, reason = item.statistics, None
         if statistics is None:  # decoded whole first: its header or manifest said it was short
@@ -286,20 +297,27 @@ class Extraction:
                        **_fingerprint_fields(item))
         batches = normalised_window_batches(source.path, self.options.channel, windows, self.options.batch_seconds,
                                             self.options.chunk_seconds, mean, std)
+        self.streaming = streaming = InProgress(source.utt_id, str(source.path), time.monotonic(), len(windows))
+
+        def append(states, group):
+            self._append_windows(group, states, background)
+            streaming.windows_done += len(group)
+
         try:
             for group, waves in batches:
-                self._launch(waves, lambda states, group=group: self._append_windows(group, states, background),
-                             normalize=False)
+                self._launch(waves, lambda states, group=group: append(states, group), normalize=False)
             self._finish_all()
         except AudioError as error:
             self._in_flight.clear()  # windows of this recording only: it is dropped
             background.put("abort_utterance")
+            self.streaming = None
             self._fail(failures, item, error.reason)
             return
         except BaseException:
             self._in_flight.clear()
             background.put("abort_utterance")
             raise
+        self.streaming = None
         background.put("end_utterance")
         self.summary.chunked += int(len(windows) > 1)
         self.summary.extracted += 1
