@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
+from test_checkpoints import fake_hub_cache
 from scaleout_helpers import (ROOT, assert_same_store, extract_args, make_corpus, part_shards,
                               single_process_run)
 
@@ -25,45 +26,87 @@ def slurm(*args):
 
 # ---- the script ------------------------------------------------------------------------------
 
-def test_script_runs_each_part_requeues_at_the_time_limit_and_quotes_arguments(tmp_path, monkeypatch):
+def test_script_runs_each_part_requeues_at_the_time_limit_and_quotes_arguments(tmp_path, monkeypatch, checkpoints,
+                                                                              offline_cache):
+    from huggingface_hub import constants
+
+    fake_hub_cache(offline_cache, "LeBenchmark/wav2vec2-FR-7K-large",
+                   {"checkpoint_best.pt": checkpoints("large").read_bytes()})
     (tmp_path / "my corpus").mkdir()
     monkeypatch.chdir(tmp_path)
     result = slurm("--array", "16%4", "--time", "20:00:00", "--partition", "gpu_p2", "--account", "abc@v100",
-                   "--cpus-per-task", "10", "--mem", "40G", "--", "extract", "my corpus", "-o", "feats $HOME",
+                   "--cpus-per-task", "10", "--mem", "40G", "--sbatch", "--qos=qos_gpu-t4", "--sbatch",
+                   "#SBATCH -C v100-32g", "--", "extract", "my corpus", "-o", "feats $HOME",
                    "--model", "LeBenchmark/wav2vec2-FR-7K-large", "--layers", "all")
     assert result.exit_code == 0, result.output
-    script = result.output
+    script = result.stdout
     directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
     assert directives == [
         "#SBATCH --job-name=lebench", "#SBATCH --array=1-16%4", "#SBATCH --output=lebench-%A_%a.log",
         "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "#SBATCH --ntasks=1",
         "#SBATCH --cpus-per-task=10", "#SBATCH --mem=40G", "#SBATCH --gres=gpu:1", "#SBATCH --time=20:00:00",
-        "#SBATCH --partition=gpu_p2", "#SBATCH --account=abc@v100",
+        "#SBATCH --partition=gpu_p2", "#SBATCH --account=abc@v100", "#SBATCH --qos=qos_gpu-t4",
+        "#SBATCH -C v100-32g",
     ]
     lebench = Path(sys.executable).parent / "lebench"
     program = [str(lebench)] if lebench.is_file() else [sys.executable, "-m", "lebench_cli"]
     command = shlex.join([*program, "extract", "my corpus", "-o", "feats $HOME", "--model",
                           "LeBenchmark/wav2vec2-FR-7K-large", "--layers", "all", "--shard", "auto"])
+    assert Path(program[0]).is_absolute()
     assert f"\n{command} &\n" in script
-    assert f"\ncd -- {shlex.quote(str(tmp_path))} || exit 1\n" in script
-    assert "scontrol requeue \"$SLURM_JOB_ID\"" in script
+    # The model came from the hub cache: the tasks read that cache, offline, whatever their shell says.
+    home = shlex.quote(str(Path(constants.HF_HOME).resolve()))
+    assert (f"\nexport HF_HOME={home}\nexport HF_HUB_CACHE={shlex.quote(str(offline_cache.resolve()))}\n"
+            f"export HF_HUB_OFFLINE=1\nexport LEBENCH_STOP_SECONDS=300\n"
+            f"cd -- {shlex.quote(str(tmp_path))} || exit 1\n") in script
+    assert "\ntrap 'time_limit=1; kill -USR1 \"$lebench_pid\" 2>/dev/null' USR1\n" in script
+    assert ('\n  requeued=$(scontrol requeue "$SLURM_JOB_ID" 2>&1) || echo "lebench: scontrol requeue failed: '
+            '$requeued" >&2\n') in script
     assert script.rstrip().splitlines()[-4:] == [
         "#   lebench ls 'feats $HOME' | wc -l     (one line per stored utterance)",
         "#   lebench show 'feats $HOME'           (metadata and utterance count)",
         "#   cat 'feats $HOME'/failures-*.jsonl   (files that could not be used, and why)",
         "# Submitting this script again finishes any part cut short; finished parts exit at once.",
     ]
+    assert result.stderr == ""
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
-def test_no_gpu_line_for_cpu_runs(tmp_path, monkeypatch):
+def test_a_local_model_pins_no_hub_variables(tmp_path, monkeypatch, checkpoints):
     (tmp_path / "x").mkdir()
     monkeypatch.chdir(tmp_path)
-    result = slurm("--array", "3", "--", "extract", "x", "-o", "out", "--model", "m", "--device", "cpu")
+    result = slurm("--", "extract", "x", "-o", "out", "--model", checkpoints("base"), "--layers", "1,3")
+    assert result.exit_code == 0, result.output
+    assert "HF_" not in result.stdout and "\nexport LEBENCH_STOP_SECONDS=300\n" in result.stdout
+
+
+def test_no_gpu_line_for_cpu_runs_and_every_gpu_of_a_task_used(tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = slurm("--array", "3", "--no-check", "--", "extract", "x", "-o", "out", "--model", "m", "--device", "cpu")
     assert result.exit_code == 0
     assert "--gres" not in result.output and "#SBATCH --array=1-3\n" in result.output
-    result = slurm("--gpus-per-task", "2", "--", "extract", "x", "-o", "out", "--model", "m")
+    result = slurm("--gpus-per-task", "2", "--no-check", "--", "extract", "x", "-o", "out", "--model", "m")
     assert "#SBATCH --gres=gpu:2\n" in result.output and "#SBATCH --array=1-1\n" in result.output
+    assert " extract x -o out --model m --devices all --shard auto &\n" in result.output
+    result = slurm("--gpus-per-task", "2", "--no-check", "--", "extract", "x", "-o", "out", "--model", "m",
+                   "--devices", "cuda:0,cuda:1")
+    assert " --devices cuda:0,cuda:1 --shard auto &\n" in result.output and "--devices all" not in result.output
+
+
+@pytest.mark.parametrize("limit, lead, note", [
+    ("3", 90, "lebench: --time 3 is 180 s: the task is told to stop 90 s before it, not 300 s\n"),
+    ("1", 30, "lebench: --time 1 is 60 s: the task is told to stop 30 s before it, not 300 s\n"),
+    ("10", 300, ""), ("1-00", 300, ""),
+])
+def test_a_lead_over_half_the_time_limit_is_halved(limit, lead, note, tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = slurm("--time", limit, "--no-check", "--", "extract", "x", "-o", "out", "--model", "m")
+    assert result.exit_code == 0
+    assert f"#SBATCH --signal=B:USR1@{lead}\n" in result.stdout and f"#SBATCH --time={limit}\n" in result.stdout
+    assert f"\nexport LEBENCH_STOP_SECONDS={lead}\n" in result.stdout
+    assert result.stderr == note
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -79,8 +122,23 @@ def test_no_gpu_line_for_cpu_runs(tmp_path, monkeypatch):
     (["--", "info"], 2, "Error: expected `lebench slurm [OPTIONS] -- extract INPUTS... -o OUTPUT --model MODEL ...`"),
     (["--array", "0", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
      "Error: invalid --array '0': expected a task count N, or N%M to run at most M at once"),
-    (["--partition", "a b", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+    (["--partition", "a b", "--no-check", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
      "Error: invalid --partition 'a b': #SBATCH values cannot contain spaces"),
+    (["--time", "3min", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+     "Error: invalid --time '3min': expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"),
+    (["--sbatch", "qos=x", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+     "Error: invalid --sbatch 'qos=x': expected one sbatch option, e.g. --qos=qos_gpu-t4 or -C v100-32g"),
+    (["--sbatch", "--array=1-4", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+     "Error: invalid --sbatch '--array=1-4': lebench slurm sets --array itself"),
+    (["--sbatch", "--signal=B:TERM@60", "--", "extract", "x", "-o", "out", "--model", "m"], 1,
+     "Error: invalid --sbatch '--signal=B:TERM@60': lebench slurm sets --signal itself"),
+    (["--gpus-per-task", "2", "--", "extract", "x", "-o", "out", "--model", "m", "--device", "cuda:0"], 2,
+     "Error: --gpus-per-task 2 with --device cuda:0: each task would use one of its 2 GPUs; drop --device (each "
+     "task then runs --devices all)"),
+    (["--", "extract", "x", "-o", "out", "--model", "/nonexistent/model.pt"], 1,
+     "Error: '/nonexistent/model.pt' is neither a local checkpoint nor a hub id (see `lebench info` for known models)"),
+    (["--", "extract", "x", "-o", "out", "--model", "m", "--layers", "0-"], 2,
+     "Error: Invalid value for '--layers': invalid layer selection '0-': '0-' is not a layer, range, all, last or cnn"),
 ])
 def test_argument_errors_fail_before_any_script(args, code, message, tmp_path, monkeypatch):
     (tmp_path / "x").mkdir()
@@ -90,11 +148,28 @@ def test_argument_errors_fail_before_any_script(args, code, message, tmp_path, m
     assert message in result.output and "#!/bin/bash" not in result.output
 
 
+def test_the_model_and_its_layers_are_checked_before_any_script(tmp_path, monkeypatch, checkpoints, offline_cache):
+    from huggingface_hub import constants
+
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = slurm("--", "extract", "x", "-o", "out", "--model", checkpoints("base"), "--layers", "99")
+    assert (result.exit_code, result.output) == (
+        1, "Error: layer 99 does not exist: this model has layers 0-3 and 'cnn'\n")
+    result = slurm("--", "extract", "x", "-o", "out", "--model", "LeBenchmark/wav2vec2-FR-7K-large")
+    assert (result.exit_code, result.output) == (1, (
+        f"Error: LeBenchmark/wav2vec2-FR-7K-large is not in the hub cache {constants.HF_HUB_CACHE}, so the tasks "
+        "could not load it: run `lebench fetch LeBenchmark/wav2vec2-FR-7K-large` here first (into a cache the "
+        "compute nodes share), or pass --no-check\n"))
+    result = slurm("--no-check", "--", "extract", "x", "-o", "out", "--model", "LeBenchmark/wav2vec2-FR-7K-large")
+    assert result.exit_code == 0 and "HF_" not in result.stdout
+
+
 def test_submit_without_sbatch_is_a_one_line_error(monkeypatch, tmp_path):
     (tmp_path / "x").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
-    result = slurm("--submit", "--", "extract", "x", "-o", "out", "--model", "m")
+    result = slurm("--submit", "--no-check", "--", "extract", "x", "-o", "out", "--model", "m")
     assert (result.exit_code, result.output) == (1, "Error: sbatch not found: run lebench slurm --submit on a SLURM "
                                                     "login node, or pipe the script to sbatch there\n")
 
