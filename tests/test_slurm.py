@@ -1,7 +1,9 @@
 """`lebench slurm`: the sbatch script, and a real one-node SLURM running it (scripts/start-slurm.sh
 starts munged, slurmctld and slurmd on 127.0.0.1; skipped, with the reason, where they cannot)."""
 
+import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -15,7 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
+from lebench_cli.reader import open_features
 from test_checkpoints import fake_hub_cache
+from test_extract import write_audio
 from scaleout_helpers import (ROOT, assert_same_store, extract_args, make_corpus, part_shards,
                               single_process_run)
 
@@ -210,13 +214,17 @@ def _pythonpath() -> str:
     return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
-def _submit(env, workdir: Path, corpus: Path, out: Path, checkpoint: Path, tasks: int) -> str:
+def _submit(env, workdir: Path, corpus: Path, out: Path, checkpoint: Path, tasks: int, slurm_args=(),
+            more_extract_args=()) -> str:
     lebench = shlex.join([sys.executable, "-m", "lebench_cli"])
-    command = (f"{lebench} slurm --array {tasks} -- {shlex.join(extract_args(corpus, out, checkpoint))} "
-               "| sbatch --parsable")
+    command = (f"{lebench} slurm --array {tasks} {shlex.join(slurm_args)} -- "
+               f"{shlex.join([*extract_args(corpus, out, checkpoint), *more_extract_args])} | sbatch --parsable")
     submitted = subprocess.run(command, shell=True, cwd=workdir, env=env, capture_output=True, text=True)
     assert submitted.returncode == 0, submitted.stderr
     return submitted.stdout.strip()
+
+
+REQUEUE_NOISE = ("pending execution", "No error")  # what `scontrol requeue` of a running task prints
 
 
 def _in_queue(env, job: str) -> list:
@@ -272,14 +280,61 @@ def test_a_three_task_array_with_a_cancelled_and_a_time_limited_task_makes_the_s
         assert log.count(f"lebench: part {index}/3 from SLURM_ARRAY_TASK_ID={index}\n") == 2, log  # appended
         assert "already stored" in log.splitlines()[-1], log  # the rerun resumed
     assert f"lebench: time limit near: requeueing task {job}_2\n" in (tmp_path / f"lebench-{job}_2.log").read_text()
+    for index in (1, 2, 3):
+        log = (tmp_path / f"lebench-{job}_{index}.log").read_text()
+        assert not any(noise in log for noise in REQUEUE_NOISE), log
     assert "Restarts=0" in _task_record(slurm_env, f"{job}_3")
     assert_same_store(out, reference)
+
+
+def test_a_two_minute_time_limit_requeues_a_recording_that_cannot_finish_twice_then_fails_it(
+        slurm_env, checkpoints, tmp_path):
+    """`--time 2`: SLURM warns each task 60 s before its limit (the lead halved), and as it
+    checks every 30 s, 60 to 90 s before it: after the model has loaded. Part 1 is one
+    recording that needs minutes: stopped twice mid-way (each time recorded and requeued),
+    its third run fails it at once with the time it needs; the task ends FAILED (exit 3)
+    instead of requeueing forever. Part 2 (short files) completes undisturbed. Submitted
+    again, both tasks end at once without a requeue: part 2 has nothing left, part 1's
+    recording still does not fit."""
+    corpus = tmp_path / "corpus"
+    write_audio(corpus / "long.wav", 1800, seed=1, subtype="PCM_16")
+    for index in range(4):
+        write_audio(corpus / f"short{index}.wav", 1.0 + index * 0.2, seed=index + 2)
+    out = tmp_path / "out"
+    chunking = ["--chunk-seconds", "4", "--overlap-seconds", "1", "--batch-seconds", "4"]
+    job = _submit(slurm_env, tmp_path, corpus, out, checkpoints("base"), tasks=2, slurm_args=["--time", "2"],
+                  more_extract_args=chunking)
+    _wait(lambda: not _in_queue(slurm_env, job), 900, f"array job {job} to finish")
+    first, second = _task_record(slurm_env, f"{job}_1"), _task_record(slurm_env, f"{job}_2")
+    log = (tmp_path / f"lebench-{job}_1.log").read_text()
+    assert "JobState=FAILED" in first and "ExitCode=3:0" in first and "Restarts=2" in first, first + log
+    assert log.count(f"lebench: time limit near: requeueing task {job}_1\n") == 2, log
+    assert log.count("Error: interrupted after 0 files; finished work is committed") == 2, log
+    assert not any(noise in log for noise in REQUEUE_NOISE), log
+    stops = json.loads((out / "interrupted-1of2.json").read_text())["files"]["long"]
+    assert stops["stops"] == 2 and stops["needs_seconds"] > stops["had_seconds"], stops
+    failures = [json.loads(line) for line in (out / "failures-1of2.jsonl").read_text().splitlines()]
+    assert [failure["id"] for failure in failures] == ["long"], failures
+    assert re.fullmatch(r"interrupted twice by the time limit: needs about \d+ s, the task has \d+ s; give lebench "
+                        r"slurm --time more, or split the recording", failures[0]["reason"]), failures
+    assert "JobState=COMPLETED" in second and "ExitCode=0:0" in second and "Restarts=0" in second, second
+    with open_features(out) as store:
+        assert sorted(store.ids) == [f"short{index}" for index in range(4)]
+
+    again = _submit(slurm_env, tmp_path, corpus, out, checkpoints("base"), tasks=2, slurm_args=["--time", "2"],
+                    more_extract_args=chunking)
+    _wait(lambda: not _in_queue(slurm_env, again), 300, f"array job {again} to finish")
+    first, second = _task_record(slurm_env, f"{again}_1"), _task_record(slurm_env, f"{again}_2")
+    assert "ExitCode=3:0" in first and "Restarts=0" in first, first
+    assert "JobState=COMPLETED" in second and "ExitCode=0:0" in second and "Restarts=0" in second, second
+    log = (tmp_path / f"lebench-{again}_2.log").read_text()
+    assert log.splitlines()[-1].startswith("nothing to extract: all 4 files already stored"), log
 
 
 def test_submit_prints_the_job_id_of_an_array_that_runs(slurm_env, tmp_path):
     lebench = [sys.executable, "-m", "lebench_cli"]
     (tmp_path / "corpus").mkdir()  # no audio in it: each task stops before loading a model
-    submitted = subprocess.run([*lebench, "slurm", "--submit", "--array", "2", "--", "extract", "corpus", "-o",
+    submitted = subprocess.run([*lebench, "slurm", "--submit", "--array", "2", "--no-check", "--", "extract", "corpus", "-o",
                                 "out", "--model", "m", "--device", "cpu"],
                                cwd=tmp_path, env=slurm_env, capture_output=True, text=True)
     assert submitted.returncode == 0, submitted.stderr
