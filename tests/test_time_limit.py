@@ -189,3 +189,35 @@ def test_a_signal_after_the_summary_is_decided_keeps_its_exit_code(checkpoints, 
 ])
 def test_slurm_time_formats(text, seconds):
     assert parse_slurm_time(text) == seconds
+
+
+def test_devices_pass_the_time_limit_warning_on_to_their_workers(checkpoints, tmp_path):
+    """What `lebench slurm`'s script does on a task with several devices: USR1 to lebench
+    only. Each worker stops, commits and records its stop; the recording part 1 was encoding
+    counts one stop."""
+    import subprocess
+    import sys
+    import time
+
+    corpus = tmp_path / "corpus"
+    write_audio(corpus / "long.wav", 600, seed=1, subtype="PCM_16")
+    write_audio(corpus / "short.wav", 1.0, seed=2)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "lebench_cli", "extract", str(corpus), "-o", str(out), "--model",
+            str(checkpoints("base")), "--devices", "cpu,cpu", "--workers", "0", "--chunk-seconds", "4",
+            "--overlap-seconds", "1", "--batch-seconds", "8", "-q"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT,
+                                                                                            signal.SIGUSR1)])
+    deadline = time.monotonic() + 120
+    while not (out / ".lock-1of2").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(8)  # the long recording needs minutes: part 1 is encoding it
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert re.fullmatch(r"Error: interrupted after [01] files; finished work is committed: rerun the same command "
+                        r"to resume\n", stderr), stderr
+    entry = json.loads((out / "interrupted-1of2.json").read_text())["files"]["long"]
+    assert entry["stops"] == 1, entry

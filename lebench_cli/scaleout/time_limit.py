@@ -28,6 +28,7 @@ from ..storage.layout import part_tag
 STOP_ENV = "LEBENCH_STOP_SECONDS"  # set by `lebench slurm`'s script: how long before the limit it stops
 RECORD_PREFIX = "interrupted-"
 STOPS_BEFORE_GIVING_UP = 2
+EARLY_SIGNAL_SECONDS = 60  # how much earlier than asked SLURM may send the time-limit warning
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
@@ -167,7 +168,10 @@ class InterruptionRecord:
         if not entry or entry["stops"] < STOPS_BEFORE_GIVING_UP:
             return None
         needs = entry.get("needs_seconds")
-        if task_seconds is not None and task_seconds > (needs if needs is not None else entry["had_seconds"]):
+        # More than it needs, and more than the stops had: SLURM's warning comes up to a minute
+        # early, so a requeue with the same --time can look that much longer; it must not count.
+        enough = max(needs or 0.0, entry["had_seconds"] + EARLY_SIGNAL_SECONDS)
+        if task_seconds is not None and task_seconds > enough:
             return None
         return _given_up_reason(needs, task_seconds if task_seconds is not None else entry["had_seconds"])
 
