@@ -200,7 +200,7 @@ def test_devices_pass_the_time_limit_warning_on_to_their_workers(checkpoints, tm
     import time
 
     corpus = tmp_path / "corpus"
-    write_audio(corpus / "long.wav", 600, seed=1, subtype="PCM_16")
+    write_audio(corpus / "long.wav", 1800, seed=1, subtype="PCM_16")  # minutes of work, however fast the machine
     write_audio(corpus / "short.wav", 1.0, seed=2)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "lebench_cli", "extract", str(corpus), "-o", str(out), "--model",
@@ -213,7 +213,10 @@ def test_devices_pass_the_time_limit_warning_on_to_their_workers(checkpoints, tm
     while not (out / ".lock-1of2").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    time.sleep(8)  # the long recording needs minutes: part 1 is encoding it
+    while not list((out / "shards").glob("part-1of2-*")):  # part 1 has begun the long recording
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(2)
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
