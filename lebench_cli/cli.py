@@ -126,18 +126,21 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     if dry_run:
         click.echo(plan_extract(options, stdin=stdin).line())
         return
+    from .stop_signals import StopSignals
+
     return_large_blocks_to_the_os()
     if devices is None:
         warn_cpu_fallback(device)
     extraction = None
     try:
-        with _interrupts_commit_once():
+        with StopSignals() as stop_signals:
             show_progress = not quiet and sys.stderr.isatty()
             if devices is not None:
                 extraction = _device_run(options, devices, device, stdin, show_progress)
             else:
                 extraction = Extraction(options, stdin=stdin, progress=show_progress)
             summary = extraction.run()
+            stop_signals.decide()  # a signal from here on cannot make a finished run exit 130
     except KeyboardInterrupt:
         done = extraction.summary.extracted if extraction is not None else 0
         click.echo(
@@ -165,39 +168,6 @@ def _part_from_environment() -> tuple:
     k, n, where = part_from_environment(os.environ)
     click.echo(f"lebench: part {k}/{n} from {where}", err=True)
     return k, n
-
-
-class _interrupts_commit_once:
-    """Ctrl-C and SIGTERM (a job scheduler's stop) raise KeyboardInterrupt once: the run
-    commits its finished work and exits 130. Later ones are ignored until the process ends,
-    so that a second Ctrl-C cannot break the commit or the workers' shutdown midway (it
-    would print a traceback and lose the pending shard)."""
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __enter__(self):
-        import signal
-
-        def interrupt(signum, frame):
-            for name in self.SIGNALS:
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
-            self.interrupted = True
-            raise KeyboardInterrupt
-
-        self.interrupted = False
-        # A signal ignored from the start (a background job's SIGINT, nohup) stays ignored.
-        self.previous = {name: signal.getsignal(getattr(signal, name)) for name in self.SIGNALS}
-        for name, handler in self.previous.items():
-            if handler is not signal.SIG_IGN:
-                signal.signal(getattr(signal, name), interrupt)
-
-    def __exit__(self, exc_type, *exc):
-        import signal
-
-        interrupted = self.interrupted or exc_type is KeyboardInterrupt
-        for name, handler in self.previous.items():
-            signal.signal(getattr(signal, name), signal.SIG_IGN if interrupted else handler)
-        return False
 
 
 # OUTPUT is checked by open_features, not by Click: a missing folder is then an error (exit 1)

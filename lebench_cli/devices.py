@@ -211,33 +211,39 @@ class _Collector:
 
     def _interrupt(self, signum=None, frame=None):
         """Ctrl-C or SIGTERM: every worker commits, then 130. A flag rather than an exception:
-        one raised in the middle of reading a message would garble the pipe."""
+        one raised in the middle of reading a message would garble the pipe. The time-limit
+        warning (SIGUSR1) is passed on as it is: each worker records its stop."""
+        from .stop_signals import TIME_LIMIT_SIGNAL, note_stop_signal
+
+        note_stop_signal(signum)
         self.interrupted = True
-        self._stop_all()
+        self._stop_all(TIME_LIMIT_SIGNAL if signum == TIME_LIMIT_SIGNAL else signal.SIGTERM)
 
     def _fail(self, message: str):
         if self.error is None:
             self.error = message
         self._stop_all()
 
-    def _stop_all(self):
+    def _stop_all(self, signum=signal.SIGTERM):
         if self.stopping:
             return
         self.stopping = True
         for process in self.processes:
             if process.pid is not None and process.exitcode is None:
                 try:
-                    os.kill(process.pid, signal.SIGTERM)
+                    os.kill(process.pid, signum)
                 except ProcessLookupError:
                     pass
 
 
-def _on_stop_signals(on_int, on_term=None) -> tuple:
-    """Installs handlers for SIGINT and SIGTERM (the same one when `on_term` is None);
-    returns the previous ones."""
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+def _on_stop_signals(on_int, on_term=None, on_usr1=None) -> tuple:
+    """Installs handlers for SIGINT, SIGTERM and SIGUSR1 (the time-limit warning; `on_int`
+    for those left None); returns the previous ones."""
+    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
+                signal.getsignal(signal.SIGUSR1))
     signal.signal(signal.SIGINT, on_int)
     signal.signal(signal.SIGTERM, on_int if on_term is None else on_term)
+    signal.signal(signal.SIGUSR1, on_int if on_usr1 is None else on_usr1)
     return previous
 
 
@@ -327,12 +333,14 @@ def _stop_on_first_signal():
     """SIGINT (Ctrl-C reaches every process of the terminal) or SIGTERM (the parent's): stop
     and commit, once; a second signal during the commit must not break it."""
 
+    from .stop_signals import SIGNALS, ignore_stop_signals, note_stop_signal
+
     def stop(signum, frame):
         global _stop_requested
         _stop_requested = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_stop_signals()
+        note_stop_signal(signum)  # SIGUSR1: the parent passed on the time-limit warning
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for name in SIGNALS:
+        signal.signal(getattr(signal, name), stop)

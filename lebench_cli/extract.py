@@ -22,6 +22,7 @@ from .errors import AudioError, InputError
 from .options import ExtractOptions
 from .parts import select_part
 from .run_metadata import SAMPLE_RATE, build_metadata
+from .scaleout.time_limit import TimeLimitStops
 from .summary import DryRunReport, ExtractSummary
 
 CHUNKED_FLAG = "chunked"
@@ -143,8 +144,14 @@ class Extraction:
         self.summary = ExtractSummary()
         self._float32_encoder = None
         self._in_flight: deque = deque()  # (Readback, inputs, normalize, on_ready), oldest first
+        self.streaming = None  # the long recording being encoded: a time_limit.InProgress
 
     def run(self) -> ExtractSummary:
+        started = time.monotonic()
+        with TimeLimitStops(self, self.options.shard, started) as time_limit:
+            return self._run(started, time_limit)
+
+    def _run(self, started: float, time_limit) -> ExtractSummary:
         from .checkpoints import sha256_file
         from .compute_device import describe_device, dtype_name
         from .encoder import Encoder, check_device
@@ -156,7 +163,6 @@ class Extraction:
         from .storage.update import remove_superseded
 
         options = self.options
-        started = time.monotonic()
         sources = self.sources if self.sources is not None else discover_sources(options, self.stdin)
         output = Path(options.output)
         # Every check before the first side effect: a run that cannot start leaves OUT as it
@@ -189,13 +195,17 @@ class Extraction:
             self.summary.failures_path = str(failures.path)
             for source, reason in resume.conflicts:
                 self._fail(failures, _Item(source), reason)
-            with ShardWriter(output, writer_options) as writer:
-                writer.replace(resume.replaced)
-                background = BackgroundWriter(writer)
-                try:
-                    self._process(todo, failures, background)
-                finally:
-                    background.finish()
+            with time_limit.under_lock(output) as part_work:
+                todo, given_up = part_work.split(todo)
+                for item, reason in given_up:
+                    self._fail(failures, item, reason)
+                with ShardWriter(output, writer_options) as writer:
+                    writer.replace(resume.replaced)
+                    background = BackgroundWriter(writer)
+                    try:
+                        self._process(todo, failures, background)
+                    finally:
+                        background.finish()
             self.summary.updated = remove_superseded(output, writer_options)
         self.summary.elapsed_seconds = time.monotonic() - started
         return self.summary
@@ -300,6 +310,7 @@ class Extraction:
         from .chunking import frame_count, normalised_window_batches, plan_windows
         from .decoding import recording_statistics
         from .resume import stored_path
+        from .scaleout.time_limit import InProgress
 
         statistics, reason = item.statistics, None
         if statistics is None:  # decoded whole first: its header or manifest said it was short
@@ -318,20 +329,28 @@ class Extraction:
                        **_fingerprint_fields(item))
         batches = normalised_window_batches(source.path, self.options.channel, windows, self.options.batch_seconds,
                                             self.options.chunk_seconds, mean, std)
+        self.streaming = streaming = InProgress(source.utt_id, str(source.path), time.monotonic(), len(windows))
+
+        def append(states, non_finite, group):
+            self._append_windows(source, group, states, non_finite, background)
+            streaming.windows_done += len(group)
+
         try:
             for group, waves in batches:
-                self._launch(waves, lambda states, non_finite, group=group: self._append_windows(
-                    source, group, states, non_finite, background), normalize=False)
+                self._launch(waves, lambda states, non_finite, group=group: append(states, non_finite, group),
+                             normalize=False)
             self._finish_all()
         except AudioError as error:
             self._in_flight.clear()  # windows of this recording only: it is dropped
             background.put("abort_utterance")
+            self.streaming = None
             self._fail(failures, item, error.reason)
             return
         except BaseException:
             self._in_flight.clear()
             background.put("abort_utterance")
             raise
+        self.streaming = None
         background.put("end_utterance")
         self.summary.chunked += int(len(windows) > 1)
         self.summary.truncated += int(TRUNCATED_FLAG in item.flags)

@@ -37,3 +37,17 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def stop_signals_restored():
+    """`lebench extract` in-process (CliRunner) ignores the stop signals once its summary is
+    decided, until the process exits: the test process goes on, and its children must not
+    inherit them ignored."""
+    import signal
+
+    names = ("SIGINT", "SIGTERM", "SIGUSR1")
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    yield
+    for name, handler in saved.items():
+        signal.signal(getattr(signal, name), handler)

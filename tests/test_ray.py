@@ -141,7 +141,7 @@ def test_three_parts_with_a_killed_worker_and_broken_files_make_the_single_proce
 
 
 def test_more_gpus_than_the_cluster_has_is_a_one_line_error(ray_address, tmp_path):
-    run = _lebench_ray("--address", ray_address, "--gpus-per-part", "1", "--", "extract", tmp_path, "-o",
+    run = _lebench_ray("--address", ray_address, "--gpus-per-part", "1", "--no-check", "--", "extract", tmp_path, "-o",
                        tmp_path / "out", "--model", "m")
     _, stderr = run.communicate(timeout=120)
     assert (run.returncode, stderr) == (1, "Error: --gpus-per-part 1: the Ray cluster has 0 GPUs\n")
@@ -161,10 +161,65 @@ def test_a_node_that_does_not_see_the_output_folder_fails_its_part(tmp_path):
 
 def test_without_ray_the_command_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    result = CliRunner().invoke(main, ["ray", "--", "extract", str(tmp_path), "-o", str(tmp_path / "out"),
-                                       "--model", "m"])
+    result = CliRunner().invoke(main, ["ray", "--no-check", "--", "extract", str(tmp_path), "-o",
+                                       str(tmp_path / "out"), "--model", "m"])
     assert (result.exit_code, result.output) == (
         1, "Error: lebench ray needs Ray: .venv/bin/pip install -e '.[ray]' in the lebench checkout\n")
+
+
+def test_the_model_and_its_layers_are_checked_before_any_cluster(monkeypatch, tmp_path, checkpoints):
+    monkeypatch.setitem(sys.modules, "ray", None)  # nothing may get as far as Ray
+    args = ["ray", "--", "extract", str(tmp_path), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "missing.pt")])
+    assert (result.exit_code, result.output) == (1, (
+        f"Error: '{tmp_path / 'missing.pt'}' is neither a local checkpoint nor a hub id (see `lebench info` for "
+        "known models)\n"))
+    result = CliRunner().invoke(main, [*args, "--model", str(checkpoints("base")), "--layers", "7"])
+    assert (result.exit_code, result.output) == (1, "Error: layer 7 does not exist: this model has layers 0-3 and 'cnn'\n")
+
+
+@pytest.mark.parametrize("outcome, code, last_line", [
+    ("done", 0, "extracted 1 file (1.0 s of audio)"),
+    ("some failed", 3, "extracted 1 file (1.0 s of audio)"),
+    ("part failed", 1, "Error: part 2/3 failed: boom"),
+    ("interrupted", 130, "Error: interrupted: the parts were stopped; committed work stays: rerun the same command "
+                         "to resume"),
+])
+@pytest.mark.parametrize("late_signal", [False, True])
+def test_exit_codes_match_the_outcome_and_a_late_signal_changes_none(monkeypatch, tmp_path, outcome, code, last_line,
+                                                                     late_signal):
+    import lebench_cli.commands.ray as ray_command
+    import lebench_cli.scaleout.ray_parts as ray_parts
+    from lebench_cli.summary import ExtractSummary
+
+    def run_parts_on_ray(options, ray_options, on_part_done=None):
+        if outcome == "part failed":
+            raise ray_parts.PartFailedError("part 2/3 failed: boom")
+        if outcome == "interrupted":
+            raise KeyboardInterrupt
+        return ExtractSummary(files=1, extracted=1, audio_seconds=1.0, failed=int(outcome == "some failed"),
+                              failures_path=str(tmp_path / "out" / "failures-*of3.jsonl"))
+
+    report = ray_command.report_summary
+
+    def report_summary(summary, quiet):
+        if late_signal:
+            os.kill(os.getpid(), signal.SIGINT)  # as the summary line is printed
+        report(summary, quiet)
+
+    monkeypatch.setattr(ray_parts, "run_parts_on_ray", run_parts_on_ray)
+    monkeypatch.setattr(ray_command, "report_summary", report_summary)
+    names = ("SIGINT", "SIGTERM", "SIGUSR1")  # a decided run ignores them until its process ends
+    previous = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = CliRunner().invoke(main, ["ray", "--no-check", "--", "extract", str(tmp_path), "-o",
+                                           str(tmp_path / "out"), "--model", "m"])
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    assert result.exit_code == code, result.output
+    assert result.output.splitlines()[-1].startswith(last_line), result.output
 
 
 def test_extract_args_are_checked_before_connecting():

@@ -66,3 +66,15 @@ def default_gpus(params: dict) -> int:
     """One GPU per part unless the extract ARGS ask for the CPU."""
     device = params.get("device") or ""
     return 0 if device.startswith("cpu") else 1
+
+
+def device_args(params: dict, gpus: int) -> list:
+    """The extract flags a task with `gpus` GPUs needs: `--devices all` for several, so that
+    none of them sits idle (unless ARGS already say --devices)."""
+    if gpus <= 1 or params.get("devices"):
+        return []
+    device = params.get("device")
+    if device:
+        raise click.UsageError(f"--gpus-per-task {gpus} with --device {device}: each task would use one of its "
+                               f"{gpus} GPUs; drop --device (each task then runs --devices all)")
+    return ["--devices", "all"]

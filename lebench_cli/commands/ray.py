@@ -19,18 +19,23 @@ from .common import EXIT_INTERRUPTED, report_summary, reports_errors
               help="CPUs per part (also its torch threads).")
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Reruns of a part whose worker dies; a rerun resumes.")
+@click.option("--no-check", is_flag=True, help="Do not load the model here to check it and the layers first.")
 @click.argument("extract_args", nargs=-1, type=click.UNPROCESSED, required=True)
 @reports_errors
-def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, extract_args):
+def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, no_check, extract_args):
     """Run `lebench extract ARGS` as Ray tasks, one per part, into one OUTPUT that every node
     of the cluster must see (a shared filesystem).
 
     Usage: lebench ray [OPTIONS] -- extract INPUTS... -o OUTPUT --model MODEL ..."""
+    from ..scaleout.checks import check_model_and_layers
     from ..scaleout.ray_parts import RayOptions, run_parts_on_ray
+    from ..stop_signals import ignore_stop_signals
     from .extract_args import extract_options, parse_extract_args
 
     params = parse_extract_args(extract_args, "ray", refused={
         "devices": "--devices: each part is one Ray task; use --gpus-per-part and more --parts"})
+    if not no_check:  # before a cluster starts: what every part would otherwise fail with
+        check_model_and_layers(params["model"], params["layers"], params["trust_checkpoint"])
     quiet = params["quiet"]
     options = extract_options(params, shard=(1, 1))
     ray_options = RayOptions(parts=parts, address=address, gpus_per_part=gpus_per_part,
@@ -38,6 +43,7 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, extract_args)
     report = None if quiet else (lambda result: click.echo(result.line(), err=True))
     try:
         summary = run_parts_on_ray(options, ray_options, on_part_done=report)
+        ignore_stop_signals()  # the parts have ended: a late Ctrl-C cannot make the outcome 130
     except KeyboardInterrupt:
         click.echo("Error: interrupted: the parts were stopped; committed work stays: rerun the same command "
                    "to resume", err=True)

@@ -3,22 +3,28 @@
 requeues itself; a rerun of a part resumes it.
 
 Why USR1 and not TERM before the time limit: `scancel` sends TERM too, and a task must not
-requeue itself when a person cancels it. The batch shell gets the signal (`B:`), tells
-lebench to stop (TERM: commit, exit 130) and then requeues the task.
+requeue itself when a person cancels it. The batch shell gets the signal (`B:`) and passes it
+on to lebench, which commits, records the stop (scaleout.time_limit) and exits 130 when a
+rerun can get further, 1 when it cannot; the shell requeues the task only on 130.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import InputError
+from .time_limit import STOP_ENV, parse_slurm_time
 
 STOP_SECONDS = 300  # SLURM may send the signal up to a minute early; committing takes seconds
 
 _ARRAY = re.compile(r"^(\d+)(?:%(\d+))?$")
+# What the script's own lines set: another value would break the requeue or the logs.
+_OWN_DIRECTIVES = {"--array": "--array", "-a": "--array", "--signal": "--signal", "--requeue": "--requeue",
+                   "--no-requeue": "--requeue", "--output": "--output", "-o": "--output",
+                   "--open-mode": "--open-mode", "--ntasks": "--ntasks", "-n": "--ntasks"}
 
 
 @dataclass
@@ -34,6 +40,34 @@ class SlurmOptions:
     partition: Optional[str] = None
     account: Optional[str] = None
     job_name: str = "lebench"
+    stop_seconds: int = STOP_SECONDS  # how long before the time limit SLURM warns the task
+    extra_directives: tuple = ()  # checked `--sbatch` lines, without "#SBATCH "
+    environment: dict = field(default_factory=dict)  # exported before lebench runs
+
+
+def stop_lead(time_limit: Optional[str]) -> tuple:
+    """(seconds before the limit that the task is warned, a note when that is shorter than
+    STOP_SECONDS): a lead over half the limit would leave a task less time for work than for
+    stopping, so it is halved."""
+    seconds = parse_slurm_time(time_limit) if time_limit is not None else None
+    if seconds is None or seconds >= 2 * STOP_SECONDS:
+        return STOP_SECONDS, None
+    lead = seconds // 2
+    return lead, (f"lebench: --time {time_limit} is {seconds} s: the task is told to stop {lead} s before it, "
+                  f"not {STOP_SECONDS} s")
+
+
+def parse_sbatch_line(text: str) -> str:
+    """One `--sbatch` value (`--qos=qos_gpu-t4`, `-C v100-32g`, with or without `#SBATCH`)."""
+    line = str(text).strip()
+    if line.startswith("#SBATCH"):
+        line = line[len("#SBATCH"):].strip()
+    if not line.startswith("-") or "\n" in line or "\r" in line:
+        raise InputError(f"invalid --sbatch '{text}': expected one sbatch option, e.g. --qos=qos_gpu-t4 or -C v100-32g")
+    name = re.split(r"[=\s]", line, maxsplit=1)[0]
+    if name in _OWN_DIRECTIVES:
+        raise InputError(f"invalid --sbatch '{text}': lebench slurm sets {_OWN_DIRECTIVES[name]} itself")
+    return line
 
 
 def parse_array(text: str) -> tuple:
@@ -55,7 +89,7 @@ def render_script(options: SlurmOptions, command: Sequence[str], workdir: str, o
         ("output", f"{options.job_name}-%A_%a.log"),
         ("open-mode", "append"),  # a requeued task adds to its log instead of replacing it
         ("requeue", None),
-        ("signal", f"B:USR1@{STOP_SECONDS}"),
+        ("signal", f"B:USR1@{options.stop_seconds}"),
         ("ntasks", "1"),
         ("cpus-per-task", options.cpus_per_task),
         ("mem", options.mem),
@@ -70,17 +104,21 @@ def render_script(options: SlurmOptions, command: Sequence[str], workdir: str, o
             continue
         _check_directive(name, value)
         lines.append(f"#SBATCH --{name}" + ("" if value is None else f"={value}"))
+    lines += [f"#SBATCH {line}" for line in options.extra_directives]
     out = shlex.quote(output)
+    environment = {**options.environment, STOP_ENV: str(options.stop_seconds)}
     lines += [
         f"# Written by `lebench slurm`: task i of the array extracts part i of {options.tasks} into {output}.",
-        f"# {STOP_SECONDS} s before the time limit SLURM sends USR1: lebench commits, exits, and the task",
-        "# requeues itself; its rerun resumes. `scancel` stops a task without requeueing it.",
+        f"# {options.stop_seconds} s before the time limit SLURM sends USR1: lebench commits, records the stop",
+        "# and exits; the task requeues itself when its rerun can get further (a recording stopped",
+        "# twice fails instead). `scancel` stops a task without requeueing it.",
         "",
+        *(f"export {name}={shlex.quote(value)}" for name, value in environment.items()),
         f"cd -- {shlex.quote(workdir)} || exit 1",
         " ".join(shlex.quote(word) for word in command) + " &",
         "lebench_pid=$!",
         "time_limit=",
-        "trap 'time_limit=1; kill -TERM \"$lebench_pid\" 2>/dev/null' USR1",
+        "trap 'time_limit=1; kill -USR1 \"$lebench_pid\" 2>/dev/null' USR1",
         "trap 'kill -TERM \"$lebench_pid\" 2>/dev/null' TERM",
         "# A trapped signal interrupts `wait`: wait again until lebench has committed and exited;",
         "# bash keeps its exit status for the last `wait`.",
@@ -89,7 +127,8 @@ def render_script(options: SlurmOptions, command: Sequence[str], workdir: str, o
         "status=$?",
         "if [ -n \"$time_limit\" ] && [ \"$status\" -eq 130 ]; then",
         "  echo \"lebench: time limit near: requeueing task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\" >&2",
-        "  scontrol requeue \"$SLURM_JOB_ID\"",
+        "  # scontrol's own words (\"Job is pending execution\") only when the requeue failed",
+        "  requeued=$(scontrol requeue \"$SLURM_JOB_ID\" 2>&1) || echo \"lebench: scontrol requeue failed: $requeued\" >&2",
         "fi",
         "exit \"$status\"",
         "",

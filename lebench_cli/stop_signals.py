@@ -1,0 +1,67 @@
+"""How a run stops on a signal. Ctrl-C (SIGINT), a scheduler's stop (SIGTERM) and the warning
+that a SLURM time limit is near (SIGUSR1, what `lebench slurm`'s script forwards) raise
+KeyboardInterrupt once: the run commits its finished work and exits 130. Which one it was is
+kept, because a time-limit stop is recorded (scaleout.time_limit) and a cancel is not."""
+
+from __future__ import annotations
+
+import signal
+
+SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+TIME_LIMIT_SIGNAL = signal.SIGUSR1
+
+_time_limit = {"reached": False}  # per process: signals are
+
+
+def stopped_by_time_limit() -> bool:
+    """Whether this process was told that its time limit is near."""
+    return _time_limit["reached"]
+
+
+def note_stop_signal(signum) -> None:
+    if signum == TIME_LIMIT_SIGNAL:
+        _time_limit["reached"] = True
+
+
+def ignore_stop_signals() -> None:
+    for name in SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+class StopSignals:
+    """While active, the first stop signal raises KeyboardInterrupt and later ones are ignored
+    until the process ends, so that a second Ctrl-C cannot break the commit or the workers'
+    shutdown midway (it would print a traceback and lose the pending shard).
+
+    `decide()` once the run's outcome is known: from then on every stop signal is ignored, so
+    a finished run cannot be turned into an interrupted one (exit 130, which a SLURM task
+    would requeue) in the seconds it takes to print its summary and exit."""
+
+    def __enter__(self) -> "StopSignals":
+        def interrupt(signum, frame):
+            ignore_stop_signals()
+            if self.decided:
+                return
+            note_stop_signal(signum)
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+        self.interrupted = self.decided = False
+        # A signal ignored from the start (a background job's SIGINT, nohup) stays ignored.
+        self.previous = {name: signal.getsignal(getattr(signal, name)) for name in SIGNALS}
+        for name, handler in self.previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(getattr(signal, name), interrupt)
+        return self
+
+    def decide(self) -> None:
+        self.decided = True
+        ignore_stop_signals()
+
+    def __exit__(self, exc_type, *exc):
+        if self.decided or self.interrupted or exc_type is KeyboardInterrupt:
+            ignore_stop_signals()
+        else:
+            for name, handler in self.previous.items():
+                signal.signal(getattr(signal, name), handler)
+        return False
