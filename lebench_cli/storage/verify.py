@@ -22,7 +22,8 @@ from ..errors import InputError, OutputError, StoreIntegrityError, StoreReadErro
 from .checksums import digest
 from .files import _one_line
 from .identity import first_difference
-from .layout import METADATA_FILE, SHARDS_DIR, _SHARD_READ_ERRORS, committed_shards, open_h5, part_tag, read_shard_table
+from .layout import (METADATA_FILE, SHARDS_DIR, _SHARD_READ_ERRORS, committed_shards, open_h5, part_tag, read_shard_table,
+                     superseded_ids)
 from .locks import PartLock
 from .placement import CHUNK_OFFSETS
 
@@ -90,7 +91,8 @@ def verify_store(out, workers: int = 1, on_shard: Optional[Callable[[], None]] =
         raise InputError(f"{out} is not a folder")
     report = VerifyReport(out)
     identity = _stored_identity(out, report)
-    shards = [path for _, path in committed_shards(out)]
+    named = committed_shards(out)
+    shards = [path for _, path in named]
     report.shards = len(shards)
     ids_of = {}
     for check in _checked_shards(shards, identity, workers, on_shard):
@@ -101,7 +103,7 @@ def verify_store(out, workers: int = 1, on_shard: Optional[Callable[[], None]] =
         report.unchecked.extend(check.unchecked)
         if check.damaged:
             report.to_move.append(check.path)
-    _find_duplicates(out, shards, ids_of, report)
+    _find_duplicates(out, named, ids_of, report)
     _find_missing_shards(out, shards, report)
     _find_stray_files(out, report)
     return report
@@ -229,11 +231,25 @@ def _stored_identity(out: Path, report: VerifyReport) -> Optional[dict]:
     return identity
 
 
-def _find_duplicates(out: Path, shards: list, ids_of: dict, report: VerifyReport) -> None:
+def _find_duplicates(out: Path, named: list, ids_of: dict, report: VerifyReport) -> None:
+    """An id in shards of two parts is damage (a copied shard); in two shards of one part it
+    is an --update cut short, which every reader resolves (the later copy) and the part's next
+    run finishes: said, not moved."""
+    superseded = superseded_ids([(name, path, ids_of.get(path, [])) for name, path in named])
+    for path, ids in superseded.items():
+        report.unchecked.append(f"{path.relative_to(out).as_posix()}: {len(ids)} ids also in a later shard of "
+                                "its part (an --update cut short): the part's next run removes these old copies")
     first_shard = {}
-    for path in shards:
-        ids = ids_of.get(path, [])
-        repeated = [utt_id for utt_id in ids if first_shard.setdefault(utt_id, path) != path]
+    for _, path in named:
+        repeated = []
+        for utt_id in ids_of.get(path, []):
+            first = first_shard.setdefault(utt_id, path)
+            if first == path or utt_id in superseded.get(path, ()):
+                continue
+            if utt_id in superseded.get(first, ()):  # the older copy of its part: this one is it
+                first_shard[utt_id] = path
+            else:
+                repeated.append(utt_id)
         for utt_id in repeated:
             report.problems.append(Problem(path.relative_to(out).as_posix(),
                                            f"also stored in {first_shard[utt_id].relative_to(out).as_posix()}",
