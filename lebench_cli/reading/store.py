@@ -50,7 +50,7 @@ class FeatureSet:
         self._shards = [shard for _, shard in named]
         check_indexed_shards(self.path, self._shards)
         tables = [read_shard_table(shard, identity if isinstance(identity, dict) else None) for shard in self._shards]
-        self._superseded = superseded_ids([(name, shard, table.ids) for (name, shard), table in zip(named, tables)])
+        self._superseded = superseded_ids([(name, shard, table) for (name, shard), table in zip(named, tables)])
         self._checksums = [table.checksums for table in tables]
         self.compute = compute_settings(tables)
         self._load_tables(tables)

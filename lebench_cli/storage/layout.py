@@ -210,36 +210,48 @@ class StoredSource:
 
 def stored_sources(out: Path, identity: Optional[dict] = None) -> dict:
     """{id: StoredSource} of every committed shard of every part of OUT, each shard checked
-    (read_shard_table). An id in two shards of one part (an --update cut short before it
-    removed the old copy) is the later shard's; an id in shards of two parts is refused."""
+    (read_shard_table). An id in two shards of one part whose sources differ (an --update
+    cut short before it removed the old copy) is the later shard's; any other id stored twice
+    (a copied shard, shards of two parts) is refused."""
+    named = [(name, path, read_shard_table(path, identity)) for name, path in committed_shards(out)]
+    superseded = superseded_ids(named)
     stored, where = {}, {}
-    for name, path in committed_shards(out):
-        table = read_shard_table(path, identity)
+    for name, path, table in named:
+        old = superseded.get(path, set())
         for utt_id, source, size, mtime, digest in zip(table.ids, table.sources, table.source_sizes,
                                                         table.source_mtimes_ns, table.source_xxh3):
-            first_name, first_path = where.setdefault(utt_id, (name, path))
-            if (first_name.part, first_name.num_parts) != (name.part, name.num_parts):
-                require_single(utt_id, first_path, path)
+            if utt_id in old:
+                continue
+            require_single(utt_id, where.setdefault(utt_id, path), path)
             stored[utt_id] = StoredSource(source, int(size), int(mtime), digest, (name.part, name.num_parts))
     return stored
 
 
 def superseded_ids(shards: list) -> dict:
-    """{shard path: ids that a later shard of the same part also holds} for `shards`, a list of
-    (ShardName, path, ids) in storage order. The later copy is the one: an --update commits
-    the new features before it removes the old ones (storage/update.py), so an id in two
-    shards of one part is an update cut short. Ids in shards of different parts are left be
-    (stored_sources and the reader refuse them)."""
+    """{shard path: ids that a later shard of the same part holds from another source} for
+    `shards`, a list of (ShardName, path, ShardTable) in storage order. An --update commits the
+    new features before it removes the old ones (storage/update.py) and replaces only ids whose
+    source changed, so such an id is an update cut short, and the later copy is the one. A copy
+    from the same source (a shard copied under another name) is not: readers refuse it."""
     latest = {}
-    for position, (name, _, ids) in enumerate(shards):
-        for utt_id in ids:
-            latest[(name.part, name.num_parts, utt_id)] = position
+    for position, (name, _, table) in enumerate(shards):
+        for row, utt_id in enumerate(table.ids):
+            latest[(name.part, name.num_parts, utt_id)] = (position, _source_of(table, row))
     found = {}
-    for position, (name, path, ids) in enumerate(shards):
-        older = {utt_id for utt_id in ids if latest[(name.part, name.num_parts, utt_id)] != position}
+    for position, (name, path, table) in enumerate(shards):
+        older = set()
+        for row, utt_id in enumerate(table.ids):
+            last, source = latest[(name.part, name.num_parts, utt_id)]
+            if last != position and source != _source_of(table, row):
+                older.add(utt_id)
         if older:
             found[path] = older
     return found
+
+
+def _source_of(table: ShardTable, row: int) -> tuple:
+    xxh3 = table.source_xxh3[row] if table.source_xxh3 else ""
+    return (table.sources[row], int(table.source_sizes[row]), int(table.source_mtimes_ns[row]), xxh3)
 
 
 def stored_ids(out: Path, identity: Optional[dict] = None) -> set:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 from .files import _reason, fsync_path, write_atomic
-from .layout import (INDEX_HEADER, _ids_of, _index_lines, committed_shards, open_h5, part_tag,
+from .layout import (INDEX_HEADER, _index_lines, committed_shards, open_h5, part_tag,
                      read_shard_table, superseded_ids)
 from .locks import _HELD_LOCKS, lock_key
 from .utterance import StoredUtterance, WriterOptions
@@ -31,7 +31,7 @@ def remove_superseded(out: Path, options: WriterOptions) -> int:
     if lock_key(out, options.part, options.num_parts) not in _HELD_LOCKS:
         raise RuntimeError(f"hold PartLock({out}, {options.part}, {options.num_parts}) while updating")
     mine = (options.part, options.num_parts)
-    shards = [(name, path, _ids_of(path)) for name, path in committed_shards(out)
+    shards = [(name, path, read_shard_table(path)) for name, path in committed_shards(out)
               if (name.part, name.num_parts) == mine]
     older = superseded_ids(shards)
     for name, path, _ in shards:

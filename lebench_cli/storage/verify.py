@@ -235,7 +235,7 @@ def _find_duplicates(out: Path, named: list, ids_of: dict, report: VerifyReport)
     """An id in shards of two parts is damage (a copied shard); in two shards of one part it
     is an --update cut short, which every reader resolves (the later copy) and the part's next
     run finishes: said, not moved."""
-    superseded = superseded_ids([(name, path, ids_of.get(path, [])) for name, path in named])
+    superseded = superseded_ids([(name, path, table) for name, path, table in _tables_of(named, ids_of)])
     for path, ids in superseded.items():
         report.unchecked.append(f"{path.relative_to(out).as_posix()}: {len(ids)} ids also in a later shard of "
                                 "its part (an --update cut short): the part's next run removes these old copies")
@@ -256,6 +256,19 @@ def _find_duplicates(out: Path, named: list, ids_of: dict, report: VerifyReport)
                                            utt_id))
         if repeated and path not in report.to_move:
             report.to_move.append(path)
+
+
+def _tables_of(named: list, ids_of: dict) -> list:
+    """(name, path, table) of the shards that hold ids and whose tables read (the others are
+    reported already)."""
+    tables = []
+    for name, path in named:
+        if ids_of.get(path):
+            try:
+                tables.append((name, path, read_shard_table(path)))
+            except (InputError, StoreIntegrityError, StoreReadError):
+                continue
+    return tables
 
 
 def _find_missing_shards(out: Path, shards: list, report: VerifyReport) -> None:
