@@ -39,15 +39,25 @@ def offline_cache(tmp_path, monkeypatch):
     return cache
 
 
+def _stop_handlers() -> dict:
+    import signal
+
+    return {name: signal.getsignal(getattr(signal, name)) for name in ("SIGINT", "SIGTERM", "SIGUSR1")}
+
+
+_STOP_HANDLERS = _stop_handlers()  # as the test process started
+
+
 @pytest.fixture(autouse=True)
 def stop_signals_restored():
     """`lebench extract` in-process (CliRunner) ignores the stop signals once its summary is
     decided, until the process exits: the test process goes on, and its children must not
-    inherit them ignored."""
+    inherit them ignored. Restored to what the test process started with, before and after
+    every test: a module or session fixture may have run such an extraction in between."""
     import signal
 
-    names = ("SIGINT", "SIGTERM", "SIGUSR1")
-    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    for name, handler in _STOP_HANDLERS.items():
+        signal.signal(getattr(signal, name), handler)
     yield
-    for name, handler in saved.items():
+    for name, handler in _STOP_HANDLERS.items():
         signal.signal(getattr(signal, name), handler)
