@@ -60,8 +60,8 @@ def signal_after_windows(monkeypatch, signum, groups: int):
     """Sends `signum` to this process once `groups` window groups of a long recording are stored."""
     original, calls = Extraction._append_windows, []
 
-    def append(windows, states, background):
-        original(windows, states, background)
+    def append(source, windows, states, non_finite, background):
+        original(source, windows, states, non_finite, background)
         calls.append(len(windows))
         if len(calls) == groups:
             os.kill(os.getpid(), signum)
