@@ -33,10 +33,7 @@ class PartLock:
         self._fd = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise OutputError(f"cannot create {self.path}: {_reason(error)}") from error
+        fd = _open_lock_file(self.path)
         try:
             _flock(fd, self.path, self.out, fcntl.LOCK_EX)
         except BlockingIOError:
@@ -47,8 +44,7 @@ class PartLock:
         except OutputError:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_holder(fd)
         self._fd = fd
         _HELD_LOCKS.add(self._key())
 
@@ -126,10 +122,7 @@ class StoreLock:
         self._fd = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise OutputError(f"cannot create {self.path}: {_reason(error)}") from error
+        fd = _open_lock_file(self.path)
         try:
             _flock(fd, self.path, self.out, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
         except BlockingIOError:
@@ -139,8 +132,7 @@ class StoreLock:
             os.close(fd)
             raise
         if self.exclusive:  # the sole holder: its pid tells a refused writer who replaces OUT
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _write_holder(fd)
         self._fd = fd
 
     def make_exclusive(self) -> None:
@@ -153,8 +145,7 @@ class StoreLock:
             raise OutputError(f"{self.out} holds a removal that a crash cut short and another lebench extract "
                               "is using it: rerun when that run ends") from None
         self.exclusive = True
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        _write_holder(self._fd)
 
     def make_shared(self) -> None:
         """Back to a shared hold. Linux drops a flock before it converts it: an --overwrite that
@@ -190,6 +181,19 @@ class StoreLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _open_lock_file(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputError(f"cannot create {path}: {_reason(error)}") from error
+
+
+def _write_holder(fd: int) -> None:
+    """This process's pid in the held lock file: what a refused run names."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 def part_locks(out: Path) -> list:
