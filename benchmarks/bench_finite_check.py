@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_extract import SAMPLE_RATE, prepare_model  # noqa: E402  (same checkpoints)
-from bench_model import make_batch, seconds_list, synchronize  # noqa: E402  (same batches)
+from bench_extract import SAMPLE_RATE  # noqa: E402
+from bench_model import load_encoder, make_batch, seconds_list, synchronize  # noqa: E402  (same batches)
 
 
 def parse_args(argv):
@@ -75,19 +74,12 @@ def median_seconds(device, run, repeats: int) -> float:
 def main(argv=None):
     import torch
 
-    from lebench_cli.checkpoints import load_local
-    from lebench_cli.encoder import CNN, Encoder
+    from lebench_cli.encoder import CNN
     from lebench_cli.layers import parse_layers
     from lebench_cli.readback import finite_per_utterance
 
     args = parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    settings = types.SimpleNamespace(model=args.model, work=args.work, arch=args.arch, seed=args.seed, methods=())
-    checkpoint_path, _, description = prepare_model(settings)
-    checkpoint = load_local(checkpoint_path)
-    encoder = Encoder(checkpoint, device=device, dtype=dtype)
+    checkpoint, encoder, description, device, dtype = load_encoder(args)
     rng = np.random.default_rng(args.seed)
     print(f"{args.model or args.arch}: {description['layers']} layers x {description['width']}, {device} {dtype}, "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs", file=sys.stderr)

@@ -197,21 +197,30 @@ def largest_difference(encoder, twin, batch, layers) -> float:
                for k in expected)
 
 
-def main(argv=None):
+def load_encoder(args) -> tuple:
+    """(checkpoint, Encoder, description, device, dtype) for --model/--arch, --device and
+    --dtype (defaults: cuda in float16 where there is one, else cpu in float32)."""
     import torch
 
     from lebench_cli.checkpoints import load_local
     from lebench_cli.encoder import Encoder
-    from lebench_cli.layers import parse_layers
 
-    args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     settings = types.SimpleNamespace(model=args.model, work=args.work, arch=args.arch, seed=args.seed, methods=())
     checkpoint_path, _, description = prepare_model(settings)
     checkpoint = load_local(checkpoint_path)
-    encoder = Encoder(checkpoint, device=device, dtype=dtype)
+    return checkpoint, Encoder(checkpoint, device=device, dtype=dtype), description, device, dtype
+
+
+def main(argv=None):
+    import torch
+
+    from lebench_cli.layers import parse_layers
+
+    args = parse_args(argv)
+    checkpoint, encoder, description, device, dtype = load_encoder(args)
     on_gpu = encoder.device.type == "cuda"
     twin = compiled_twin(checkpoint, device, dtype) if args.compile else None
     rng = np.random.default_rng(args.seed)
