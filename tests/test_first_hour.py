@@ -60,6 +60,8 @@ def run_in(clone: Path, command: str, **env):
     environment = {**os.environ, "PYTHONPATH": str(clone), "HF_HUB_OFFLINE": "1",
                    "VENV": str(clone / "no-venv"), "PYTHON": "false", **env}
     environment.pop("VIRTUAL_ENV", None)
+    for inherited in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # set when the suite itself runs under `make test`
+        environment.pop(inherited, None)
     environment["PATH"] = "/usr/bin:/bin"  # a newcomer's shell: no lebench on it
     return subprocess.run(["bash", "-c", command], cwd=clone, env=environment, capture_output=True, text=True,
                           timeout=300)
