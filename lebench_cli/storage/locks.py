@@ -1,5 +1,6 @@
-"""One writer per part (PartLock, an flock on OUT/.lock-KofN) and one store-wide lock
-(StoreLock, OUT/.lock-store): every writer holds it shared, --overwrite exclusive."""
+"""One writer per part (PartLock, an flock on OUT/.lock-KofN), one store-wide lock
+(StoreLock, OUT/.lock-store): every writer holds it shared, --overwrite exclusive; and one
+export per destination (ExportLock, DEST/.lock-export)."""
 
 from __future__ import annotations
 
@@ -176,6 +177,51 @@ class StoreLock:
                            f"(pid {holder}): --overwrite removed nothing")
 
     def __enter__(self) -> "StoreLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+EXPORT_LOCK = ".lock-export"
+
+
+class ExportLock:
+    """Exclusive right to write an export into DEST (DEST/.lock-export, made with DEST): two
+    exports into one folder would interleave their files and their records."""
+
+    def __init__(self, destination: Path):
+        self.destination = Path(destination)
+        self.path = self.destination / EXPORT_LOCK
+        self._fd = None
+
+    def acquire(self) -> None:
+        try:
+            self.destination.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create {self.destination}: {_reason(error)}") from error
+        fd = _open_lock_file(self.path)
+        try:
+            _flock(fd, self.path, self.destination, fcntl.LOCK_EX)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise OutputError(f"another lebench export (pid {holder}) is writing into {self.destination}: "
+                              "rerun when it ends") from None
+        except OutputError:
+            os.close(fd)
+            raise
+        _write_holder(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ExportLock":
         self.acquire()
         return self
 
