@@ -160,7 +160,7 @@ class Extraction:
         from .resume import plan_resume
         from .storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
                               writing_part)
-        from .storage.update import remove_superseded
+        from .storage.update import check_carried, remove_superseded
 
         options = self.options
         sources = self.sources if self.sources is not None else discover_sources(options, self.stdin)
@@ -188,6 +188,8 @@ class Extraction:
             remove_superseded(output, writer_options)  # what an --update cut short left
             resume = plan_resume(sources, stored_sources(output, metadata["identity"]), update=options.update,
                                  part=options.shard)
+            if resume.replaced:
+                check_carried(output, writer_options, resume.replaced)  # before anything is written
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
             self.summary.already_stored = resume.already_stored
