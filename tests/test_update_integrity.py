@@ -194,3 +194,26 @@ def test_a_second_export_into_the_same_destination_is_refused_naming_the_first(c
     with open_features(store) as features:
         for utt_id in features.ids:
             assert (destination / "layer_2" / f"{utt_id}.npy").exists()
+
+
+# ---- extract's start reads each shard's tables once for the resume scan and the writer -------------
+
+
+def test_a_resume_reads_each_shards_tables_once_for_the_scan_and_the_writer(copies, model, monkeypatch):
+    from lebench_cli.storage import layout
+
+    corpus, store = copies
+    before = shards(store)
+    sf.write(corpus / "u9.wav", np.zeros(12000, np.float32) + 0.01, 16000)
+    reads, real = {}, layout._read_table
+
+    def counted(shard, path):
+        reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
+        return real(shard, path)
+
+    monkeypatch.setattr(layout, "_read_table", counted)
+    result = extract(corpus, store, model)
+    assert result.exit_code == 0, result.output
+    # The start-of-run recovery of an --update cut short, the resume scan (whose tables the
+    # writer takes), and the end-of-run one: the writer reads none again.
+    assert {path.name: reads.get(path.name) for path in before} == {path.name: 3 for path in before}

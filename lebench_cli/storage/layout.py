@@ -220,12 +220,18 @@ class StoredSource:
     part: tuple = (1, 1)
 
 
-def stored_sources(out: Path, identity: Optional[dict] = None) -> dict:
+def shard_tables(out: Path, identity: Optional[dict] = None) -> list:
+    """(ShardName, path, ShardTable) of every committed shard of OUT, each checked."""
+    return [(name, path, read_shard_table(path, identity)) for name, path in committed_shards(out)]
+
+
+def stored_sources(out: Path, identity: Optional[dict] = None, tables: Optional[list] = None) -> dict:
     """{id: StoredSource} of every committed shard of every part of OUT, each shard checked
-    (read_shard_table). An id in two shards of one part whose sources differ (an --update
-    cut short before it removed the old copy) is the later shard's; any other id stored twice
-    (a copied shard, shards of two parts) is refused."""
-    named = [(name, path, read_shard_table(path, identity)) for name, path in committed_shards(out)]
+    (read_shard_table; tables: shard_tables(out, identity), when the caller has read them). An
+    id that a later shard of its part supersedes (an --update cut short before it removed the
+    old copy) is the later shard's; any other id stored twice (a copied shard, shards of two
+    parts) is refused."""
+    named = shard_tables(out, identity) if tables is None else tables
     superseded = superseded_ids(named)
     stored, where = {}, {}
     for name, path, table in named:

@@ -17,6 +17,7 @@ import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from ..errors import OutputError, StoreReadError
 from .checksums import digest, mismatch_error
@@ -63,12 +64,16 @@ def remove_superseded(out: Path, options: WriterOptions) -> int:
     return sum(len(ids) for ids in older.values())
 
 
-def check_carried(out: Path, options: WriterOptions, replaced) -> None:
+def check_carried(out: Path, options: WriterOptions, replaced, tables: Optional[list] = None) -> None:
     """Before an --update writes anything: every row that rewriting the part's shards holding
     a `replaced` id will carry over matches its stored checksum (StoreIntegrityError naming
-    shard, id and layer otherwise), so that a damaged row is never hashed anew as a valid one."""
+    shard, id and layer otherwise), so that a damaged row is never hashed anew as a valid one.
+    tables: layout.shard_tables(out), when the caller has read them."""
     replaced = set(replaced)
-    for _, path, table in _part_shards(out, options):
+    mine = (options.part, options.num_parts)
+    shards = _part_shards(out, options) if tables is None else [
+        (name, path, table) for name, path, table in tables if (name.part, name.num_parts) == mine]
+    for _, path, table in shards:
         if replaced & set(table.ids):
             with open_h5(path) as shard:
                 for position, utt_id in enumerate(table.ids):

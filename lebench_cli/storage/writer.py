@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -49,8 +50,11 @@ class ShardWriter(_StreamedUtterances):
     utterances first.
     """
 
-    def __init__(self, out: Path, options: WriterOptions):
+    def __init__(self, out: Path, options: WriterOptions, tables: Optional[list] = None):
+        """tables: (name, path, ShardTable) of OUT's shards as the caller just read them
+        (layout.shard_tables, under this part's lock): not read again; shards not in it are."""
         self.out = Path(out)
+        self._given = {path: table for _, path, table in tables or ()}
         self.options = options
         self.stats = WriterStats()
         self._tag = part_tag(options.part, options.num_parts)
@@ -78,15 +82,17 @@ class ShardWriter(_StreamedUtterances):
         self._known, self._index_lines, last_sequence = set(), [], -1
         self._holders, self._replaced = {}, {}  # id -> the file name of this part's shard holding it
         for name, path in committed_shards(self.out):
+            given = self._given.get(path)
             if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
-                self._known.update(_ids_of(path, self._identity))
+                self._known.update(given.ids if given is not None else _ids_of(path, self._identity))
                 continue
-            table = read_shard_table(path, self._identity)
+            table = given if given is not None else read_shard_table(path, self._identity)
             self._known.update(table.ids)
             self._holders.update(dict.fromkeys(table.ids, name.file_name))
             self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
             last_sequence = name.sequence
         self._next_sequence = last_sequence + 1
+        self._given = {}  # read once; the run's own shards come through _record_commit
         self._write_index()  # an index lost by a crash after a rename is rebuilt here
 
     def add(self, utt: StoredUtterance) -> None:
