@@ -160,7 +160,8 @@ class Extraction:
         from .resume import plan_resume
         from .storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
                               writing_part)
-        from .storage.update import remove_superseded
+        from .storage.layout import shard_tables
+        from .storage.update import check_carried, remove_superseded
 
         options = self.options
         sources = self.sources if self.sources is not None else discover_sources(options, self.stdin)
@@ -186,8 +187,11 @@ class Extraction:
         )
         with writing_part(output, metadata, part, parts, overwrite=options.overwrite):
             remove_superseded(output, writer_options)  # what an --update cut short left
-            resume = plan_resume(sources, stored_sources(output, metadata["identity"]), update=options.update,
+            tables = shard_tables(output, metadata["identity"])  # read once: the resume scan, then the writer
+            resume = plan_resume(sources, stored_sources(output, metadata["identity"], tables), update=options.update,
                                  part=options.shard)
+            if resume.replaced:
+                check_carried(output, writer_options, resume.replaced, tables)  # before anything is written
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
             self.summary.already_stored = resume.already_stored
@@ -199,7 +203,7 @@ class Extraction:
                 todo, given_up = part_work.split(todo)
                 for item, reason in given_up:
                     self._fail(failures, item, reason)
-                with ShardWriter(output, writer_options) as writer:
+                with ShardWriter(output, writer_options, tables) as writer:
                     writer.replace(resume.replaced)
                     background = BackgroundWriter(writer)
                     try:

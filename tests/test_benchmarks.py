@@ -59,6 +59,21 @@ def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
     assert all(r["unchecked_utt_per_s"] > 0 and "check_cost" in r for r in checked) and "check cost" in completed.stdout
 
 
+def test_bench_read_check_cost_reports_wall_and_cpu_seconds(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, REPO / "benchmarks" / "bench_read.py", "--quick", "--formats", "lebench", "--check-cost",
+         "--work", tmp_path / "work"], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    header, *rows = completed.stdout.splitlines()
+    assert header.split() == ["layers", "checked", "s", "unchecked", "s", "check", "cost", "checked", "cpu", "s",
+                              "unchecked", "cpu", "s", "cpu", "cost"]
+    assert [row.split()[0] for row in rows] == ["1", "25"]
+    for row in rows:
+        fields = row.split()
+        assert all(float(value) >= 0 for value in fields[1:3] + fields[4:6]), row  # --quick: a few ms
+        assert fields[3].endswith("%") and fields[6].endswith("%"), row
+
+
 def test_bench_finite_check_times_the_check_against_the_model(checkpoints, tmp_path):
     results = tmp_path / "finite.json"
     completed = subprocess.run(

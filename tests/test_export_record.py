@@ -254,4 +254,4 @@ def test_a_layer_exported_for_the_first_time_adds_its_utterances(tmp_path):
     assert export(store, "--format", "kaldi", "--layers", "1", "-o", destination).exit_code == 0
     result = export(store, "--format", "kaldi", "--layers", "1,2", "-o", destination)
     assert result.output == f"exported 5 new, replaced 0, removed 0 in {destination}\n"
-    assert sorted(path.name for path in destination.iterdir()) == ["layer_1", "layer_2", "lebench-export.json"]
+    assert sorted(path.name for path in destination.iterdir()) == [".lock-export", "layer_1", "layer_2", "lebench-export.json"]

@@ -71,6 +71,7 @@ def require(module: str, extra: str):
 def export_features(options: ExportOptions, progress: bool = False) -> ExportSummary:
     """Writes OPTIONS.store's features in OPTIONS.format under OPTIONS.destination."""
     from ..reader import open_features
+    from ..storage.locks import ExportLock
     from .record import ExportRecord
 
     if options.format not in FORMATS:
@@ -86,8 +87,9 @@ def export_features(options: ExportOptions, progress: bool = False) -> ExportSum
         bar = _progress_bar(len(store), progress)
         if options.destination == "-":
             return writer.export(store, layers, options, bar, None)
-        record = ExportRecord(Path(options.destination), store, options.format)
-        return writer.export(store, layers, options, bar, record)
+        with ExportLock(Path(options.destination)):
+            record = ExportRecord(Path(options.destination), store, options.format)
+            return writer.export(store, layers, options, bar, record)
 
 
 def read_layer(store, utt_id: str, layer):

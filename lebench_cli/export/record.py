@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, OutputError
+from ..storage.locks import EXPORT_LOCK
 
 RECORD_FILE = "lebench-export.json"
 RECORD_FORMAT = "lebench-export"
@@ -152,7 +153,7 @@ class ExportRecord:
 
 def _holds_files(folder: Path) -> bool:
     try:
-        return folder.is_dir() and any(os.scandir(folder))
+        return folder.is_dir() and any(entry.name != EXPORT_LOCK for entry in os.scandir(folder))
     except OSError:
         return False
 

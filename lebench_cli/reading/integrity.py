@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreIntegrityError, StoreReadError
-from ..storage.checksums import digest
+from ..storage.checksums import digest, mismatch_error
 from ..storage.files import _one_line
 
 VERIFY_VARIABLE = "LEBENCH_VERIFY"  # "0": reads are not checked against their checksums
@@ -31,8 +31,7 @@ def checked_block(values: np.ndarray, stored_dtype, expected: int, shard: Path, 
     if hashed is None:
         hashed = digest(values if values.dtype == stored_dtype else values.astype(stored_dtype))
     if hashed != expected:
-        raise StoreIntegrityError(f"{shard}: utterance {utt_id}, layer {layer}: the {kind} bytes read do not match "
-                                  "their checksum: the shard is damaged (lebench verify --repair moves it aside)")
+        raise mismatch_error(shard, utt_id, layer, kind)
 
 
 @contextlib.contextmanager

@@ -116,17 +116,16 @@ class FeatureSet:
             matrices = {name: self._frames_of(index, name) for name in dict.fromkeys(names)}
             if not stacked:
                 out = np.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
-                hashed = self._read_rows(index, rows.start, [(matrices[names[0]], out)], [names[0]])
-                self._check(index, names[0], "frames", out, matrices[names[0]].dtype, hashed[0])
+                (check,) = self._read_rows(index, rows.start, [(matrices[names[0]], out)], [names[0]])
+                self._check_read(index, names[0], out, matrices[names[0]].dtype, check)
                 return out
             out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
             firsts = [names.index(name) for name in names]  # a layer listed twice is read once
             read = [position for position, first in enumerate(firsts) if first == position]
             targets = [(matrices[names[position]], out[position]) for position in read]
-            hashed = self._read_rows(index, rows.start, targets, [names[position] for position in read])
-        for position, digest_on_arrival in zip(read, hashed):
-            self._check(index, names[position], "frames", out[position], matrices[names[position]].dtype,
-                        digest_on_arrival)
+            checks = self._read_rows(index, rows.start, targets, [names[position] for position in read])
+        for position, check in zip(read, checks):
+            self._check_read(index, names[position], out[position], matrices[names[position]].dtype, check)
         for position, first in enumerate(firsts):
             if first < position:
                 out[position] = out[first]
@@ -243,6 +242,13 @@ class FeatureSet:
             checked_block(values, stored_dtype, expected, self._shards[self._shard_of[index]], self.ids[index], name,
                           kind, hashed)
 
+    def _check_read(self, index: int, name: str, values: np.ndarray, stored_dtype, check: tuple) -> None:
+        """check: (stored checksum or None, hash made as the values arrived or None)."""
+        expected, hashed = check
+        if expected is not None:
+            checked_block(values, stored_dtype, expected, self._shards[self._shard_of[index]], self.ids[index], name,
+                          "frames", hashed)
+
     def _frame_range(self, index: int, start, end) -> range:
         return frame_range(int(self._frames[index]), start, end, self.frame_shift)
 
@@ -255,10 +261,12 @@ class FeatureSet:
     def _read_rows(self, index: int, skip: int, targets: list, names: list) -> list:
         """Rows skip.. of utterance `index` of each (LayerRows, out): the raw runs of all of
         them in one pass over the file (an utterance's layers lie side by side), the others
-        through HDF5. Returns, per target, the hash of its bytes made as they arrived (while
-        they are in the CPU's cache), or None (hash them after)."""
-        row, runs, hashers = int(self._row_of[index]), [], []
+        through HDF5. Returns, per target, (its stored checksum, None when reads are not
+        checked; the hash of its bytes made as they arrived, while they are in the CPU's cache,
+        or None: hash them after)."""
+        row, runs, checks = int(self._row_of[index]), [], []
         for (matrix, out), name in zip(targets, names):
+            expected = self._checksum(index, name, "frames")
             layer_runs = matrix.runs(row, skip, out)
             hasher = None
             if layer_runs is None:
@@ -266,13 +274,14 @@ class FeatureSet:
             else:
                 # Hashed on arrival only when the file holds its bytes in their order (the
                 # runs are read in file order).
-                in_order = all(a[0] < b[0] for a, b in zip(layer_runs, layer_runs[1:]))
-                hasher = RowsHasher() if in_order and self._checksum(index, name, "frames") is not None else None
+                if expected is not None and (len(layer_runs) == 1 or all(
+                        a[0] < b[0] for a, b in zip(layer_runs, layer_runs[1:]))):
+                    hasher = RowsHasher()
                 runs.extend((at, buffer, hasher) for at, buffer in layer_runs)
-            hashers.append(hasher)
+            checks.append((expected, hasher))
         if runs:
             read_runs(self._handle(self._shard_of[index]).descriptor, runs, targets[0][0].dataset)
-        return [None if hasher is None else hasher.intdigest() for hasher in hashers]
+        return [(expected, None if hasher is None else hasher.intdigest()) for expected, hasher in checks]
 
     def _frames_of(self, index: int, name: str) -> LayerRows:
         shard = self._shard_with(index, name, "frames")

@@ -3,7 +3,7 @@ records (docs/format.md is the contract). One module per concern:
 
 - layout: file names, shard tables, committed shards, index lines;
 - folder: creating an output folder, or checking it holds the same run;
-- locks: one writer per part, and none while --overwrite empties the folder;
+- locks: one writer per part, none while --overwrite empties the folder, one export per destination;
 - utterance: what the writer takes, and its options;
 - buffers, streaming, tables and writer: the shard writer;
 - checksums and identity: what a shard records to check itself and tell its run;

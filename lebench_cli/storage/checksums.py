@@ -12,13 +12,23 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from ..errors import StoreIntegrityError
+
 # The tables' checksum, and the names of the datasets it covers (storage/tables.py: each
 # per-utterance table and each layer's checksums; a reader hashes exactly those named).
 TABLES_ATTR = "tables_xxh3"
 COVERS_ATTR = "tables_xxh3_covers"
 IDENTITY_ATTR = "identity"
 COMPUTE_ATTR = "compute"
+# Written by --update (storage/update.py): a JSON list of the part's shards whose copies of
+# some of this shard's ids it replaces. Without it, an id in two shards is stored twice.
+SUPERSEDES_ATTR = "supersedes"
 KINDS = ("frames", "mean")
+
+
+def mismatch_error(shard, utt_id: str, layer: str, kind: str) -> StoreIntegrityError:
+    return StoreIntegrityError(f"{shard}: utterance {utt_id}, layer {layer}: the {kind} bytes read do not match "
+                               "their checksum: the shard is damaged (lebench verify --repair moves it aside)")
 
 
 def checksum_key(name: str, kind: str) -> str:

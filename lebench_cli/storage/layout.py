@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,8 @@ import h5py
 import numpy as np
 
 from ..errors import InputError, StoreIntegrityError, StoreReadError
-from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, KINDS, TABLES_ATTR, checksum_key,
-                        tables_digest)
+from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, KINDS, SUPERSEDES_ATTR, TABLES_ATTR,
+                        checksum_key, tables_digest)
 from .files import _WRITE_ERRORS, _one_line, _reason
 from .identity import first_difference, parse_identity
 
@@ -66,6 +67,7 @@ class ShardTable:
     identity: Optional[dict] = None  # the run's identity; None in format 1 shards
     compute: Optional[dict] = None  # {"dtype", "device"} the states were computed with, if recorded
     checksums: dict = field(default_factory=dict)  # layer name -> {"frames"/"mean": uint64 [utterances]}
+    supersedes: tuple = ()  # file names of the part's shards whose copies of its ids it replaces (--update)
 
 
 def part_tag(part: int, num_parts: int) -> str:
@@ -128,6 +130,7 @@ def _read_table(shard: h5py.File, path: Path) -> ShardTable:
         format_version=int(shard.attrs.get("format_version", 1)),
         identity=parse_identity(shard.attrs.get(IDENTITY_ATTR)),
         compute=parse_identity(shard.attrs.get(COMPUTE_ATTR)),
+        supersedes=_parse_supersedes(shard.attrs.get(SUPERSEDES_ATTR)),
     )
     for name, kinds in layers.items():
         for kind in kinds:
@@ -136,6 +139,15 @@ def _read_table(shard: h5py.File, path: Path) -> ShardTable:
                 table.checksums.setdefault(name, {})[kind] = shard[key][:]
     _check_tables(shard, path, table)
     return table
+
+
+def _parse_supersedes(text) -> tuple:
+    if text is None:
+        return ()
+    loaded = json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+    if not isinstance(loaded, list) or not all(isinstance(name, str) for name in loaded):
+        raise ValueError(f"its {SUPERSEDES_ATTR} attribute is not a list of shard names")
+    return tuple(loaded)
 
 
 def _check_tables(shard: h5py.File, path: Path, table: ShardTable) -> None:
@@ -208,12 +220,18 @@ class StoredSource:
     part: tuple = (1, 1)
 
 
-def stored_sources(out: Path, identity: Optional[dict] = None) -> dict:
+def shard_tables(out: Path, identity: Optional[dict] = None) -> list:
+    """(ShardName, path, ShardTable) of every committed shard of OUT, each checked."""
+    return [(name, path, read_shard_table(path, identity)) for name, path in committed_shards(out)]
+
+
+def stored_sources(out: Path, identity: Optional[dict] = None, tables: Optional[list] = None) -> dict:
     """{id: StoredSource} of every committed shard of every part of OUT, each shard checked
-    (read_shard_table). An id in two shards of one part whose sources differ (an --update
-    cut short before it removed the old copy) is the later shard's; any other id stored twice
-    (a copied shard, shards of two parts) is refused."""
-    named = [(name, path, read_shard_table(path, identity)) for name, path in committed_shards(out)]
+    (read_shard_table; tables: shard_tables(out, identity), when the caller has read them). An
+    id that a later shard of its part supersedes (an --update cut short before it removed the
+    old copy) is the later shard's; any other id stored twice (a copied shard, shards of two
+    parts) is refused."""
+    named = shard_tables(out, identity) if tables is None else tables
     superseded = superseded_ids(named)
     stored, where = {}, {}
     for name, path, table in named:
@@ -228,21 +246,26 @@ def stored_sources(out: Path, identity: Optional[dict] = None) -> dict:
 
 
 def superseded_ids(shards: list) -> dict:
-    """{shard path: ids that a later shard of the same part holds from another source} for
-    `shards`, a list of (ShardName, path, ShardTable) in storage order. An --update commits the
-    new features before it removes the old ones (storage/update.py) and replaces only ids whose
-    source changed, so such an id is an update cut short, and the later copy is the one. A copy
-    from the same source (a shard copied under another name) is not: readers refuse it."""
-    latest = {}
+    """{shard path: ids that a later shard of the same part replaces} for `shards`, a list of
+    (ShardName, path, ShardTable) in storage order. An --update commits the new features
+    before it removes the old ones (storage/update.py), replaces only ids whose source
+    changed, and marks each shard it writes with the shards it supersedes: an id whose later
+    copy comes from another source, in a shard that names this one, is an update cut short,
+    and the later copy is the one. Any other copy (a shard copied under another name, a
+    foreign shard of the same run) is not: readers refuse it."""
+    holders = {}
     for position, (name, _, table) in enumerate(shards):
         for row, utt_id in enumerate(table.ids):
-            latest[(name.part, name.num_parts, utt_id)] = (position, _source_of(table, row))
+            holders.setdefault((name.part, name.num_parts, utt_id), []).append((position, row))
     found = {}
     for position, (name, path, table) in enumerate(shards):
         older = set()
         for row, utt_id in enumerate(table.ids):
-            last, source = latest[(name.part, name.num_parts, utt_id)]
-            if last != position and source != _source_of(table, row):
+            copies = holders[(name.part, name.num_parts, utt_id)]
+            last, last_row = copies[-1]
+            if last == position or _source_of(shards[last][2], last_row) == _source_of(table, row):
+                continue
+            if any(path.name in shards[later][2].supersedes for later, _ in copies if later > position):
                 older.add(utt_id)
         if older:
             found[path] = older

@@ -1,5 +1,6 @@
-"""One writer per part (PartLock, an flock on OUT/.lock-KofN) and one store-wide lock
-(StoreLock, OUT/.lock-store): every writer holds it shared, --overwrite exclusive."""
+"""One writer per part (PartLock, an flock on OUT/.lock-KofN), one store-wide lock
+(StoreLock, OUT/.lock-store): every writer holds it shared, --overwrite exclusive; and one
+export per destination (ExportLock, DEST/.lock-export)."""
 
 from __future__ import annotations
 
@@ -181,6 +182,75 @@ class StoreLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+EXPORT_LOCK = ".lock-export"
+
+
+class ExportLock:
+    """Exclusive right to write an export into DEST (DEST/.lock-export): two exports into one
+    folder would interleave their files and their records. A DEST that the holder made and
+    left empty (the export was refused) goes again on release, lock file included, so that a
+    refused export leaves nothing behind; a run that opened that lock file before it went sees
+    that its file is no longer DEST's and takes the new one."""
+
+    def __init__(self, destination: Path):
+        self.destination = Path(destination)
+        self.path = self.destination / EXPORT_LOCK
+        self._fd, self._made = None, False
+
+    def acquire(self) -> None:
+        while self._fd is None:
+            self._made = self._made or not self.destination.exists()
+            try:
+                self.destination.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputError(f"cannot create {self.destination}: {_reason(error)}") from error
+            fd = _open_lock_file(self.path)
+            try:
+                _flock(fd, self.path, self.destination, fcntl.LOCK_EX)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise OutputError(f"another lebench export (pid {holder}) is writing into {self.destination}: "
+                                  "rerun when it ends") from None
+            except OutputError:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                _write_holder(fd)
+                self._fd = fd
+            else:  # removed by its holder's release between our open and our lock
+                os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self._made:
+            try:
+                if [entry.name for entry in os.scandir(self.destination)] == [EXPORT_LOCK]:
+                    self.path.unlink()
+                    self.destination.rmdir()
+            except OSError:
+                pass  # left as it is: an empty folder with a lock file is harmless
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "ExportLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        opened, named = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _open_lock_file(path: Path) -> int:

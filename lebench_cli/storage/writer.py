@@ -12,12 +12,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ..errors import OutputError
 from .buffers import _ROW_BYTES, _Pending, _Row
-from .checksums import COMPUTE_ATTR, IDENTITY_ATTR, digest
+from .checksums import COMPUTE_ATTR, IDENTITY_ATTR, SUPERSEDES_ATTR, digest
 from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atomic
 from .identity import identity_text
 from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
@@ -49,8 +50,11 @@ class ShardWriter(_StreamedUtterances):
     utterances first.
     """
 
-    def __init__(self, out: Path, options: WriterOptions):
+    def __init__(self, out: Path, options: WriterOptions, tables: Optional[list] = None):
+        """tables: (name, path, ShardTable) of OUT's shards as the caller just read them
+        (layout.shard_tables, under this part's lock): not read again; shards not in it are."""
         self.out = Path(out)
+        self._given = {path: table for _, path, table in tables or ()}
         self.options = options
         self.stats = WriterStats()
         self._tag = part_tag(options.part, options.num_parts)
@@ -76,15 +80,19 @@ class ShardWriter(_StreamedUtterances):
         except OSError as error:
             raise OutputError(f"cannot write to {self._shards}: {_reason(error)}") from error
         self._known, self._index_lines, last_sequence = set(), [], -1
+        self._holders, self._replaced = {}, {}  # id -> the file name of this part's shard holding it
         for name, path in committed_shards(self.out):
+            given = self._given.get(path)
             if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
-                self._known.update(_ids_of(path, self._identity))
+                self._known.update(given.ids if given is not None else _ids_of(path, self._identity))
                 continue
-            table = read_shard_table(path, self._identity)
+            table = given if given is not None else read_shard_table(path, self._identity)
             self._known.update(table.ids)
+            self._holders.update(dict.fromkeys(table.ids, name.file_name))
             self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
             last_sequence = name.sequence
         self._next_sequence = last_sequence + 1
+        self._given = {}  # read once; the run's own shards come through _record_commit
         self._write_index()  # an index lost by a crash after a rename is rebuilt here
 
     def add(self, utt: StoredUtterance) -> None:
@@ -112,8 +120,15 @@ class ShardWriter(_StreamedUtterances):
 
     def replace(self, ids) -> None:
         """Let `ids`, stored in this part's shards, be stored again (update.py removes the
-        old copies once the new ones are committed)."""
+        old copies once the new ones are committed). Each shard holding a new copy names the
+        shards of the old ones (its `supersedes` mark): only such a shard supersedes another."""
+        ids = set(ids)
         self._known.difference_update(ids)
+        self._replaced.update({utt_id: self._holders[utt_id] for utt_id in ids if utt_id in self._holders})
+
+    def _supersedes(self, rows: list) -> list:
+        """The file names of the shards whose copies of `rows`' ids these rows replace."""
+        return sorted({self._replaced[row.utt_id] for row in rows if row.utt_id in self._replaced})
 
     def _frame_bytes(self) -> int:
         """Bytes per stored frame across layers, once widths are known (0 before)."""
@@ -151,13 +166,8 @@ class ShardWriter(_StreamedUtterances):
         if not self._rows:
             self._discard_shard()
             return
-        self._flush(complete=True)
+        self._seal()
         try:
-            self._trim_to_rows()
-            self._write_table()
-            write_chunk_tables(self._file, self._layers)
-            self._file.close()
-            fsync_path(self._tmp)
             os.replace(self._tmp, self._final)
             fsync_path(self._shards)
         except _WRITE_ERRORS as error:
@@ -166,6 +176,19 @@ class ShardWriter(_StreamedUtterances):
         self._reset_shard()
         self._next_sequence += 1
         self._record_commit(rows, final)
+
+    def _seal(self) -> None:
+        """The open shard's last rows, tables and chunk tables written, the file closed and
+        synced under its .tmp name."""
+        self._flush(complete=True)
+        try:
+            self._trim_to_rows()
+            self._write_table()
+            write_chunk_tables(self._file, self._layers)
+            self._file.close()
+            fsync_path(self._tmp)
+        except _WRITE_ERRORS as error:
+            self._fail(error)
 
     def close(self) -> None:
         self.commit()
@@ -311,6 +334,9 @@ class ShardWriter(_StreamedUtterances):
 
     def _write_table(self) -> None:
         write_tables(self._file, self._rows, self._layers, self.options, self._identity)
+        supersedes = self._supersedes(self._rows)
+        if supersedes:
+            self._file.attrs[SUPERSEDES_ATTR] = json.dumps(supersedes)
 
     def _record_commit(self, rows: list, final: Path) -> None:
         self.stats.utterances += len(rows)
