@@ -74,13 +74,25 @@ class DeviceRun:
         from .extract import discover_sources
         from .parts import split_parts
 
+        from .scaleout.time_limit import stopped_before_work
+        from .stop_signals import stopped_by_time_limit
+
         started = time.monotonic()
         k, n = self.options.shard
-        sources = discover_sources(replace(self.options, shard=(1, 1)), self.stdin)
         count = len(self.devices)
-        parts = split_parts(sources, n * count)
         workers = [_Worker(j, device, (k - 1) * count + j + 1, n * count) for j, device in enumerate(self.devices)]
-        outcome = self._run_workers(workers, parts)
+        self._listening = False  # True once the workers' signal handling is in place
+        try:
+            sources = discover_sources(replace(self.options, shard=(1, 1)), self.stdin)
+            parts = split_parts(sources, n * count)
+            outcome = self._run_workers(workers, parts, started)
+        except KeyboardInterrupt:
+            # A time-limit stop while the inputs are listed: a requeued task would list them
+            # as long, and be stopped there again.
+            if stopped_by_time_limit() and not self._listening:
+                raise stopped_before_work(started, f"{_parts_named(workers)} started their work (listing the "
+                                                   "inputs)") from None
+            raise
         self.summary = _merged(outcome.summaries, self.options.output, n * count)
         self.summary.elapsed_seconds = time.monotonic() - started
         if outcome.error is not None:
@@ -89,24 +101,30 @@ class DeviceRun:
             raise KeyboardInterrupt
         return self.summary
 
-    def _run_workers(self, workers: list, parts: list) -> "_Outcome":
+    def _run_workers(self, workers: list, parts: list, started: float) -> "_Outcome":
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # CUDA cannot run in a forked process
         pipes = [context.Pipe(duplex=False) for _ in workers]
         processes = [
             context.Process(target=_work, name=f"lebench-{w.device}-{w.part}", args=(
-                self._worker_options(w), parts[w.part - 1], _threads(w.device, self.devices), sender, w.index))
+                self._worker_options(w), parts[w.part - 1], _threads(w.device, self.devices), sender, w.index,
+                started))
             for w, (_, sender) in zip(workers, pipes)
         ]
         bar = self._progress_bar()
         collector = _Collector(workers, processes, [receiver for receiver, _ in pipes], bar)
+        # Before the first worker starts: a signal from here on reaches every worker (once it
+        # can take it) instead of leaving the started ones running behind an exiting parent.
+        previous = _on_stop_signals(collector.interrupt)
+        self._listening = True
         try:
             for process, (_, sender) in zip(processes, pipes):
                 process.start()
                 sender.close()  # the worker holds the only writing end: its exit closes the pipe
             return collector.collect()
         finally:
+            _on_stop_signals(*previous)
             if bar is not None:
                 bar.close()
 
@@ -120,6 +138,11 @@ class DeviceRun:
         from .progress import ProgressBar
 
         return ProgressBar() if self.show_progress else None
+
+
+def _parts_named(workers: list) -> str:
+    first, last = workers[0].part, workers[-1].part
+    return f"part {first}/{workers[0].num_parts}" if first == last else f"parts {first}-{last}/{workers[0].num_parts}"
 
 
 def _threads(device: str, devices: list) -> int:
@@ -142,6 +165,9 @@ class _Collector:
         self.workers, self.processes, self.bar = workers, processes, bar
         self.open = dict(zip(receivers, workers))  # pipes not yet closed by their worker
         self.finished: dict = {}  # worker index -> its summary (a dict), None when it died
+        self.done: set = set()  # workers that finished their part
+        self.ready: set = set()  # workers whose stop handling is in place: they can be signalled
+        self.stop_signum = signal.SIGTERM
         self.error: Optional[str] = None
         self.interrupted = False
         self.stopping = False
@@ -149,19 +175,18 @@ class _Collector:
         self.early: list = []  # advances that came before the bar could start
 
     def collect(self) -> _Outcome:
+        """Until every worker has ended (the stop signals are this collector's, see interrupt)."""
         from multiprocessing.connection import wait
 
-        previous = _on_stop_signals(self._interrupt)
-        try:
-            while self.open:
-                for receiver in wait(list(self.open), timeout=1.0):
-                    self._read(receiver)
-            for process in self.processes:
-                process.join()
-        finally:
-            _on_stop_signals(*previous)
+        while self.open:
+            for receiver in wait(list(self.open), timeout=1.0):
+                self._read(receiver)
+        for process in self.processes:
+            process.join()
         summaries = [summary for summary in self.finished.values() if summary is not None]
-        return _Outcome(summaries, self.error, self.interrupted)
+        # A signal that came once every worker had finished its part stops nothing.
+        interrupted = self.interrupted and len(self.done) < len(self.workers)
+        return _Outcome(summaries, self.error, interrupted)
 
     def _read(self, receiver):
         worker = self.open[receiver]
@@ -181,11 +206,18 @@ class _Collector:
 
     def _handle(self, message):
         kind, index, *rest = message
+        if kind == "ready":
+            self.ready.add(index)
+            if self.stopping:  # the stop came while it started
+                self._signal(index, self.stop_signum)
+            return
         if kind in ("start", "advance"):
             self._progress(kind, index, *rest)
             return
         summary, *detail = rest
         self.finished[index] = summary
+        if kind == "done":
+            self.done.add(index)
         if kind == "error":
             self._fail(f"{self.workers[index].name()} stopped: {detail[0]}")
         elif kind == "interrupted" and not self.stopping:  # signalled directly (scancel, srun): all stop
@@ -209,7 +241,7 @@ class _Collector:
             for files, seconds in self.early:
                 self.bar.advance(files, seconds)
 
-    def _interrupt(self, signum=None, frame=None):
+    def interrupt(self, signum=None, frame=None):
         """Ctrl-C or SIGTERM: every worker commits, then 130. A flag rather than an exception:
         one raised in the middle of reading a message would garble the pipe. The time-limit
         warning (SIGUSR1) is passed on as it is: each worker records its stop."""
@@ -225,15 +257,21 @@ class _Collector:
         self._stop_all()
 
     def _stop_all(self, signum=signal.SIGTERM):
+        """Signals the workers that can take it; the others when they say they are ready (a
+        signal before a worker has its handlers in place would kill it, uncommitted)."""
         if self.stopping:
             return
-        self.stopping = True
-        for process in self.processes:
-            if process.pid is not None and process.exitcode is None:
-                try:
-                    os.kill(process.pid, signum)
-                except ProcessLookupError:
-                    pass
+        self.stopping, self.stop_signum = True, signum
+        for index in sorted(self.ready):
+            self._signal(index, signum)
+
+    def _signal(self, index: int, signum) -> None:
+        process = self.processes[index]
+        if process.pid is not None and process.exitcode is None:
+            try:
+                os.kill(process.pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 def _on_stop_signals(on_int, on_term=None, on_usr1=None) -> tuple:
@@ -281,11 +319,12 @@ def _merged(summaries: list, output: str, num_parts: int) -> ExtractSummary:
 
 # ---- in the worker process ------------------------------------------------------------------
 
-def _work(options: ExtractOptions, sources: list, threads: int, messages, index: int):
+def _work(options: ExtractOptions, sources: list, threads: int, messages, index: int, task_started: float):
     """One worker: its part through Extraction; its progress and its last word sent through
     `messages`, the writing end of its pipe."""
     _stop_on_first_signal()
-    summary = ExtractSummary()
+    messages.send(("ready", index))
+    summary, extraction = ExtractSummary(), None
     try:
         from .extract import Extraction
         from .options import return_large_blocks_to_the_os
@@ -295,19 +334,36 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
             import torch
 
             torch.set_num_threads(threads)
-        extraction = Extraction(options, sources=sources, progress=_PipeProgress(messages, index))
+        extraction = Extraction(options, sources=sources, progress=_PipeProgress(messages, index),
+                                task_started=task_started)
         summary = extraction.summary
-        messages.send(("done", index, asdict(extraction.run())))
+        finished = extraction.run()
+        from .stop_signals import ignore_stop_signals
+
+        ignore_stop_signals()  # decided: a late signal must not turn it into an interruption
+        messages.send(("done", index, asdict(finished)))
     except KeyboardInterrupt:
-        messages.send(("interrupted", index, asdict(summary)))
+        messages.send(_stopped(index, summary, extraction, options, task_started))
     except LebenchError as error:
         messages.send(("error", index, asdict(summary), str(error)))
     except BaseException as error:  # CUDA out of memory, or a bug: one line in the parent
         if _stop_requested:  # the stop landed mid-import or in a callback and broke something there
-            messages.send(("interrupted", index, asdict(summary)))
+            messages.send(_stopped(index, summary, extraction, options, task_started))
             return
         text = str(error).strip().splitlines()
         messages.send(("error", index, asdict(summary), f"{type(error).__name__}: {text[0] if text else ''}"))
+
+
+def _stopped(index: int, summary: ExtractSummary, extraction, options: ExtractOptions, task_started: float) -> tuple:
+    """A worker's last word on a stop: a time-limit stop before its part's work began (before
+    Extraction.run, which says it itself from there on) is an error, as for one process."""
+    from .scaleout.time_limit import stopped_before_work
+    from .stop_signals import stopped_by_time_limit
+
+    if stopped_by_time_limit() and (extraction is None or extraction.time_limit is None):
+        error = stopped_before_work(task_started, "part {}/{} started its work".format(*options.shard))
+        return ("error", index, asdict(summary), str(error))
+    return ("interrupted", index, asdict(summary))
 
 
 class _PipeProgress:

@@ -132,9 +132,12 @@ class Extraction:
 
     progress: a `progress.Progress` to report to (True: a ProgressBar on stderr).
     sources: this part's sources, already listed (`--devices` lists once for all its workers);
-    by default the inputs of `options` are listed and split here."""
+    by default the inputs of `options` are listed and split here.
+    task_started: when the task began (time.monotonic(); `--devices`: before its listing), for
+    what a time-limit stop says of the time the task had; by default when run() is called."""
 
-    def __init__(self, options: ExtractOptions, stdin=None, progress=None, sources=None):
+    def __init__(self, options: ExtractOptions, stdin=None, progress=None, sources=None,
+                 task_started: Optional[float] = None):
         from .progress import ProgressBar
 
         self.options = options.resolved()
@@ -145,10 +148,13 @@ class Extraction:
         self._float32_encoder = None
         self._in_flight: deque = deque()  # (Readback, inputs, normalize, on_ready), oldest first
         self.streaming = None  # the long recording being encoded: a time_limit.InProgress
+        self.task_started = task_started
+        self.time_limit = None  # while run() runs: its TimeLimitStops
 
     def run(self) -> ExtractSummary:
         started = time.monotonic()
-        with TimeLimitStops(self, self.options.shard, started) as time_limit:
+        self.time_limit = TimeLimitStops(self, self.options.shard, self.task_started or started)
+        with self.time_limit as time_limit:
             return self._run(started, time_limit)
 
     def _run(self, started: float, time_limit) -> ExtractSummary:
@@ -160,7 +166,8 @@ class Extraction:
         from .resume import plan_resume
         from .storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
                               writing_part)
-        from .storage.layout import shard_tables
+        from .storage.layout import part_tag, shard_tables
+        from .storage.relocations import record_relocations
         from .storage.update import check_carried, remove_superseded
 
         options = self.options
@@ -192,6 +199,7 @@ class Extraction:
                                  part=options.shard)
             if resume.replaced:
                 check_carried(output, writer_options, resume.replaced, tables)  # before anything is written
+            record_relocations(output, part_tag(part, parts), resume.relocated)  # the next run does not hash them
             todo = [_Item(s) for s in resume.todo]
             self.summary.files = len(sources)
             self.summary.already_stored = resume.already_stored

@@ -3,9 +3,10 @@
 An id already stored is skipped when its features came from the same bytes: the same
 resolved path, size and modification time (one `stat`, no read), or else the same size and
 content hash (xxh3-64 of the whole file), wherever the file now lies: a corpus copied or
-moved resumes. Anything else under a stored id is a conflict, recorded as a failure with its
-reason, unless the run updates (`--update`): then the id is extracted again and its old
-features are replaced (storage/update.py). Stores written before lebench kept hashes are
+moved resumes, and where it was found is recorded (storage/relocations.py), so that the next
+run takes the fast path there. Anything else under a stored id is a conflict, recorded as a
+failure with its reason, unless the run updates (`--update`): then the id is extracted again
+and its old features are replaced (storage/update.py). Stores written before lebench kept hashes are
 compared by path, size and modification time, as they were.
 """
 
@@ -86,6 +87,7 @@ class ResumePlan:
     already_stored: int = 0  # sources whose features are there, from the same bytes
     conflicts: list = field(default_factory=list)  # (source, reason): a stored id, another file
     replaced: list = field(default_factory=list)  # ids in todo whose stored features go (--update)
+    relocated: list = field(default_factory=list)  # (id, stored path, Fingerprint): matched by content
 
 
 def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple = (1, 1)) -> ResumePlan:
@@ -107,9 +109,12 @@ def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple =
         if known is None:
             plan.todo.append(source)
             continue
-        reason = None if source.utt_id in settled else conflict(source, known, hashed.get(source.utt_id))
+        now = hashed.get(source.utt_id)
+        reason = None if source.utt_id in settled else conflict(source, known, now)
         if reason is None:
             plan.already_stored += 1
+            if now is not None and (now.size, now.content_hash) == (known.size, known.content_hash):
+                plan.relocated.append((source.utt_id, stored_path(source.path), now))
         elif update and tuple(known.part) == tuple(part):
             plan.todo.append(source)
             plan.replaced.append(source.utt_id)
@@ -124,10 +129,14 @@ def plan_resume(sources: list, stored: dict, update: bool = False, part: tuple =
 
 
 def _fast_path(source, known) -> bool:
-    """Same resolved path, size and modification time as stored: the same file, not read."""
+    """Same resolved path, size and modification time as stored, or as where a later run
+    found the same bytes: the same file, not read."""
     now = fingerprint(source.path)
-    return (now is not None and (now.size, now.mtime_ns) == (known.size, known.mtime_ns)
-            and _same_path(source.path, known.path))
+    if now is None:
+        return False
+    places = [(known.path, known.size, known.mtime_ns), *known.also_at]
+    return any((now.size, now.mtime_ns) == (size, mtime) and _same_path(source.path, path)
+               for path, size, mtime in places)
 
 
 def conflict(source, known, now: Optional[Fingerprint] = None) -> Optional[str]:

@@ -20,6 +20,9 @@ from scaleout_helpers import ROOT, assert_same_store, extract_args, make_corpus,
 # Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`
 # writes one): the test cluster and its drivers agree on no token, whatever that file says.
 NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+# The hub as the cluster's workers see it unless lebench ray says otherwise: an empty cache and
+# an endpoint where nothing listens (a part that went online would fail at once, offline).
+HUB_UNREACHABLE = "http://127.0.0.1:9"
 
 
 def _free_port() -> int:
@@ -36,7 +39,9 @@ def ray_address():
     folder = Path(tempfile.mkdtemp(prefix="lebench-ray-"))  # short: Ray's socket paths have a length limit
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "RAY_USAGE_STATS_ENABLED": "0", **NO_TOKEN}
+           "RAY_USAGE_STATS_ENABLED": "0", **NO_TOKEN,
+           "HF_HOME": str(folder / "no-hub"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": HUB_UNREACHABLE}
+    env.pop("HF_HUB_CACHE", None)
     ray_cli = Path(sys.executable).parent / "ray"
     log = open(folder / "ray-start.log", "w")
     head = subprocess.Popen(
@@ -137,6 +142,28 @@ def test_three_parts_with_a_killed_worker_and_broken_files_make_the_single_proce
 
     assert sorted(f["id"] for f in read_failures(out)) == ["broken1", "broken2"]
     assert not list(out.glob(".lebench-ray-*"))  # the shared-folder marker is removed
+    assert_same_store(out, reference)
+
+
+def test_the_parts_read_the_hub_cache_the_driver_checked_offline(ray_address, checkpoints, tmp_path):
+    """The parts run in Ray's workers, which have the environment of `ray start` (here an
+    empty HF_HOME and an unreachable hub), not the driver's: lebench ray passes them the
+    driver's HF_HOME and HF_HUB_OFFLINE=1 (Ray's runtime_env), as lebench slurm's script
+    pins them, so they load the model that the driver found in its cache."""
+    from test_checkpoints import fake_hub_cache
+
+    home = tmp_path / "hf"
+    fake_hub_cache(home / "hub", "lebench-test/tiny-base", {"checkpoint_best.pt": checkpoints("base").read_bytes()})
+    corpus = make_corpus(tmp_path / "corpus", 4)
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    single_process_run(corpus, reference, checkpoints("base"))
+    hub_env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0",
+               "HF_ENDPOINT": HUB_UNREACHABLE, "RAY_ADDRESS": ray_address}
+    run = _lebench_ray("--parts", "2", "--", *extract_args(corpus, out, "lebench-test/tiny-base"), env=hub_env)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert sorted(line.split(" on ")[0] for line in stderr.splitlines() if line.startswith("part ")) == [
+        "part 1/2", "part 2/2"], stderr
     assert_same_store(out, reference)
 
 

@@ -90,6 +90,47 @@ def test_a_corpus_moved_to_another_folder_resumes(checkpoints, tmp_path):
         assert store.info("spk1/u0")["source"] == str(corpus / "spk1" / "u0.wav")  # where it was read
 
 
+def test_a_moved_corpus_is_hashed_once_then_resumes_without_reading_it(checkpoints, tmp_path, monkeypatch):
+    """The first rerun after a move matches every file by content (one hash each) and
+    records where they are now; the next one takes the fast path there and reads nothing."""
+    from lebench_cli import resume
+
+    corpus = tmp_path / "scratch" / "corpus"
+    make_corpus(corpus)
+    out = tmp_path / "out"
+    assert extract(corpus, *run_args(checkpoints("base"), out, "-q")).exit_code == 0
+    shards = {path.name: path.read_bytes() for _, path in committed_shards(out)}
+    moved = tmp_path / "work" / "corpus"
+    moved.parent.mkdir()
+    os.rename(corpus, moved)
+    hashed = []
+    original = resume.content_hash
+    monkeypatch.setattr(resume, "content_hash", lambda path: hashed.append(path) or original(path))
+    for hashes in (3, 0):
+        hashed.clear()
+        result = extract(moved, *run_args(checkpoints("base"), out))
+        assert (result.exit_code, result.stderr) == (0, "nothing to extract: all 3 files already stored\n")
+        assert len(hashed) == hashes, hashed
+        assert {path.name: path.read_bytes() for _, path in committed_shards(out)} == shards  # nothing stored
+    recorded = [json.loads(line) for line in (out / "relocated-1of1.jsonl").read_text().splitlines()]
+    assert sorted((entry["id"], entry["path"]) for entry in recorded) == [
+        (f"spk1/u{index}", str(moved / "spk1" / f"u{index}.wav")) for index in range(3)]
+    # Not read, and so not hashed: other bytes of the same size under the recorded time go unseen.
+    target = moved / "spk1" / "u0.wav"
+    status = target.stat()
+    target.write_bytes(bytes(status.st_size))
+    os.utime(target, ns=(status.st_atime_ns, status.st_mtime_ns))
+    hashed.clear()
+    result = extract(moved, *run_args(checkpoints("base"), out))
+    assert (result.exit_code, len(hashed)) == (0, 0), result.output
+    # Touched, it is hashed again, and its other content is caught.
+    os.utime(target)
+    result = extract(moved, *run_args(checkpoints("base"), out, "-q"))
+    assert result.exit_code == 3, result.output
+    assert [failure["reason"] for failure in failures_of(out)] == [
+        f"id spk1/u0 already stored from {corpus / 'spk1' / 'u0.wav'}"]
+
+
 def test_a_store_without_hashes_compares_paths_as_before(checkpoints, tmp_path):
     corpus = tmp_path / "corpus"
     make_corpus(corpus, 1)

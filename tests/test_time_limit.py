@@ -224,3 +224,85 @@ def test_devices_pass_the_time_limit_warning_on_to_their_workers(checkpoints, tm
                         r"to resume\n", stderr), stderr
     entry = json.loads((out / "interrupted-1of2.json").read_text())["files"]["long"]
     assert entry["stops"] == 1, entry
+
+
+def _open_when_read(fifo, process, seconds: float = 120):
+    """The writing end of the list `fifo`, opened once lebench has opened it to read: from
+    then on it is listing its inputs, its signal handling in place."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return os.fdopen(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "w")
+        except OSError:  # ENXIO: no reader yet
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+
+
+def _devices_listing(checkpoints, tmp_path):
+    """`--devices cpu,cpu` in a real process, its input list a FIFO that the test feeds."""
+    import subprocess
+    import sys
+
+    write_audio(tmp_path / "corpus" / "a.wav", 1.0, seed=1)
+    listing = tmp_path / "list.tsv"
+    os.mkfifo(listing)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "lebench_cli", "extract", str(listing), "-o", str(out), "--model",
+            str(checkpoints("base")), "--devices", "cpu,cpu", "--workers", "0", "-q"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT,
+                                                                                            signal.SIGUSR1)])
+    return process, listing, out
+
+
+BEFORE_THE_WORK = (r"Error: the time limit came \d+ s into the task, before parts 1-2/2 started their work \(listing "
+                   r"the inputs\): not requeueing; give lebench slurm --time more\n")
+
+
+@pytest.mark.parametrize("signum, code, message", [
+    (signal.SIGUSR1, 1, BEFORE_THE_WORK),
+    (signal.SIGTERM, 130, re.escape(STOPPED)),  # a cancel: 130, which the script does not requeue
+])
+def test_devices_stopped_while_the_inputs_are_listed(checkpoints, tmp_path, signum, code, message):
+    """The list comes slowly (a FIFO, as from a slow filesystem): the signal lands while
+    the parent lists. As for one process, a time-limit stop then is exit 1, not 130: the
+    requeued task would list as long and be stopped there again. Nothing is written."""
+    process, listing, out = _devices_listing(checkpoints, tmp_path)
+    with _open_when_read(listing, process) as feed:
+        feed.write(f"{tmp_path / 'corpus'}\n")
+        feed.flush()
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert re.fullmatch(message, stderr), stderr
+    assert not out.exists()
+
+
+def test_devices_stopped_by_the_time_limit_while_the_workers_start(checkpoints, tmp_path):
+    """The list ends and the warning comes at once, while the workers start (they take
+    seconds to import torch): each worker is passed the warning once it can take it, and
+    stops before its part's work: exit 1, nothing recorded, no worker left running."""
+    process, listing, out = _devices_listing(checkpoints, tmp_path)
+    with _open_when_read(listing, process) as feed:
+        feed.write(f"{tmp_path / 'corpus'}\na.wav\n")
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    worker = (r"Error: the worker on cpu \(part [12]/2\) stopped: the time limit came \d+ s into the task, before "
+              r"part [12]/2 started its work: not requeueing; give lebench slurm --time more\n")
+    assert re.fullmatch(f"{BEFORE_THE_WORK}|{worker}", stderr), stderr
+    assert not list(out.glob("interrupted-*.json"))
+    assert all(_unlocked(lock) for lock in out.glob(".lock-*"))  # no worker holds its part
+
+
+def _unlocked(lock) -> bool:
+    import fcntl
+
+    with open(lock) as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True

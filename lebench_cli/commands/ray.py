@@ -34,12 +34,14 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, no_check, ext
 
     params = parse_extract_args(extract_args, "ray", refused={
         "devices": "--devices: each part is one Ray task; use --gpus-per-part and more --parts"})
-    if not no_check:  # before a cluster starts: what every part would otherwise fail with
-        check_model_and_layers(params["model"], params["layers"], params["trust_checkpoint"])
+    # Before a cluster starts: what every part would otherwise fail with; and where the
+    # parts find a model from the hub cache.
+    environment = {} if no_check else check_model_and_layers(params["model"], params["layers"],
+                                                             params["trust_checkpoint"])
     quiet = params["quiet"]
     options = extract_options(params, shard=(1, 1))
     ray_options = RayOptions(parts=parts, address=address, gpus_per_part=gpus_per_part,
-                             cpus_per_part=cpus_per_part, max_retries=max_retries)
+                             cpus_per_part=cpus_per_part, max_retries=max_retries, environment=environment)
     report = None if quiet else (lambda result: click.echo(result.line(), err=True))
     try:
         summary = run_parts_on_ray(options, ray_options, on_part_done=report)

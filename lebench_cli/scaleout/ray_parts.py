@@ -42,6 +42,9 @@ class RayOptions:
     gpus_per_part: Optional[float] = None  # default: 1 when the cluster has GPUs and the device is not the CPU
     cpus_per_part: float = 1.0
     max_retries: int = 3
+    # Set in every part's worker (Ray's runtime_env), whatever the environment of `ray start`
+    # on its node says: HF_HOME and HF_HUB_OFFLINE=1 for a model from the hub cache.
+    environment: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -148,11 +151,17 @@ def _write_marker(output: Path) -> tuple:
     return path, token
 
 
+def task_options(ray_options: RayOptions, gpus: float) -> dict:
+    """What each part's Ray task is given: its resources, its retries, its environment."""
+    given = {"num_cpus": ray_options.cpus_per_part, "num_gpus": gpus, "max_retries": ray_options.max_retries,
+             "retry_exceptions": False}
+    if ray_options.environment:
+        given["runtime_env"] = {"env_vars": dict(ray_options.environment)}
+    return given
+
+
 def _run(ray, options, ray_options, gpus, parts, marker, on_part_done) -> list:
-    remote = ray.remote(run_part).options(
-        num_cpus=ray_options.cpus_per_part, num_gpus=gpus, max_retries=ray_options.max_retries,
-        retry_exceptions=False,
-    )
+    remote = ray.remote(run_part).options(**task_options(ray_options, gpus))
     marker_path, token = marker
     workdir = os.getcwd()
     pending = {

@@ -89,6 +89,13 @@ class TimeLimitError(LebenchError):
     """A part that the time limit stops before it can get anywhere: requeueing it would loop."""
 
 
+def stopped_before_work(started: float, before: str) -> TimeLimitError:
+    """A time-limit stop that came before any work (`before`: "part 2/8 started its work"): a
+    requeued task would get as far, and stop there again."""
+    return TimeLimitError(f"the time limit came {time.monotonic() - started:.0f} s into the task, before {before}: "
+                          "not requeueing; give lebench slurm --time more")
+
+
 class TimeLimitStops:
     """Around one part's run (`extraction` has `streaming`, an InProgress or None, and
     `summary`). A stop by the time limit before the part's lock is held (loading the model) is
@@ -105,9 +112,7 @@ class TimeLimitStops:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is KeyboardInterrupt and stopped_by_time_limit() and self.record is None:
-            raise TimeLimitError(
-                f"the time limit came {time.monotonic() - self.started:.0f} s into the task, before part "
-                f"{self._part()} started its work: not requeueing; give lebench slurm --time more") from None
+            raise stopped_before_work(self.started, f"part {self._part()} started its work") from None
         return False
 
     def under_lock(self, out: Path) -> "_PartWork":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +29,7 @@ STORE_FILES = (
     METADATA_FILE,
     "index-*of*.tsv",
     "failures-*of*.jsonl",
+    "relocated-*of*.jsonl",
     f"{SHARDS_DIR}/part-*of*-*.h5",
     f"{SHARDS_DIR}/part-*of*-*.h5.tmp",
 )
@@ -210,14 +211,16 @@ def _check_shard(shard: h5py.File, path: Path) -> None:
 @dataclass(frozen=True)
 class StoredSource:
     """Where a stored utterance came from: the path as stored, its size and modification
-    time when it was read (-1: unknown), the xxh3-64 hash of its bytes ("": unknown), and
-    the part (K, N) whose shards hold it."""
+    time when it was read (-1: unknown), the xxh3-64 hash of its bytes ("": unknown), the
+    part (K, N) whose shards hold it, and the (path, size, mtime_ns) where a later run found
+    the same bytes (storage/relocations.py)."""
 
     path: str
     size: int = -1
     mtime_ns: int = -1
     content_hash: str = ""
     part: tuple = (1, 1)
+    also_at: tuple = ()
 
 
 def shard_tables(out: Path, identity: Optional[dict] = None) -> list:
@@ -230,7 +233,10 @@ def stored_sources(out: Path, identity: Optional[dict] = None, tables: Optional[
     (read_shard_table; tables: shard_tables(out, identity), when the caller has read them). An
     id that a later shard of its part supersedes (an --update cut short before it removed the
     old copy) is the later shard's; any other id stored twice (a copied shard, shards of two
-    parts) is refused."""
+    parts) is refused. Where a later run found the same bytes under another path or time is in
+    each one's `also_at`."""
+    from .relocations import read_relocations
+
     named = shard_tables(out, identity) if tables is None else tables
     superseded = superseded_ids(named)
     stored, where = {}, {}
@@ -242,6 +248,11 @@ def stored_sources(out: Path, identity: Optional[dict] = None, tables: Optional[
                 continue
             require_single(utt_id, where.setdefault(utt_id, path), path)
             stored[utt_id] = StoredSource(source, int(size), int(mtime), digest, (name.part, name.num_parts))
+    for utt_id, places in read_relocations(out).items():
+        known = stored.get(utt_id)
+        if known is not None and known.content_hash:
+            also_at = tuple((path, size, mtime) for path, size, mtime, digest in places if digest == known.content_hash)
+            stored[utt_id] = replace(known, also_at=also_at)
     return stored
 
 
