@@ -67,6 +67,7 @@ class DeviceRun:
         if options.overwrite:
             raise InputError("--overwrite cannot be combined with --devices: each worker would delete the "
                              "others' features; empty OUTPUT first")
+        options.validate()
         self.options, self.devices, self.stdin, self.show_progress = options, devices, stdin, progress
         self.summary = ExtractSummary()
 

@@ -57,7 +57,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     from .storage import check_same_run, stored_sources
     from .storage.sizing import estimate_store_bytes
 
-    options = options.resolved()
+    options = options.validate().resolved()
     sources = discover_sources(options, stdin)
     checkpoint = load_checkpoint(options.model, trust=options.trust_checkpoint)
     layers = parse_layers(options.layers, checkpoint.layers)
@@ -101,7 +101,7 @@ class Extraction(Sink):
     def __init__(self, options: ExtractOptions, stdin=None, progress=None, sources=None):
         from .progress import ProgressBar
 
-        self.options = options.resolved()
+        self.options = options.validate().resolved()
         self.stdin = stdin
         self.sources = sources
         self.progress = ProgressBar() if progress is True else (progress or None)

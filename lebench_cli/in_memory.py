@@ -69,12 +69,11 @@ def _computed(paths: list, model, layers, device=None, dtype=None, batch_seconds
     from .inputs import AudioSource
     from .options import ExtractOptions
 
-    if overlap_seconds * 2 >= chunk_seconds:
-        raise InputError(f"overlap_seconds {overlap_seconds:g} must be under half of chunk_seconds {chunk_seconds:g}")
-    # extract's own defaults
+    # extract's own rules and defaults, the options named as these keywords
     requested = ExtractOptions(inputs=[], output="", model="", batch_seconds=batch_seconds,
                                chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, channel=channel,
                                workers=workers)
+    requested.validate(flag=str)
     encoder = _encoder(model, device, dtype, trust_checkpoint)
     layers = _layer_list(layers, encoder)
     options = replace(requested, device=str(encoder.device)).resolved()

@@ -40,6 +40,17 @@ class ExtractOptions:
     root: Optional[str] = None  # ids of every file relative to this folder
     id_prefix: str = ""  # pasted before every id
 
+    def validate(self, flag=lambda name: "--" + name.replace("_", "-")) -> "ExtractOptions":
+        """Raises InputError for options that cannot run together; returns self. `flag` names
+        an option in the message (by default as the CLI spells it: --overlap-seconds)."""
+        if self.overlap_seconds * 2 >= self.chunk_seconds:
+            raise InputError(f"{flag('overlap_seconds')} {self.overlap_seconds:g} must be under half of "
+                             f"{flag('chunk_seconds')} {self.chunk_seconds:g}")
+        if self.overwrite and tuple(self.shard) != (1, 1):
+            raise InputError(f"{flag('overwrite')} cannot be combined with {flag('shard')}: each part would delete "
+                             "the others' features; empty OUTPUT before launching the job array")
+        return self
+
     def resolved(self) -> "ExtractOptions":
         import torch
 

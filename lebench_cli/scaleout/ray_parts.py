@@ -67,6 +67,7 @@ def run_parts_on_ray(options: ExtractOptions, ray_options: RayOptions,
     PartFailedError (after all parts have ended) when a part stopped with an error."""
     import time
 
+    options.validate()
     ray = _import_ray()
     started = time.monotonic()
     connected_here = _connect(ray, ray_options.address)
