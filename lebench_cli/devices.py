@@ -15,16 +15,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
-from .errors import InputError, LebenchError
+from .errors import InputError, LebenchError, WorkerError, one_line
 from .options import ExtractOptions
-from .summary import ExtractSummary
-
-
-class WorkerError(LebenchError):
-    """A `--devices` worker that died or stopped on an error; the others committed."""
+from .summary import ExtractSummary, merged_summaries
 
 
 def parse_devices(text: str) -> list:
@@ -82,7 +78,7 @@ class DeviceRun:
         parts = split_parts(sources, n * count)
         workers = [_Worker(j, device, (k - 1) * count + j + 1, n * count) for j, device in enumerate(self.devices)]
         outcome = self._run_workers(workers, parts)
-        self.summary = _merged(outcome.summaries, self.options.output, n * count)
+        self.summary = merged_summaries(outcome.summaries, self.options.output, n * count)
         self.summary.elapsed_seconds = time.monotonic() - started
         if outcome.error is not None:
             raise WorkerError(outcome.error)
@@ -112,9 +108,11 @@ class DeviceRun:
                 bar.close()
 
     def _worker_options(self, worker: _Worker) -> ExtractOptions:
+        from .options import default_workers
+
         workers = self.options.workers
-        if workers is None and worker.device.startswith("cuda"):  # the node's cores shared by its GPUs
-            workers = max(1, min(4, (os.cpu_count() or 2) // len(self.devices) - 1))
+        if workers is None and worker.device.startswith("cuda"):
+            workers = default_workers(True, len(self.devices))
         return replace(self.options, device=worker.device, shard=(worker.part, worker.num_parts), workers=workers)
 
     def _progress_bar(self):
@@ -152,7 +150,9 @@ class _Collector:
     def collect(self) -> _Outcome:
         from multiprocessing.connection import wait
 
-        previous = _on_stop_signals(self._interrupt)
+        from .stop_signals import on_stop_signals
+
+        previous = on_stop_signals(self._interrupt)
         try:
             while self.open:
                 for receiver in wait(list(self.open), timeout=1.0):
@@ -160,7 +160,7 @@ class _Collector:
             for process in self.processes:
                 process.join()
         finally:
-            _on_stop_signals(*previous)
+            on_stop_signals(*previous)
         summaries = [summary for summary in self.finished.values() if summary is not None]
         return _Outcome(summaries, self.error, self.interrupted)
 
@@ -237,17 +237,6 @@ class _Collector:
                     pass
 
 
-def _on_stop_signals(on_int, on_term=None, on_usr1=None) -> tuple:
-    """Installs handlers for SIGINT, SIGTERM and SIGUSR1 (the time-limit warning; `on_int`
-    for those left None); returns the previous ones."""
-    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
-                signal.getsignal(signal.SIGUSR1))
-    signal.signal(signal.SIGINT, on_int)
-    signal.signal(signal.SIGTERM, on_int if on_term is None else on_term)
-    signal.signal(signal.SIGUSR1, on_int if on_usr1 is None else on_usr1)
-    return previous
-
-
 def _how(exitcode: Optional[int]) -> str:
     if exitcode is None:
         return "closed its pipe"
@@ -259,33 +248,14 @@ def _how(exitcode: Optional[int]) -> str:
     return f"exit status {exitcode}"
 
 
-def _merged(summaries: list, output: str, num_parts: int) -> ExtractSummary:
-    """One summary for the run: counts add up; the processing span is the longest worker's
-    (they run side by side), so the rate is the whole run's."""
-    merged = ExtractSummary()
-    for summary in summaries:
-        for field in fields(ExtractSummary):
-            value = summary[field.name]
-            if field.name == "processing_seconds":
-                merged.processing_seconds = max(merged.processing_seconds, value)
-            elif field.name in ("device", "dtype"):  # each named once, in the workers' order
-                named = [part for part in getattr(merged, field.name).split(", ") if part]
-                setattr(merged, field.name, ", ".join(dict.fromkeys(named + ([value] if value else []))))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(merged, field.name, getattr(merged, field.name) + value)
-    failed = [s for s in summaries if s["failed"]]
-    merged.failures_path = failed[0]["failures_path"] if len(failed) == 1 else os.path.join(
-        output, f"failures-*of{num_parts}.jsonl")
-    merged.first_failure = next((s["first_failure"] for s in failed if s["first_failure"]), None)
-    return merged
-
-
 # ---- in the worker process ------------------------------------------------------------------
 
 def _work(options: ExtractOptions, sources: list, threads: int, messages, index: int):
     """One worker: its part through Extraction; its progress and its last word sent through
     `messages`, the writing end of its pipe."""
-    _stop_on_first_signal()
+    from .stop_signals import stop_on_first_signal, stop_requested
+
+    stop_on_first_signal()
     summary = ExtractSummary()
     try:
         from .extract import Extraction
@@ -304,11 +274,10 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
     except LebenchError as error:
         messages.send(("error", index, asdict(summary), str(error)))
     except BaseException as error:  # CUDA out of memory, or a bug: one line in the parent
-        if _stop_requested:  # the stop landed mid-import or in a callback and broke something there
+        if stop_requested():  # the stop landed mid-import or in a callback and broke something there
             messages.send(("interrupted", index, asdict(summary)))
             return
-        text = str(error).strip().splitlines()
-        messages.send(("error", index, asdict(summary), f"{type(error).__name__}: {text[0] if text else ''}"))
+        messages.send(("error", index, asdict(summary), one_line(error, first_line=True)))
 
 
 class _PipeProgress:
@@ -325,23 +294,3 @@ class _PipeProgress:
 
     def close(self) -> None:
         pass
-
-
-_stop_requested = False
-
-
-def _stop_on_first_signal():
-    """SIGINT (Ctrl-C reaches every process of the terminal) or SIGTERM (the parent's): stop
-    and commit, once; a second signal during the commit must not break it."""
-
-    from .stop_signals import SIGNALS, ignore_stop_signals, note_stop_signal
-
-    def stop(signum, frame):
-        global _stop_requested
-        _stop_requested = True
-        ignore_stop_signals()
-        note_stop_signal(signum)  # SIGUSR1: the parent passed on the time-limit warning
-        raise KeyboardInterrupt
-
-    for name in SIGNALS:
-        signal.signal(getattr(signal, name), stop)

@@ -67,12 +67,13 @@ class ExtractOptions:
                                  "batch_seconds": batch_seconds, "workers": workers})
 
 
-def default_workers(on_gpu: bool) -> int:
-    """Decoding processes: on a GPU, enough to keep it fed; on a CPU none, because the
-    model's threads already use every core and workers would only take turns with them."""
+def default_workers(on_gpu: bool, gpus_sharing_the_cores: int = 1) -> int:
+    """Decoding processes: on a GPU, enough to keep it fed (the node's cores shared by the
+    GPUs of a `--devices` run); on a CPU none, because the model's threads already use every
+    core and workers would only take turns with them."""
     import os
 
-    return max(1, min(4, (os.cpu_count() or 2) - 1)) if on_gpu else 0
+    return max(1, min(4, (os.cpu_count() or 2) // gpus_sharing_the_cores - 1)) if on_gpu else 0
 
 
 def return_large_blocks_to_the_os(threshold: int = 8 * 1024**2) -> bool:
