@@ -14,10 +14,10 @@ import soundfile
 import soxr
 
 from .errors import AudioError, one_line
+from .frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
-SAMPLE_RATE = 16000
-MIN_SAMPLES = 400  # wav2vec2's receptive field: fewer samples give no frame
+MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame
 NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
 RATE_RANGE = (1_000, 768_000)  # Hz: what a header outside says is damage, not a recording
 MAX_CHANNELS = 256

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .frames import SAMPLE_RATE
 from .decoding import TRUNCATED_FLAG
 from .errors import AudioError
 

@@ -19,7 +19,8 @@ from .engine import Engine, Item as _Item, Sink, batches_in_flight, probe_item a
 from .errors import AudioError, InputError
 from .options import ExtractOptions
 from .parts import select_part
-from .run_metadata import SAMPLE_RATE, build_metadata
+from .frames import CNN, SAMPLE_RATE, frame_count
+from .run_metadata import build_metadata
 from .scaleout.time_limit import TimeLimitStops
 from .summary import DryRunReport, ExtractSummary
 
@@ -72,9 +73,9 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     readable = [item for item in todo if _probe(item) is None]
     unreadable = len(todo) - len(readable)
     seconds = sum(item.seconds for item in todo)
-    widths = [_cnn_width(checkpoint) if layer == "cnn" else checkpoint.width for layer in layers]
+    widths = [_cnn_width(checkpoint) if layer == CNN else checkpoint.width for layer in layers]
     size = estimate_store_bytes(
-        frames=[max(1, int((item.seconds * SAMPLE_RATE - 400) // 320 + 1)) for item in readable],
+        frames=[max(1, frame_count(int(item.seconds * SAMPLE_RATE))) for item in readable],
         text_bytes=[len(item.source.utt_id.encode()) + len(os.fsencode(item.source.path)) for item in readable],
         widths=widths, itemsize=np.dtype(options.save_dtype).itemsize, store_frames=options.store_frames,
         store_mean=options.pool == "mean", shard_size_bytes=options.shard_size)
@@ -187,7 +188,6 @@ class Extraction(Sink):
         self.summary.recomputed_float32 += 1
 
     def begin(self, item: _Item, windows: list):
-        from .chunking import frame_count
         from .resume import stored_path
         from .scaleout.time_limit import InProgress
 

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..frames import FRAME_SECONDS
 from ..layers import canonical_layers
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
 from ..storage.checksums import RowsHasher
@@ -26,7 +27,6 @@ from .rows import LayerRows, read_runs
 from .selection import Layers, frame_range, layer_names
 
 _OPEN_SHARDS = 64  # handles kept open at once; a store may have thousands of shards
-_FRAME_SHIFT = 0.02  # seconds, where lebench.json does not say
 
 
 def open_features(path, verify: Optional[bool] = None) -> "FeatureSet":
@@ -59,7 +59,7 @@ class FeatureSet:
         self._pid = os.getpid()
         model = self.metadata.get("model")
         self._num_layers = model.get("num_layers") if isinstance(model, dict) else None
-        self.frame_shift = float(self.metadata.get("frame_shift_seconds", _FRAME_SHIFT))
+        self.frame_shift = float(self.metadata.get("frame_shift_seconds", FRAME_SECONDS))  # where lebench.json does not say
 
     def _load_tables(self, tables: list) -> None:
         self.ids = [utt_id for table in tables for utt_id in table.ids]
