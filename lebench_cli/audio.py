@@ -13,11 +13,11 @@ import numpy as np
 import soundfile
 import soxr
 
-from .errors import AudioError
+from .errors import AudioError, one_line
+from .frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
-SAMPLE_RATE = 16000
-MIN_SAMPLES = 400  # wav2vec2's receptive field: fewer samples give no frame
+MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame
 NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
 RATE_RANGE = (1_000, 768_000)  # Hz: what a header outside says is damage, not a recording
 MAX_CHANNELS = 256
@@ -59,7 +59,7 @@ def probe(path) -> AudioInfo:
         try:
             frames = min(file.frames, backed_frames(os.path.getsize(path), file.format, file.subtype, file.channels))
         except Exception as error:  # noqa: BLE001 - a header that surprises us fails its file only
-            raise AudioError(path, f"not a readable audio file ({_one_line(error)})") from None
+            raise AudioError(path, f"not a readable audio file ({one_line(error)})") from None
         return AudioInfo(file.samplerate, file.channels, frames, frames / file.samplerate)
 
 
@@ -248,7 +248,7 @@ def _open(path) -> soundfile.SoundFile:
             message = "corrupt or unsupported data"
         raise AudioError(path, f"not a readable audio file ({message})") from None
     except Exception as error:  # libsndfile's wrapper on a header it did not expect
-        raise AudioError(path, f"not a readable audio file ({_one_line(error)})") from None
+        raise AudioError(path, f"not a readable audio file ({one_line(error)})") from None
     low, high = RATE_RANGE
     if not low <= file.samplerate <= high:
         file.close()
@@ -306,10 +306,6 @@ def _libsndfile_message(error: RuntimeError) -> str:
     if message.lower().startswith("error :"):
         message = message[len("error :"):].strip()
     return _lower(message.rstrip(".")) or "unknown libsndfile error"
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _lower(message: str) -> str:

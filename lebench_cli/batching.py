@@ -6,7 +6,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .frames import SAMPLE_RATE
 
 
 def padded_shape(waveforms: Sequence[np.ndarray]) -> tuple[int, int]:

@@ -10,13 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-SAMPLES_PER_FRAME = 320
-RECEPTIVE_FIELD = 400
-
-
-def frame_count(samples: int) -> int:
-    return 0 if samples < RECEPTIVE_FIELD else (samples - RECEPTIVE_FIELD) // SAMPLES_PER_FRAME + 1
+from .frames import RECEPTIVE_FIELD, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -32,7 +26,7 @@ class Window:
         return self.keep_to - self.keep_from
 
 
-def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sample_rate: int = 16000) -> list[Window]:
+def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sample_rate: int = SAMPLE_RATE) -> list[Window]:
     """Windows covering a recording of `samples`; one window when it fits in one chunk.
 
     As few windows as cover the recording with at least `overlap_seconds` between

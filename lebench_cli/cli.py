@@ -106,13 +106,8 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     from .options import return_large_blocks_to_the_os
     from .parts import parse_part
 
-    if overwrite and part != "1/1":
-        raise InputError("--overwrite cannot be combined with --shard: each part would delete the others' "
-                         "features; empty OUTPUT before launching the job array")
-    if overlap_seconds * 2 >= chunk_seconds:
-        raise InputError(f"--overlap-seconds {overlap_seconds:g} must be under half of --chunk-seconds {chunk_seconds:g}")
     shard = _part_from_environment() if part == "auto" else parse_part(part)
-    options = extract_options(click.get_current_context().params, shard, overwrite=overwrite)
+    options = extract_options(click.get_current_context().params, shard, overwrite=overwrite).validate()
     stdin = sys.stdin if "-" in inputs else None
     if manifest is not None:
         if not dry_run:

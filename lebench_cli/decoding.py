@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from .audio import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, read_audio
-from .errors import AudioError
+from .errors import AudioError, one_line
 
 SHORT_FLAG = "padded"
 TRUNCATED_FLAG = "truncated"  # ended before its header's length, kept with --keep-truncated
@@ -47,7 +47,7 @@ def unexpected_failure(error: BaseException) -> str:
     """The one-line reason of an exception a decoder raised that is no AudioError."""
     if isinstance(error, MemoryError):
         return "decoding failed (out of memory)"
-    return "decoding failed (" + " ".join(f"{type(error).__name__}: {error}".split()) + ")"
+    return f"decoding failed ({one_line(error)})"
 
 
 def joined_flags(*flags: str) -> str:

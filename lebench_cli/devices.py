@@ -15,16 +15,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
-from .errors import InputError, LebenchError
+from .errors import InputError, LebenchError, WorkerError, one_line
 from .options import ExtractOptions
-from .summary import ExtractSummary
-
-
-class WorkerError(LebenchError):
-    """A `--devices` worker that died or stopped on an error; the others committed."""
+from .summary import ExtractSummary, merged_summaries
 
 
 def parse_devices(text: str) -> list:
@@ -67,6 +63,7 @@ class DeviceRun:
         if options.overwrite:
             raise InputError("--overwrite cannot be combined with --devices: each worker would delete the "
                              "others' features; empty OUTPUT first")
+        options.validate()
         self.options, self.devices, self.stdin, self.show_progress = options, devices, stdin, progress
         self.summary = ExtractSummary()
 
@@ -93,7 +90,7 @@ class DeviceRun:
                 raise stopped_before_work(started, f"{_parts_named(workers)} started their work (listing the "
                                                    "inputs)") from None
             raise
-        self.summary = _merged(outcome.summaries, self.options.output, n * count)
+        self.summary = merged_summaries(outcome.summaries, self.options.output, n * count)
         self.summary.elapsed_seconds = time.monotonic() - started
         if outcome.error is not None:
             raise WorkerError(outcome.error)
@@ -103,6 +100,8 @@ class DeviceRun:
 
     def _run_workers(self, workers: list, parts: list, started: float) -> "_Outcome":
         import multiprocessing
+
+        from .stop_signals import on_stop_signals
 
         context = multiprocessing.get_context("spawn")  # CUDA cannot run in a forked process
         pipes = [context.Pipe(duplex=False) for _ in workers]
@@ -116,7 +115,7 @@ class DeviceRun:
         collector = _Collector(workers, processes, [receiver for receiver, _ in pipes], bar)
         # Before the first worker starts: a signal from here on reaches every worker (once it
         # can take it) instead of leaving the started ones running behind an exiting parent.
-        previous = _on_stop_signals(collector.interrupt)
+        previous = on_stop_signals(collector.interrupt)
         self._listening = True
         try:
             for process, (_, sender) in zip(processes, pipes):
@@ -124,14 +123,16 @@ class DeviceRun:
                 sender.close()  # the worker holds the only writing end: its exit closes the pipe
             return collector.collect()
         finally:
-            _on_stop_signals(*previous)
+            on_stop_signals(*previous)
             if bar is not None:
                 bar.close()
 
     def _worker_options(self, worker: _Worker) -> ExtractOptions:
+        from .options import default_workers
+
         workers = self.options.workers
-        if workers is None and worker.device.startswith("cuda"):  # the node's cores shared by its GPUs
-            workers = max(1, min(4, (os.cpu_count() or 2) // len(self.devices) - 1))
+        if workers is None and worker.device.startswith("cuda"):
+            workers = default_workers(True, len(self.devices))
         return replace(self.options, device=worker.device, shard=(worker.part, worker.num_parts), workers=workers)
 
     def _progress_bar(self):
@@ -274,17 +275,6 @@ class _Collector:
                 pass
 
 
-def _on_stop_signals(on_int, on_term=None, on_usr1=None) -> tuple:
-    """Installs handlers for SIGINT, SIGTERM and SIGUSR1 (the time-limit warning; `on_int`
-    for those left None); returns the previous ones."""
-    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
-                signal.getsignal(signal.SIGUSR1))
-    signal.signal(signal.SIGINT, on_int)
-    signal.signal(signal.SIGTERM, on_int if on_term is None else on_term)
-    signal.signal(signal.SIGUSR1, on_int if on_usr1 is None else on_usr1)
-    return previous
-
-
 def _how(exitcode: Optional[int]) -> str:
     if exitcode is None:
         return "closed its pipe"
@@ -296,33 +286,14 @@ def _how(exitcode: Optional[int]) -> str:
     return f"exit status {exitcode}"
 
 
-def _merged(summaries: list, output: str, num_parts: int) -> ExtractSummary:
-    """One summary for the run: counts add up; the processing span is the longest worker's
-    (they run side by side), so the rate is the whole run's."""
-    merged = ExtractSummary()
-    for summary in summaries:
-        for field in fields(ExtractSummary):
-            value = summary[field.name]
-            if field.name == "processing_seconds":
-                merged.processing_seconds = max(merged.processing_seconds, value)
-            elif field.name in ("device", "dtype"):  # each named once, in the workers' order
-                named = [part for part in getattr(merged, field.name).split(", ") if part]
-                setattr(merged, field.name, ", ".join(dict.fromkeys(named + ([value] if value else []))))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(merged, field.name, getattr(merged, field.name) + value)
-    failed = [s for s in summaries if s["failed"]]
-    merged.failures_path = failed[0]["failures_path"] if len(failed) == 1 else os.path.join(
-        output, f"failures-*of{num_parts}.jsonl")
-    merged.first_failure = next((s["first_failure"] for s in failed if s["first_failure"]), None)
-    return merged
-
-
 # ---- in the worker process ------------------------------------------------------------------
 
 def _work(options: ExtractOptions, sources: list, threads: int, messages, index: int, task_started: float):
     """One worker: its part through Extraction; its progress and its last word sent through
     `messages`, the writing end of its pipe."""
-    _stop_on_first_signal()
+    from .stop_signals import stop_on_first_signal, stop_requested
+
+    stop_on_first_signal()
     messages.send(("ready", index))
     summary, extraction = ExtractSummary(), None
     try:
@@ -347,11 +318,10 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
     except LebenchError as error:
         messages.send(("error", index, asdict(summary), str(error)))
     except BaseException as error:  # CUDA out of memory, or a bug: one line in the parent
-        if _stop_requested:  # the stop landed mid-import or in a callback and broke something there
+        if stop_requested():  # the stop landed mid-import or in a callback and broke something there
             messages.send(_stopped(index, summary, extraction, options, task_started))
             return
-        text = str(error).strip().splitlines()
-        messages.send(("error", index, asdict(summary), f"{type(error).__name__}: {text[0] if text else ''}"))
+        messages.send(("error", index, asdict(summary), one_line(error, first_line=True)))
 
 
 def _stopped(index: int, summary: ExtractSummary, extraction, options: ExtractOptions, task_started: float) -> tuple:
@@ -380,23 +350,3 @@ class _PipeProgress:
 
     def close(self) -> None:
         pass
-
-
-_stop_requested = False
-
-
-def _stop_on_first_signal():
-    """SIGINT (Ctrl-C reaches every process of the terminal) or SIGTERM (the parent's): stop
-    and commit, once; a second signal during the commit must not break it."""
-
-    from .stop_signals import SIGNALS, ignore_stop_signals, note_stop_signal
-
-    def stop(signum, frame):
-        global _stop_requested
-        _stop_requested = True
-        ignore_stop_signals()
-        note_stop_signal(signum)  # SIGUSR1: the parent passed on the time-limit warning
-        raise KeyboardInterrupt
-
-    for name in SIGNALS:
-        signal.signal(getattr(signal, name), stop)

@@ -22,9 +22,9 @@ from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
 from .decoding import pad_to_one_frame
 from .errors import CheckpointError, InputError
+from .frames import CNN
 
 Layer = Union[int, str]
-CNN = "cnn"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -13,6 +13,15 @@ def install_extra_hint(extra: str) -> str:
     return f".venv/bin/pip install -e '.[{extra}]' in the lebench checkout"
 
 
+def one_line(error: BaseException, first_line: bool = False) -> str:
+    """An unexpected exception as one line, "Type: message", its whitespace collapsed;
+    `first_line`: only the first line of a message that has several (a CUDA error's)."""
+    text = str(error).strip()
+    if first_line:
+        text = text.splitlines()[0] if text else ""
+    return " ".join(f"{type(error).__name__}: {text}".split())
+
+
 class InputError(LebenchError):
     """An input path, manifest or option value that cannot be used."""
 
@@ -50,3 +59,19 @@ class StoreReadError(InputError):
 
 class StoreIntegrityError(LebenchError):
     """Stored bytes that do not match their checksum, or a shard that is not this store's."""
+
+
+class WorkerError(LebenchError):
+    """A `--devices` worker that died or stopped on an error; the others committed."""
+
+
+class MissingExtraError(LebenchError):
+    """An optional integration whose package is not installed."""
+
+
+class PartFailedError(LebenchError):
+    """A part that stopped with an error (its message and exit code are the part's)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

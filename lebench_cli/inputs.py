@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Sequence, TextIO
 
 from .errors import InputError
-from .names import canonical_id, printable
+from .names import canonical_id, printable, with_slashes
 
 # What a folder walk takes by default: the formats speech is stored in that libsndfile
 # decodes. Not the other types it reads (.mat, .htk, .sd2, .xi, .voc, ...): beside a corpus
@@ -89,7 +89,7 @@ def _relative_to_root(source: AudioSource, root: str) -> AudioSource:
     relative = os.path.relpath(os.path.abspath(source.path), os.path.abspath(root))
     if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
         raise InputError(f"{printable(source.path)} is outside --root {printable(root)}")
-    return AudioSource(os.path.splitext(_slashes(relative))[0], source.path, source.num_samples)
+    return AudioSource(os.path.splitext(with_slashes(relative))[0], source.path, source.num_samples)
 
 
 def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSource]:
@@ -111,7 +111,7 @@ def _from_folder(folder: str, wanted: tuple[str, ...]) -> list[AudioSource]:
     found = []
     # followlinks=False: a symlink to a parent folder must not make the walk loop.
     for dirpath, _, filenames in os.walk(folder, onerror=_unreadable_folder, followlinks=False):
-        reldir = _slashes(os.path.relpath(dirpath, folder))
+        reldir = with_slashes(os.path.relpath(dirpath, folder))
         for name in filenames:
             if _extension(name) in wanted:
                 relpath = name if reldir == "." else f"{reldir}/{name}"
@@ -193,11 +193,7 @@ def _clash_hint(first: AudioSource, second: AudioSource, first_name: str, second
 
 
 def _file_id(path: str) -> str:
-    return os.path.splitext(_slashes(os.path.normpath(path)))[0]
-
-
-def _slashes(path: str) -> str:
-    return path.replace(os.sep, "/") if os.sep != "/" else path
+    return os.path.splitext(with_slashes(os.path.normpath(path)))[0]
 
 
 def _extension(name: str) -> str:

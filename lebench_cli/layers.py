@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from .errors import InputError
-
-CNN = "cnn"
+from .frames import CNN
 
 
 def check_layer_syntax(spec: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, OutputError
-from .names import canonical_id, is_printable, printable
+from .names import canonical_id, is_printable, printable, with_slashes
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _root_and_relpaths(sources: list) -> tuple:
     back from the manifest (its relative path without extension) is the source's id."""
     roots, relpaths = set(), []
     for source in sources:
-        path = _slashes(os.path.normpath(source.path))
+        path = with_slashes(os.path.normpath(source.path))
         # As many trailing components as the id has, spelled as on disk: the id is NFC,
         # the name may be NFD; reading the manifest makes the id canonical again.
         components = path.split("/")
@@ -134,7 +134,3 @@ def _write_atomically(path: Path, text: str):
         os.replace(temporary, path)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {(error.strerror or str(error)).lower()}") from None
-
-
-def _slashes(path: str) -> str:
-    return path.replace(os.sep, "/") if os.sep != "/" else path

@@ -15,6 +15,11 @@ import os
 import unicodedata
 
 
+def with_slashes(path: str) -> str:
+    """A relative path with `/` between its parts on every system: ids and listings are portable."""
+    return path.replace(os.sep, "/") if os.sep != "/" else path
+
+
 def printable(path) -> str:
     """`path` (str, bytes or path-like) as a UTF-8-safe string: bytes that are not UTF-8 as \\xNN."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

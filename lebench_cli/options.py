@@ -40,6 +40,17 @@ class ExtractOptions:
     root: Optional[str] = None  # ids of every file relative to this folder
     id_prefix: str = ""  # pasted before every id
 
+    def validate(self, flag=lambda name: "--" + name.replace("_", "-")) -> "ExtractOptions":
+        """Raises InputError for options that cannot run together; returns self. `flag` names
+        an option in the message (by default as the CLI spells it: --overlap-seconds)."""
+        if self.overlap_seconds * 2 >= self.chunk_seconds:
+            raise InputError(f"{flag('overlap_seconds')} {self.overlap_seconds:g} must be under half of "
+                             f"{flag('chunk_seconds')} {self.chunk_seconds:g}")
+        if self.overwrite and tuple(self.shard) != (1, 1):
+            raise InputError(f"{flag('overwrite')} cannot be combined with {flag('shard')}: each part would delete "
+                             "the others' features; empty OUTPUT before launching the job array")
+        return self
+
     def resolved(self) -> "ExtractOptions":
         import torch
 
@@ -56,12 +67,13 @@ class ExtractOptions:
                                  "batch_seconds": batch_seconds, "workers": workers})
 
 
-def default_workers(on_gpu: bool) -> int:
-    """Decoding processes: on a GPU, enough to keep it fed; on a CPU none, because the
-    model's threads already use every core and workers would only take turns with them."""
+def default_workers(on_gpu: bool, gpus_sharing_the_cores: int = 1) -> int:
+    """Decoding processes: on a GPU, enough to keep it fed (the node's cores shared by the
+    GPUs of a `--devices` run); on a CPU none, because the model's threads already use every
+    core and workers would only take turns with them."""
     import os
 
-    return max(1, min(4, (os.cpu_count() or 2) - 1)) if on_gpu else 0
+    return max(1, min(4, (os.cpu_count() or 2) // gpus_sharing_the_cores - 1)) if on_gpu else 0
 
 
 def return_large_blocks_to_the_os(threshold: int = 8 * 1024**2) -> bool:

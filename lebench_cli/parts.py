@@ -12,8 +12,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from .errors import AudioError, InputError
-
-SAMPLE_RATE = 16000
+from .frames import SAMPLE_RATE
 
 
 def parse_part(text: str) -> tuple:

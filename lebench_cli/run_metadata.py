@@ -7,10 +7,8 @@ from pathlib import Path
 
 from . import __version__
 from .decoding import SHORT_FLAG
+from .frames import FRAME_SECONDS, SAMPLE_RATE
 from .options import ExtractOptions
-
-SAMPLE_RATE = 16000
-FRAME_SECONDS = 0.02
 
 
 def build_identity(options: ExtractOptions, sha256: str, layers: list) -> dict:

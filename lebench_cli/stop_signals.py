@@ -11,6 +11,7 @@ SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 TIME_LIMIT_SIGNAL = signal.SIGUSR1
 
 _time_limit = {"reached": False}  # per process: signals are
+_stop = {"requested": False}
 
 
 def stopped_by_time_limit() -> bool:
@@ -65,3 +66,34 @@ class StopSignals:
             for name, handler in self.previous.items():
                 signal.signal(getattr(signal, name), handler)
         return False
+
+
+def on_stop_signals(on_int, on_term=None, on_usr1=None) -> tuple:
+    """Installs handlers for SIGINT, SIGTERM and SIGUSR1 (the time-limit warning; `on_int`
+    for those left None); returns the previous ones."""
+    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
+                signal.getsignal(signal.SIGUSR1))
+    signal.signal(signal.SIGINT, on_int)
+    signal.signal(signal.SIGTERM, on_int if on_term is None else on_term)
+    signal.signal(signal.SIGUSR1, on_int if on_usr1 is None else on_usr1)
+    return previous
+
+
+def stop_on_first_signal() -> None:
+    """For a worker process: SIGINT (Ctrl-C reaches every process of the terminal) or
+    SIGTERM (the parent's) raises KeyboardInterrupt, once; a second signal during the commit
+    must not break it."""
+
+    def stop(signum, frame):
+        _stop["requested"] = True
+        ignore_stop_signals()
+        note_stop_signal(signum)  # SIGUSR1: the parent passed on the time-limit warning
+        raise KeyboardInterrupt
+
+    for name in SIGNALS:
+        signal.signal(getattr(signal, name), stop)
+
+
+def stop_requested() -> bool:
+    """Whether `stop_on_first_signal`'s handler ran in this process."""
+    return _stop["requested"]

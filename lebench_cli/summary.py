@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 
@@ -55,6 +56,28 @@ class ExtractSummary:
             f"{self.failed} failed (see {self.failures_path})" if self.failed else "",
         ]
         return "; ".join([text] + [e for e in extras if e])
+
+
+def merged_summaries(summaries: list, output, num_parts: int) -> ExtractSummary:
+    """One summary for parts that ran side by side (ExtractSummary or its asdict): counts add
+    up; the processing span is the longest part's, so the rate is the whole run's."""
+    merged = ExtractSummary()
+    summaries = [summary if isinstance(summary, dict) else asdict(summary) for summary in summaries]
+    for summary in summaries:
+        for field in fields(ExtractSummary):
+            value = summary[field.name]
+            if field.name == "processing_seconds":
+                merged.processing_seconds = max(merged.processing_seconds, value)
+            elif field.name in ("device", "dtype"):  # each named once, in the parts' order
+                named = [part for part in getattr(merged, field.name).split(", ") if part]
+                setattr(merged, field.name, ", ".join(dict.fromkeys(named + ([value] if value else []))))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(merged, field.name, getattr(merged, field.name) + value)
+    failed = [s for s in summaries if s["failed"]]
+    merged.failures_path = failed[0]["failures_path"] if len(failed) == 1 else os.path.join(
+        output, f"failures-*of{num_parts}.jsonl")
+    merged.first_failure = next((s["first_failure"] for s in failed if s["first_failure"]), None)
+    return merged
 
 
 @dataclass

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from lebench_cli import compute_device
 from lebench_cli.cli import main
 from lebench_cli.compute_device import cpu_fallback_reason, describe_device
-from lebench_cli.devices import _merged
+from lebench_cli.summary import merged_summaries as _merged
 from lebench_cli.summary import ExtractSummary
 from test_extract import write_audio
 

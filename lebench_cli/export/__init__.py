@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError, OutputError, install_extra_hint
+from ..frames import CNN
 from .record import count_utterances
 
 FORMATS = ("kaldi", "npy", "lhotse")
@@ -118,7 +119,7 @@ def select_layers(store, spec: Optional[str]) -> list:
     if spec is None:
         return list(store.layers)
     check_layer_syntax(spec)
-    numbered = [layer for layer in store.layers if layer != "cnn"]
+    numbered = [layer for layer in store.layers if layer != CNN]
     num_layers = int(store.metadata.get("model", {}).get("num_layers", max(numbered, default=0)))
     layers: list = []
     for part in str(spec).split(","):

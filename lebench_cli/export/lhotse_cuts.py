@@ -20,8 +20,7 @@ from pathlib import Path
 
 from . import ExportSummary, converted, export_per_layer, layer_folder, read_layer, remove_partial, require
 
-FRAME_SHIFT = 0.02
-SAMPLE_RATE = 16000
+from ..frames import FRAME_SECONDS as FRAME_SHIFT, SAMPLE_RATE
 
 
 def check_dependencies() -> None:

@@ -18,12 +18,6 @@ LAST = "last"
 _FRAME_TOLERANCE = 1e-6
 
 
-def sorted_layers(names) -> list:
-    """"cnn" first (it comes before layer 0 in the model), then 0..L as ints."""
-    layers = [name if name == CNN_LAYER else int(name) for name in names]
-    return sorted(layers, key=lambda layer: -1 if layer == CNN_LAYER else layer)
-
-
 def layer_names(layers: Layers, stored: list, num_layers: Optional[int]) -> tuple:
     """(dataset names, stacked): one name and False for a single layer; the names in the
     order asked, repeats kept, and True for a list or "all"."""

@@ -16,16 +16,17 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..frames import FRAME_SECONDS
+from ..layers import canonical_layers
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
 from ..storage.checksums import RowsHasher
 from ..storage.layout import superseded_ids
 from ..storage.placement import CHUNK_OFFSETS
 from .integrity import check_indexed_shards, checked_block, compute_settings, reading_errors, verify_default
 from .rows import LayerRows, read_runs
-from .selection import Layers, frame_range, layer_names, sorted_layers
+from .selection import Layers, frame_range, layer_names
 
 _OPEN_SHARDS = 64  # handles kept open at once; a store may have thousands of shards
-_FRAME_SHIFT = 0.02  # seconds, where lebench.json does not say
 
 
 def open_features(path, verify: Optional[bool] = None) -> "FeatureSet":
@@ -58,7 +59,7 @@ class FeatureSet:
         self._pid = os.getpid()
         model = self.metadata.get("model")
         self._num_layers = model.get("num_layers") if isinstance(model, dict) else None
-        self.frame_shift = float(self.metadata.get("frame_shift_seconds", _FRAME_SHIFT))
+        self.frame_shift = float(self.metadata.get("frame_shift_seconds", FRAME_SECONDS))  # where lebench.json does not say
 
     def _load_tables(self, tables: list) -> None:
         self.ids = [utt_id for table in tables for utt_id in table.ids]
@@ -72,7 +73,7 @@ class FeatureSet:
         self._shard_layers = [table.layers for table in tables]
         self._shard_offsets = [np.asarray(table.offsets, dtype=np.int64) for table in tables]
         self._layer_names = {name for table in tables for name in table.layers}
-        self.layers = sorted_layers(self._layer_names)
+        self.layers = canonical_layers(self._layer_names)
         if self._superseded:
             self._drop_superseded()
         self._index = self._build_index()

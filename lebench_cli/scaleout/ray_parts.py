@@ -15,24 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import InputError, LebenchError, OutputError, install_extra_hint
+from ..errors import (InputError, LebenchError, MissingExtraError, OutputError, PartFailedError, install_extra_hint,
+                      one_line)
 from ..options import ExtractOptions
-from ..summary import ExtractSummary
+from ..summary import ExtractSummary, merged_summaries
 
 MARKER_PREFIX = ".lebench-ray-"
 INSTALL_HINT = f"lebench ray needs Ray: {install_extra_hint('ray')}"
-
-
-class MissingExtraError(LebenchError):
-    """An optional integration whose package is not installed."""
-
-
-class PartFailedError(LebenchError):
-    """A part that stopped with an error (its message and exit code are the part's)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -70,6 +59,7 @@ def run_parts_on_ray(options: ExtractOptions, ray_options: RayOptions,
     PartFailedError (after all parts have ended) when a part stopped with an error."""
     import time
 
+    options.validate()
     ray = _import_ray()
     started = time.monotonic()
     connected_here = _connect(ray, ray_options.address)
@@ -84,7 +74,8 @@ def run_parts_on_ray(options: ExtractOptions, ray_options: RayOptions,
     finally:
         if connected_here:
             ray.shutdown()
-    summary = merge_summaries(results, output, parts)
+    summary = merged_summaries([result.summary for result in results], output, parts)
+    summary.failures_path = str(output / f"failures-*of{parts}.jsonl")  # as lebench ray always named them
     # The parts ran side by side: the run's rate is over its wall time.
     summary.processing_seconds = summary.elapsed_seconds = time.monotonic() - started
     failed = [result for result in results if result.error is not None]
@@ -222,22 +213,10 @@ def run_part(options: ExtractOptions, marker_name: str, token: str, workdir: str
         os.chdir(previous)
 
 
-def merge_summaries(results: list, output: Path, parts: int) -> ExtractSummary:
-    merged = ExtractSummary()
-    for result in results:
-        summary = result.summary
-        for name in ("files", "already_stored", "extracted", "failed", "padded", "chunked", "recomputed_float32"):
-            setattr(merged, name, getattr(merged, name) + getattr(summary, name))
-        merged.audio_seconds += summary.audio_seconds
-        merged.first_failure = merged.first_failure or summary.first_failure
-    merged.failures_path = str(output / f"failures-*of{parts}.jsonl")
-    return merged
-
-
 def _describe(ray, error: BaseException) -> str:
     cause = getattr(error, "cause", None) if isinstance(error, ray.exceptions.RayTaskError) else None
     if cause is not None:
-        return f"{type(cause).__name__}: {_first_line(cause)}"
+        return one_line(cause, first_line=True)
     return _first_line(error)
 
 

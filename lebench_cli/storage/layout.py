@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError, StoreIntegrityError, StoreReadError
+from ..frames import CNN
 from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, KINDS, SUPERSEDES_ATTR, TABLES_ATTR,
                         checksum_key, tables_digest)
 from .files import _WRITE_ERRORS, _one_line, _reason
@@ -23,7 +24,7 @@ METADATA_FILE = "lebench.json"
 SHARDS_DIR = "shards"
 INDEX_HEADER = ("id", "shard", "position", "frames", "duration", "flags", "source")
 SAVE_DTYPES = ("float16", "float32")
-CNN_LAYER = "cnn"
+CNN_LAYER = CNN
 # What prepare_output(overwrite=True) removes: lebench's own files, never the user's.
 STORE_FILES = (
     METADATA_FILE,
