@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from fake_hub import COMMIT, FakeHub, closed_port_url
+from support.fake_hub import COMMIT, FakeHub, closed_port_url
 from lebench_cli.checkpoints import load_local
 from lebench_cli.cli import main
 from lebench_cli.conversion import export_transformers

@@ -37,7 +37,8 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.reader import open_features
-from test_extract import default_sigint, write_audio
+from lebench_cli.testing.audio import write_audio
+from support.signals import default_sigint
 
 SOAK = os.environ.get("LEBENCH_SOAK") == "1"
 SEED = int(os.environ.get("LEBENCH_RELIABILITY_SEED") or random.SystemRandom().randrange(10**6))
