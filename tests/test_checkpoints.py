@@ -3,7 +3,6 @@
 
 import datetime
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """`features_of` / `iter_features`: features in memory, equal to what `lebench extract` stores."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
