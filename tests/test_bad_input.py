@@ -1,5 +1,5 @@
 """A file can only fail itself: mutated files of every format through one `lebench extract`
-(tests/mutated_audio.py makes them), and each rule of docs/extract.md's "Damaged and lying
+(tests/support/mutated_audio.py makes them), and each rule of docs/extract.md's "Damaged and lying
 files" with its exact message: bounded decoding, rate and channel bounds, lengths the bytes
 can back, truncated files failed or kept with a flag."""
 

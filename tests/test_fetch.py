@@ -1,4 +1,4 @@
-"""`lebench fetch` against a hub on 127.0.0.1 (tests/fake_hub.py), an unreachable hub that
+"""`lebench fetch` against a hub on 127.0.0.1 (tests/support/fake_hub.py), an unreachable hub that
 fails at once, and extract finding offline what fetch put in the cache. Never the network."""
 
 import os
