@@ -64,7 +64,7 @@ def speechlike_corpus(work: Path, seconds: float, seed: int, single_file: bool =
     return folder
 
 
-def probe_corpus(work: Path) -> Path:
+def startup_corpus(work: Path) -> Path:
     """One 2 s speech-like file, for a start-up measurement."""
     folder = work / "corpus-startup-probe"
     if not (folder / "manifest.json").exists():
