@@ -10,7 +10,7 @@ from lebench_cli.cli import main
 from lebench_cli.reader import open_features
 from lebench_cli.testing.corpora import tone_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_corpus(root: Path, files: int) -> Path:
