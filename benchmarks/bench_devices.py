@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`lebench extract --devices D1,D2,...` against one process on the same corpus and model.
 
-Generates (or reuses) bench_extract.py's speech-like corpus and random-weight checkpoint of a
+Generates (or reuses) bench_extract's speech-like corpus and random-weight checkpoint of a
 real architecture, then runs, interleaved for --repeat rounds:
 
   one      `lebench extract CORPUS -o OUT --model CKPT --device DEVICE -q`
@@ -9,7 +9,7 @@ real architecture, then runs, interleaved for --repeat rounds:
 
 each into a fresh output folder, and prints wall time (end to end, model loading included),
 x real time, and the speed-up of `devices` over `one`. Run with the project's interpreter:
-  .venv/bin/python benchmarks/bench_devices.py --minutes 3 --devices cpu,cpu --device cpu
+  .venv/bin/python -m benchmarks.bench_devices --minutes 3 --devices cpu,cpu --device cpu
 On one GPU, `--devices cuda:0,cuda:0` shows the mechanics, not a speed-up: both workers share it.
 """
 
@@ -24,39 +24,39 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_extract  # noqa: E402  (the corpus and the checkpoint come from there)
+from lebench_cli.testing.checkpoints import ARCHS, save_real_shape_checkpoint
+from lebench_cli.testing.corpora import speechlike_corpus
+
+from .common import REPO, add_work_argument, probe_corpus
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="audio to generate, in minutes (default 3)")
-    parser.add_argument("--arch", choices=sorted(bench_extract.ARCHS), default="base")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="base")
     parser.add_argument("--device", default="cpu", help="the one-process run's device (default cpu)")
     parser.add_argument("--devices", default="cpu,cpu", help="the --devices run's devices (default cpu,cpu)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds, each one then devices (default 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench")
+    add_work_argument(parser)
     return parser.parse_args(argv)
 
 
 def timed(command: list) -> float:
     started = time.monotonic()
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(bench_extract.REPO)})
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     return time.monotonic() - started
 
 
 def main(argv=None):
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    args.seconds, args.single_file, args.no_long_files = args.minutes * 60, False, False
-    corpus = bench_extract.make_corpus(args)
-    audio = sum(bench_extract.probe_corpus(corpus))
+    corpus = speechlike_corpus(args.work, args.minutes * 60, args.seed)
+    audio = sum(probe_corpus(corpus))
     model = args.work / f"model-{args.arch}-seed{args.seed}" / "checkpoint_best.pt"
     if not model.exists():
-        bench_extract.worker_build_model(args.arch, model, args.seed)
+        save_real_shape_checkpoint(model, args.arch, args.seed)
     base = [sys.executable, "-m", "lebench_cli", "extract", str(corpus), "--model", str(model), "-q"]
     runs = {"one": ["--device", args.device], "devices": ["--devices", args.devices]}
     walls = {name: [] for name in runs}

@@ -12,13 +12,12 @@ conv features). This times, on batches of the shapes extract makes (bench_model.
 
 "check / forward" is the share of the model's time the check adds. Medians of --repeats.
 
-Run with the project's interpreter:  .venv/bin/python benchmarks/bench_finite_check.py --help
+Run from the repository root:  .venv/bin/python -m benchmarks.bench_finite_check --help
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,12 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_extract import SAMPLE_RATE  # noqa: E402
-from bench_model import load_encoder, make_batch, seconds_list, synchronize  # noqa: E402  (same batches)
+from .bench_model import load_encoder, make_batch, seconds_list, synchronize  # the same batches
+from .common import SAMPLE_RATE, add_json_out_argument, add_work_argument, write_json
 
 
 def parse_args(argv):
@@ -51,9 +46,8 @@ def parse_args(argv):
     parser.add_argument("--clip-seconds", type=seconds_list, default=[5.0], help="utterance length (default 5)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each (default 5), after one warm-up")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench",
-                        help="checkpoint cache (default $TMPDIR/lebench-bench, shared with bench_extract.py)")
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    add_work_argument(parser, help="checkpoint cache (default $TMPDIR/lebench-bench, shared with bench_extract)")
+    add_json_out_argument(parser)
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     return args
@@ -94,9 +88,10 @@ def main(argv=None):
                     checked = [batch.conv_features] + [v for k, v in batch.states.items() if k != CNN]
                     forward = median_seconds(encoder.device, lambda: encoder.forward(padded, lengths, layers),
                                              args.repeats)
-                    check = median_seconds(encoder.device, lambda: finite_per_utterance(checked, batch.frames),
-                                           args.repeats)
-                    whole = median_seconds(encoder.device, lambda: torch.stack(
+                    # Bound as defaults: pyflakes sees the del below as reaching into the lambdas.
+                    check = median_seconds(encoder.device, lambda checked=checked, batch=batch:
+                                           finite_per_utterance(checked, batch.frames), args.repeats)
+                    whole = median_seconds(encoder.device, lambda batch=batch: torch.stack(
                         [torch.isfinite(v).all() for v in batch.states.values()]).all(), args.repeats)
                     rows.append({"layers": spec, "batch_s": batch_seconds, "clip_s": clip_seconds,
                                  "utterances": len(lengths), "checked_tensors": len(checked),
@@ -115,7 +110,7 @@ def main(argv=None):
               "model": str(args.model or args.arch), "audio_s_per_batch": float(lengths.sum()) / SAMPLE_RATE,
               "rows": rows}
     if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2))
+        write_json(args.json_out, report, indent=2)
 
 
 if __name__ == "__main__":

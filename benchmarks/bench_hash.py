@@ -14,14 +14,13 @@ file's pages dropped with posix_fadvise(POSIX_FADV_DONTNEED) just before it is r
   xxh3 xN   the fingerprint as lebench takes it: the whole corpus hashed by N threads
             (resume.fingerprints, --threads), timed as one pass
 
-Run with the project's interpreter:  .venv/bin/python benchmarks/bench_hash.py --help
+Run from the repository root:  .venv/bin/python -m benchmarks.bench_hash --help
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import time
@@ -30,18 +29,19 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-RATE = 16000
+from .common import SAMPLE_RATE, add_json_out_argument, add_work_argument, write_json
+
+RATE = SAMPLE_RATE
 SAMPLED_BLOCKS, SAMPLED_BYTES = 16, 4096
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=1000, help="corpus size in files (default 1000)")
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench-hash",
-                        help="corpus folder (kept and reused when it holds --files files)")
+    add_work_argument(parser, "lebench-bench-hash", help="corpus folder (kept and reused when it holds --files files)")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per case (default 3)")
     parser.add_argument("--threads", type=int, default=8, help="threads of the 'xxh3 xN' case (default 8)")
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    add_json_out_argument(parser)
     args = parser.parse_args()
     paths = make_corpus(args.work, args.files)
     total_bytes = sum(path.stat().st_size for path in paths)
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"| {row['case']} | {row['cache']} | {row['seconds']:.3f} | {row['ms_per_file']:.3f} | {speed} | "
               f"{row['of_decode']:.3f} |")
     if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json_out, report, indent=2, newline=True)
 
 
 def make_corpus(folder: Path, count: int) -> list:

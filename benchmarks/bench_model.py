@@ -24,16 +24,12 @@ Optional checks, for the GPU questions still open:
   --compile     the transformer layers under torch.compile(dynamic=True): speed, and the
                 largest difference from the uncompiled states relative to their scale.
 
-Run with the project's interpreter:  .venv/bin/python benchmarks/bench_model.py --help
+Run with the project's interpreter:  .venv/bin/python -m benchmarks.bench_model --help
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import sys
 import time
 import types
@@ -42,11 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_extract import SAMPLE_RATE, prepare_model, useful_flops  # noqa: E402  (same checkpoints and FLOPs)
+from .common import SAMPLE_RATE, add_json_out_argument, add_work_argument, brief_machine, text_table, write_json
+from .models import prepare_model, useful_flops  # the same checkpoints and FLOPs as bench_extract
 
 
 def seconds_list(text: str) -> list:
@@ -77,9 +70,8 @@ def parse_args(argv):
     parser.add_argument("--group-norm", action="store_true", help="time the per-utterance GroupNorm (base models)")
     parser.add_argument("--compile", action="store_true", help="also time the layers under torch.compile")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench",
-                        help="checkpoint cache (default $TMPDIR/lebench-bench, shared with bench_extract.py)")
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    add_work_argument(parser, help="checkpoint cache (default $TMPDIR/lebench-bench, shared with bench_extract)")
+    add_json_out_argument(parser)
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     return args
@@ -268,27 +260,25 @@ def main(argv=None):
               f"{value['per_utterance_ms']:.2f} ms with lebench's per-utterance GroupNorm, "
               f"{value['whole_batch_ms']:.2f} ms with one GroupNorm over the padded batch")
     if args.json_out:
-        machine = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(),
-                   "processor": platform.processor(), "python": platform.python_version(),
-                   "torch": torch.__version__, "device": device, "dtype": dtype, "matmul_tflop_s": peak}
+        machine = {**brief_machine(), "torch": torch.__version__, "device": device, "dtype": dtype,
+                   "matmul_tflop_s": peak}
         if on_gpu:
             machine["gpu"] = torch.cuda.get_device_name(encoder.device)
-        args.json_out.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
-                                             "description": description, "rows": rows, **extra}, indent=1))
+        write_json(args.json_out, {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                                   "description": description, "rows": rows, **extra}, indent=1)
 
 
 def format_rows(rows: list) -> str:
     header = ["variant", "layers", "batch s", "clip s", "utts", "ms/batch", "x RT", "TFLOP/s", "of peak", "GPU MB",
               "max rel diff"]
-    lines = [header]
+    lines = []
     for row in rows:
         lines.append([row["variant"], row["layers"], f"{row['batch_s']:g}", f"{row['clip_s']:g}", str(row["utterances"]),
                       f"{row['ms_per_batch']:.1f}", f"{row['x_rt']:.0f}", f"{row['tflop_s']:.2f}",
                       f"{row['of_peak']:.0%}",
                       f"{row['gpu_mb']:.0f}" if "gpu_mb" in row else "-",
                       f"{row['max_relative_difference']:.2g}" if "max_relative_difference" in row else "-"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return text_table(header, lines)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ x RT = audio seconds / wall seconds. "main CPU s" is the CPU time of the main pr
 its threads): with a GPU, the main thread also launches the model, so this is the part
 that competes with it. Not included: the GPU's compute and its device-to-host copies.
 
-Run with the project's interpreter:  .venv/bin/python benchmarks/bench_pipeline.py --help
+Run with the project's interpreter:  .venv/bin/python -m benchmarks.bench_pipeline --help
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
+import dataclasses
 import os
-import platform
 import shutil
 import sys
 import time
@@ -38,15 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lebench_cli.testing.corpora import speechlike_corpus
 
-from bench_extract import make_corpus  # noqa: E402  (the same corpora as bench_extract.py)
+from .common import SAMPLE_RATE, add_json_out_argument, add_work_argument, brief_machine, text_table, write_json
 
 # Stored shapes of the real models (docs/models.md): encoder layers, width, cnn width.
 SHAPES = {"base": (12, 768, 512), "large": (24, 1024, 512)}
-SAMPLE_RATE = 16000
 
 
 def parse_args(argv):
@@ -64,10 +59,9 @@ def parse_args(argv):
     parser.add_argument("--stages", default="decode,write,pipeline", help="which stages (default all three)")
     parser.add_argument("--workers", default="0,1", help="decode/pipeline: comma-separated worker counts (default 0,1)")
     parser.add_argument("--batch-seconds", type=float, default=120.0, help="pipeline: lebench --batch-seconds (default 120, the CUDA default)")
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench",
-                        help="corpora, checkpoint and outputs (default $TMPDIR/lebench-bench)")
+    add_work_argument(parser, help="corpora, checkpoint and outputs (default $TMPDIR/lebench-bench)")
     parser.add_argument("--out", type=Path, help="where the write and pipeline stages write (default under --work)")
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    add_json_out_argument(parser)
     args = parser.parse_args(argv)
     args.seconds = 60 * (args.minutes or 30) if args.hours is None else 3600 * args.hours
     args.single_file = False
@@ -75,13 +69,24 @@ def parse_args(argv):
     return args
 
 
+@dataclasses.dataclass
+class Item:
+    """What lebench's decoding stage reads of an item: its source and duration."""
+
+    source: object
+    seconds: float = 0.0
+
+
 def corpus_items(folder: Path) -> list:
-    from lebench_cli.extract import _Item, _probe
+    from lebench_cli.audio import probe
+    from lebench_cli.errors import AudioError
     from lebench_cli.inputs import AUDIO_EXTENSIONS, discover
 
-    items = [_Item(source) for source in discover([str(folder)], AUDIO_EXTENSIONS)]
+    items = [Item(source) for source in discover([str(folder)], AUDIO_EXTENSIONS)]
     for item in items:
-        if _probe(item) is not None:
+        try:
+            item.seconds = probe(item.source.path).duration_seconds
+        except AudioError:
             raise SystemExit(f"error: cannot probe {item.source.path}")
     return items
 
@@ -176,29 +181,12 @@ def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
 def skinny_checkpoint(work: Path, arch: str) -> Path:
     """A real fairseq checkpoint with the arch's layer count and tiny widths (only its layer
     count and conv strides matter here: the null encoder claims the real widths)."""
-    import warnings
-
-    import torch
-    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
-    from omegaconf import OmegaConf
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import CONV, full_config
+    from lebench_cli.testing.checkpoints import save_skinny_checkpoint
 
     path = work / f"skinny-{arch}" / "checkpoint_best.pt"
     if path.exists():
         return path
-    config = Wav2Vec2Config(conv_feature_layers=CONV, encoder_layers=SHAPES[arch][0], encoder_embed_dim=16,
-                            encoder_ffn_embed_dim=32, encoder_attention_heads=2, conv_pos=4, conv_pos_groups=2,
-                            final_dim=16, extractor_mode="layer_norm" if arch == "large" else "default",
-                            layer_norm_first=arch == "large")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = Wav2Vec2Model.build_model(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"args": None, "cfg": OmegaConf.create(full_config(config, arch == "large")),
-                "model": model.state_dict()}, path)
-    return path
+    return save_skinny_checkpoint(path, arch, SHAPES[arch][0])
 
 
 def null_encoder_class(arch: str):
@@ -264,7 +252,7 @@ def stage_pipeline(corpus: Path, checkpoint: Path, arch: str, spec: str, workers
 def format_rows(rows: list) -> str:
     header = ["stage", "layers", "workers", "files", "audio s", "wall s", "x RT", "files/s", "main CPU s",
               "written MB/s", "detail"]
-    lines = [header]
+    lines = []
     for row in rows:
         detail = ""
         if row["stage"] == "decode":
@@ -278,14 +266,14 @@ def format_rows(rows: list) -> str:
                       f"{row['audio_s']:.0f}", f"{row['wall_s']:.2f}", f"{row['audio_s'] / row['wall_s']:.0f}",
                       f"{row['files'] / row['wall_s']:.0f}", f"{row['main_cpu_s']:.2f}",
                       f"{row['write_mb_s']:.0f}" if "write_mb_s" in row else "-", detail])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return text_table(header, lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus = args.corpus.resolve() if args.corpus else make_corpus(args)
+    corpus = args.corpus.resolve() if args.corpus else speechlike_corpus(args.work, args.seconds, args.seed,
+                                                                        args.single_file, not args.no_long_files)
     items = corpus_items(corpus)
     out = (args.out or args.work / "pipeline-out").resolve()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -312,10 +300,8 @@ def main(argv=None):
         print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr)
     print(format_rows(rows))
     if args.json_out:
-        machine = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(),
-                   "processor": platform.processor(), "python": platform.python_version()}
-        args.json_out.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
-                                             "rows": rows}, indent=1))
+        write_json(args.json_out, {"machine": brief_machine(), "args": {k: str(v) for k, v in vars(args).items()},
+                                   "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

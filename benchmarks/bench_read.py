@@ -33,13 +33,14 @@ Every lebench case runs twice: as readers get it (each read checked against its 
 checksum) and with open_features(..., verify=False); "check cost" is how much longer the
 checked pass took (checked seconds / unchecked seconds - 1, per utterance).
 
-Run with the project's interpreter:  .venv/bin/python benchmarks/bench_read.py --help
+Run from the repository root:  .venv/bin/python -m benchmarks.bench_read --help
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -50,8 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from .common import REPO, add_json_out_argument, add_work_argument, folder_bytes, write_json
 
 FORMATS = ("lebench", "npy", "npy-stacked", "numpy_hdf5", "lilcom_chunky", "kaldi")
 NUM_LAYERS, WIDTH, FRAME_RATE = 25, 1024, 50
@@ -69,12 +69,11 @@ def parse_args(argv):
     parser.add_argument("--cache", default="warm,cold", help="warm, cold or both (default both)")
     parser.add_argument("--cold", choices=("auto", "drop", "fadvise"), default="auto",
                         help="how the cold case empties the page cache (default auto)")
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lebench-bench-read",
-                        help="corpus folder (kept and reused when its parameters match)")
+    add_work_argument(parser, "lebench-bench-read", help="corpus folder (kept and reused when its parameters match)")
     parser.add_argument("--min-seconds", type=float, default=3.0,
                         help="timed passes last at least this long (default 3; --quick: 0)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    add_json_out_argument(parser)
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: where one lebench read's time goes (warm), per utterance")
     parser.add_argument("--check-cost", action="store_true",
@@ -136,7 +135,7 @@ def available(name: str) -> bool:
     if name != "lilcom_chunky":
         return True
     try:
-        import lilcom  # noqa: F401
+        importlib.import_module("lilcom")
     except ImportError:
         return False
     return True
@@ -317,10 +316,8 @@ def batches(frames: list, budget_frames: int, seed: int) -> list:
 def run_case(spec: dict) -> dict:
     import torch
 
-    import h5py  # noqa: F401  (imports are not what is timed)
-    import kaldiio  # noqa: F401
-    import lhotse.features.io  # noqa: F401
-    import lebench_cli.reader  # noqa: F401
+    for module in ("h5py", "kaldiio", "lhotse.features.io", "lebench_cli.reader"):  # imports are not what is timed
+        importlib.import_module(module)
 
     torch.set_num_threads(1)
     frames, work = spec["frames"], Path(spec["work"])
@@ -432,13 +429,13 @@ def main(argv=None) -> int:
                     print_row(row, first=not rows)
                     rows.append(row)
     if args.json_out:
-        args.json_out.write_text(json.dumps({**header, "rows": rows}, indent=1))
+        write_json(args.json_out, {**header, "rows": rows}, indent=1)
     return 0
 
 
 def run_child(spec: dict) -> dict:
-    completed = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True,
-                               text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+    completed = subprocess.run([sys.executable, "-m", "benchmarks.bench_read", "--case", json.dumps(spec)],
+                               capture_output=True, cwd=REPO, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                    filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     if completed.returncode != 0:
         raise SystemExit(f"{spec['format']} failed:\n{completed.stderr[-3000:]}")
@@ -514,10 +511,6 @@ def breakdown(folder: Path) -> int:
         copy = per_utterance(lambda index: np.empty((len(layers), frames[index], WIDTH), np.float16).copy())
         print(f"{len(layers):>6} {public:>10.2f} {cached:>18.2f} {lookups:>8.2f} {copy:>10.2f}")
     return 0
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 if __name__ == "__main__":

@@ -6,21 +6,19 @@ the real command, windows and all, computes the same recording in one pass with 
 and prints, per layer, the difference relative to the largest full-context value: the
 largest, the largest over frames at least one overlap away from any cut, and the median.
 
-    python benchmarks/chunking_error.py --model path/to/checkpoint_best.pt
-    python benchmarks/chunking_error.py --model M --seconds 7.3 --chunk-seconds 2 --overlap-seconds 0.6
+    python -m benchmarks.chunking_error --model path/to/checkpoint_best.pt
+    python -m benchmarks.chunking_error --model M --seconds 7.3 --chunk-seconds 2 --overlap-seconds 0.6
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_extract import write_speechlike  # noqa: E402  the benchmark's speech-like generator
+from lebench_cli.testing.audio import write_speechlike
 
 
 def main(argv=None) -> None:

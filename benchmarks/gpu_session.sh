@@ -106,11 +106,11 @@ phase_tests() {
 
 phase_model() {
   local status=0
-  run_phase model "$PYTHON" benchmarks/bench_model.py --arch large --device "$DEVICE" --layers "last;8,16,24;all" \
+  run_phase model "$PYTHON" -m benchmarks.bench_model --arch large --device "$DEVICE" --layers "last;8,16,24;all" \
     --batch-seconds 60,120,240 --clip-seconds 10 --work "$WORK" --json-out "$OUTDIR/model-large.json" || status=1
-  run_phase model "$PYTHON" benchmarks/bench_model.py --arch large --device "$DEVICE" --layers "8,16,24" \
+  run_phase model "$PYTHON" -m benchmarks.bench_model --arch large --device "$DEVICE" --layers "8,16,24" \
     --batch-seconds 120 --clip-seconds 3,10,20 --compile --work "$WORK" --json-out "$OUTDIR/model-compile.json" || status=1
-  run_phase model "$PYTHON" benchmarks/bench_model.py --arch base --device "$DEVICE" --layers "last" \
+  run_phase model "$PYTHON" -m benchmarks.bench_model --arch base --device "$DEVICE" --layers "last" \
     --batch-seconds 120 --clip-seconds 1,10 --group-norm --work "$WORK" --json-out "$OUTDIR/model-base.json" || status=1
   grep -v '^\s*$' "$OUTDIR/model.log" | grep -E '^(variant|compute|readback|compiled|group_norm)' | tail -30
   return $status
@@ -118,7 +118,7 @@ phase_model() {
 
 extract_run() {  # extract_run NAME ARGS...: one bench_extract.py run, JSON into OUTDIR/extract-NAME.json
   local name="$1"; shift
-  run_phase extract "$PYTHON" benchmarks/bench_extract.py --device "$DEVICE" --dtype float16 --lebench "$LEBENCH" \
+  run_phase extract "$PYTHON" -m benchmarks.bench_extract --device "$DEVICE" --dtype float16 --lebench "$LEBENCH" \
     --work "$WORK" --json-out "$OUTDIR/extract-$name.json" "$@"
 }
 
@@ -143,7 +143,7 @@ phase_extract() {
 }
 
 phase_pipeline() {
-  run_phase pipeline "$PYTHON" benchmarks/bench_pipeline.py --hours "$BASE_HOURS" --workers 0,2,4,8 \
+  run_phase pipeline "$PYTHON" -m benchmarks.bench_pipeline --hours "$BASE_HOURS" --workers 0,2,4,8 \
     --layers "last;8,16,24" --work "$WORK" --json-out "$OUTDIR/pipeline.json"
   local status=$?
   tail -20 "$OUTDIR/pipeline.log"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tiny_models import save_fairseq_checkpoint
+from lebench_cli.testing.checkpoints import save_fairseq_checkpoint
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 import lebench_cli
-from tiny_models import save_fairseq_checkpoint
+from lebench_cli.testing.checkpoints import save_fairseq_checkpoint
 
 API_DOC = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
 MODEL = "LeBenchmark/wav2vec2-FR-7K-base"  # the name the examples use; replaced by a tiny checkpoint

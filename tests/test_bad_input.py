@@ -1,5 +1,5 @@
 """A file can only fail itself: mutated files of every format through one `lebench extract`
-(tests/mutated_audio.py makes them), and each rule of docs/extract.md's "Damaged and lying
+(tests/support/mutated_audio.py makes them), and each rule of docs/extract.md's "Damaged and lying
 files" with its exact message: bounded decoding, rate and channel bounds, lengths the bytes
 can back, truncated files failed or kept with a flag."""
 
@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-import mutated_audio
+from support import mutated_audio
 from lebench_cli import audio, decoding
 from lebench_cli.audio import backed_frames, probe, read_audio
 from lebench_cli.checkpoints import load_local
@@ -27,7 +27,7 @@ from lebench_cli.errors import AudioError
 from lebench_cli.headers import declared_data_bytes, ogg_stream_ends
 from lebench_cli.reader import open_features
 from lebench_cli.summary import human_duration
-from mutated_audio import FORMATS, clean_file, make_corpus, ogg_last_granule, wav_field, xing_frames
+from support.mutated_audio import FORMATS, clean_file, make_corpus, ogg_last_granule, wav_field, xing_frames
 
 RATE = 16_000
 PEAK_RSS_LIMIT_MB = 1200  # the tiny model's run holds about 500 MB; a header's length would be terabytes

@@ -10,9 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_hash_times_every_case_on_a_tiny_corpus(tmp_path):
     report = tmp_path / "report.json"
-    run = subprocess.run([sys.executable, REPO / "benchmarks" / "bench_hash.py", "--files", "4", "--passes", "1",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench_hash", "--files", "4", "--passes", "1",
                           "--threads", "2", "--work", tmp_path / "corpus", "--json-out", report],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = json.loads(report.read_text())["rows"]
     assert [(row["case"], row["cache"]) for row in rows] == [

@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 def test_bench_model_times_every_row_and_the_group_norm(checkpoints, tmp_path):
     results = tmp_path / "model.json"
     completed = subprocess.run(
-        [sys.executable, REPO / "benchmarks" / "bench_model.py", "--model", checkpoints("base"), "--device", "cpu",
+        [sys.executable, "-m", "benchmarks.bench_model", "--model", checkpoints("base"), "--device", "cpu",
          "--layers", "last;1,cnn", "--batch-seconds", "2", "--clip-seconds", "0.5,1", "--batches", "1",
          "--warmup", "1", "--group-norm", "--work", tmp_path / "work", "--json-out", results],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(results.read_text())
     rows = report["rows"]
@@ -40,9 +40,9 @@ def test_gpu_session_script_parses_and_refuses_unknown_phases(tmp_path):
 def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
     results = tmp_path / "read.json"
     completed = subprocess.run(
-        [sys.executable, REPO / "benchmarks" / "bench_read.py", "--quick", "--cold", "fadvise",
+        [sys.executable, "-m", "benchmarks.bench_read", "--quick", "--cold", "fadvise",
          "--work", tmp_path / "work", "--json-out", results],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(results.read_text())
     formats = ["lebench", "npy", "npy-stacked", "numpy_hdf5", "lilcom_chunky", "kaldi"]
@@ -77,10 +77,10 @@ def test_bench_read_check_cost_reports_wall_and_cpu_seconds(tmp_path):
 def test_bench_finite_check_times_the_check_against_the_model(checkpoints, tmp_path):
     results = tmp_path / "finite.json"
     completed = subprocess.run(
-        [sys.executable, REPO / "benchmarks" / "bench_finite_check.py", "--model", checkpoints("base"), "--device",
+        [sys.executable, "-m", "benchmarks.bench_finite_check", "--model", checkpoints("base"), "--device",
          "cpu", "--layers", "last;all,cnn", "--batch-seconds", "2", "--clip-seconds", "1", "--repeats", "1",
          "--work", tmp_path / "work", "--json-out", results],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     rows = json.loads(results.read_text())["rows"]
     assert [(r["layers"], r["checked_tensors"], r["utterances"]) for r in rows] == [("last", 2, 2), ("all,cnn", 5, 2)]

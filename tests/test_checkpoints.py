@@ -3,7 +3,6 @@
 
 import datetime
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +13,8 @@ from lebench_cli.conversion import export_speechbrain, export_transformers
 from lebench_cli.encoder import Encoder
 from lebench_cli.errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from lebench_cli.models import load_checkpoint
-
-
-class CreatesAFile:
-    """Unpickling this calls open(path, "w"): a stand-in for any code execution."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
+from support.fake_hub import fake_hub_cache
+from support.pickles import CreatesAFile
 
 
 def test_hostile_pickle_is_refused_and_nothing_runs(tmp_path):
@@ -107,18 +98,6 @@ def test_folder_prefers_the_fairseq_checkpoint(checkpoints, tmp_path):
     export_transformers(checkpoint, tmp_path)
     (tmp_path / "checkpoint_best.pt").write_bytes(checkpoints("base").read_bytes())
     assert load_local(tmp_path).format == "fairseq"
-
-
-def fake_hub_cache(cache: Path, repo_id: str, files: dict) -> None:
-    """The layout huggingface_hub's cache uses: refs/main -> snapshots/<commit>/<file>."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        (snapshot / name).write_bytes(data)
 
 
 def test_hub_alias_resolves_from_the_cache_offline(checkpoints, offline_cache):

@@ -32,7 +32,7 @@ LeBenchmark/wav2vec-FR-1K-Female-large  -                    large   1K (female)
 
 
 def test_info_lists_every_known_model_and_the_cache(offline_cache, checkpoints):
-    from test_checkpoints import fake_hub_cache
+    from support.fake_hub import fake_hub_cache
 
     fake_hub_cache(offline_cache, "LeBenchmark/wav2vec2-FR-3K-base",
                    {"checkpoint_best.pt": checkpoints("base").read_bytes()})
@@ -93,7 +93,7 @@ def test_info_on_a_checkpoint(checkpoints):
 
 def test_info_refuses_a_hostile_checkpoint_with_one_line(tmp_path):
     import torch
-    from test_checkpoints import CreatesAFile
+    from support.pickles import CreatesAFile
 
     evil = tmp_path / "evil.pt"
     torch.save({"payload": CreatesAFile(tmp_path / "pwned")}, evil)

@@ -13,7 +13,7 @@ from lebench_cli.cli import main
 from lebench_cli.compute_device import cpu_fallback_reason, describe_device
 from lebench_cli.summary import merged_summaries as _merged
 from lebench_cli.summary import ExtractSummary
-from test_extract import write_audio
+from lebench_cli.testing.audio import write_audio
 
 SUMMARY = r"extracted 2 files \(1\.1 s of audio\) in \d+\.\d s \(\d+x real time; \d+\.\d s in all, with model loading\)"
 

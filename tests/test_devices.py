@@ -165,7 +165,7 @@ def test_devices_that_do_not_exist_are_refused(checkpoints, tmp_path):
 
 
 def test_the_devices_benchmark_parses_its_options():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_devices.py"), "--help"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_devices", "--help"],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert "--devices DEVICES" in result.stdout

@@ -9,7 +9,7 @@ from lebench_cli.checkpoints import load_local
 from lebench_cli.conversion import export_speechbrain, export_transformers
 from lebench_cli.encoder import Encoder, frames_for_samples
 from lebench_cli.errors import InputError
-from tiny_models import FAMILIES, build_fairseq_model, fairseq_reference
+from lebench_cli.testing.checkpoints import FAMILIES, build_fairseq_model, fairseq_reference
 
 LENGTHS = [400, 401, 719, 720, 1_000, 3_333, 8_000, 16_000, 23_457]
 LAYERS = ["cnn", 0, 1, 2, 3]

@@ -20,18 +20,10 @@ from lebench_cli.checkpoints import load_local
 from lebench_cli.cli import main
 from lebench_cli.encoder import Encoder
 from lebench_cli.reader import open_features
+from lebench_cli.testing.audio import write_audio
+from support.signals import default_sigint
 
 RATE = 16_000
-
-
-def write_audio(path: Path, seconds: float, rate: int = RATE, channels: int = 1, seed: int = 0, subtype=None):
-    generator = np.random.default_rng(seed)
-    samples = int(round(seconds * rate))
-    t = np.arange(samples) / rate
-    data = 0.3 * np.sin(2 * np.pi * (150 + 40 * seed) * t)[:, None] + 0.05 * generator.standard_normal((samples, channels))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data.astype(np.float32).squeeze(), rate, subtype=subtype)
-    return path
 
 
 @pytest.fixture
@@ -455,12 +447,6 @@ def test_killed_run_resumes_to_the_same_dataset(checkpoints, tmp_path):
         assert sorted(store.ids) == sorted(expected.ids) and len(set(store.ids)) == 60
         for utt_id in expected.ids:
             np.testing.assert_array_equal(store.read(utt_id, 3), expected.read(utt_id, 3))
-
-
-def default_sigint() -> None:
-    """A shell's background job inherits SIGINT ignored, and lebench rightly keeps ignoring
-    it: tests that send SIGINT must not depend on how pytest was started."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

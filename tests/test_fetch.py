@@ -1,4 +1,4 @@
-"""`lebench fetch` against a hub on 127.0.0.1 (tests/fake_hub.py), an unreachable hub that
+"""`lebench fetch` against a hub on 127.0.0.1 (tests/support/fake_hub.py), an unreachable hub that
 fails at once, and extract finding offline what fetch put in the cache. Never the network."""
 
 import os
@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from fake_hub import COMMIT, FakeHub, closed_port_url
+from support.fake_hub import COMMIT, FakeHub, closed_port_url
 from lebench_cli.checkpoints import load_local
 from lebench_cli.cli import main
 from lebench_cli.conversion import export_transformers

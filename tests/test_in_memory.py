@@ -1,7 +1,6 @@
 """`features_of` / `iter_features`: features in memory, equal to what `lebench extract` stores."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from lebench_cli.encoder import Encoder
 from lebench_cli.errors import AudioError, InputError
 from lebench_cli.extract import ExtractOptions, run_extract
 from lebench_cli.reader import open_features
+from lebench_cli.testing.audio import write_audio
 
 RATE = 16_000
 LAYERS = ["cnn", 0, 1, 2, 3]
@@ -20,24 +20,14 @@ LAYERS = ["cnn", 0, 1, 2, 3]
 SETTINGS = dict(batch_seconds=4.0, chunk_seconds=2.0, overlap_seconds=0.5)
 
 
-def write_audio(path: Path, seconds: float, rate: int = RATE, channels: int = 1, seed: int = 0):
-    generator = np.random.default_rng(seed)
-    samples = int(round(seconds * rate))
-    t = np.arange(samples) / rate
-    data = 0.3 * np.sin(2 * np.pi * (150 + 40 * seed) * t)[:, None] + 0.05 * generator.standard_normal((samples, channels))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, (data + 0.02).astype(np.float32).squeeze(), rate)
-    return path
-
-
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "corpus"
     return {
-        "short": write_audio(root / "short.wav", 0.015, seed=1),  # 240 samples: padded to one frame
-        "normal": write_audio(root / "normal.wav", 1.3, seed=2),
-        "stereo": write_audio(root / "stereo.wav", 0.9, rate=22_050, channels=2, seed=3),
-        "long": write_audio(root / "long.wav", 5.0, seed=4),  # windowed
+        "short": write_audio(root / "short.wav", 0.015, seed=1, offset=0.02),  # 240 samples: padded to one frame
+        "normal": write_audio(root / "normal.wav", 1.3, seed=2, offset=0.02),
+        "stereo": write_audio(root / "stereo.wav", 0.9, rate=22_050, channels=2, seed=3, offset=0.02),
+        "long": write_audio(root / "long.wav", 5.0, seed=4, offset=0.02),  # windowed
     }
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.reader import open_features
+from lebench_cli.testing import audio
 
 RATE = 16_000
 LATIN1 = b"caf\xe9"  # 'café' in Latin-1: not UTF-8
@@ -25,9 +26,7 @@ NFC, NFD = "caf\u00e9", "cafe\u0301"
 
 
 def tone(seconds: float = 0.5, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    noise = 0.05 * np.random.default_rng(seed).standard_normal(len(t))
-    return (0.3 * np.sin(2 * np.pi * (150 + 40 * seed) * t) + noise).astype(np.float32)
+    return audio.tone(seconds, RATE, seed=seed).astype(np.float32)
 
 
 def write(path, samples: np.ndarray, **kwargs):

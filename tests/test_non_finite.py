@@ -18,6 +18,7 @@ from lebench_cli.checkpoints import load_local
 from lebench_cli.cli import main
 from lebench_cli.encoder import EncodedBatch, Encoder
 from lebench_cli.reader import open_features
+from lebench_cli.testing.audio import tone
 
 RATE = 16_000
 OVERFLOW = "non-finite features (NaN or inf) at layer {} in float32"
@@ -27,12 +28,6 @@ def write(path: Path, samples: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, samples.astype(np.float32), RATE, subtype="FLOAT")
     return path
-
-
-def speech(seconds: float, seed: int) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    noise = 0.05 * np.random.default_rng(seed).standard_normal(len(t))
-    return 0.3 * np.sin(2 * np.pi * (150 + 40 * seed) * t) + noise
 
 
 def extract(*args):
@@ -67,7 +62,7 @@ def test_a_3e38_sine_through_a_model_without_normalisation_fails_naming_the_laye
     corpus = tmp_path / "corpus"
     loud = write(corpus / "loud.wav", 3e38 * np.sin(2 * np.pi * 200 * np.arange(RATE) / RATE))
     for seed in (1, 2):  # as long as it: one batch (padding <= 10%)
-        write(corpus / f"ok{seed}.wav", speech(1.0, seed))
+        write(corpus / f"ok{seed}.wav", tone(1.0, seed=seed))
     out = tmp_path / "out"
     result = extract(corpus, *run_args(checkpoints("base"), out, "--dtype", dtype, "--save-dtype", "float32",
                                        "--layers", layers, "--batch-seconds", "20"))
@@ -85,7 +80,7 @@ def test_a_3e38_sine_through_a_model_without_normalisation_fails_naming_the_laye
 def test_a_3e38_long_recording_fails_and_leaves_no_partial_utterance(checkpoints, tmp_path):
     corpus = tmp_path / "corpus"
     write(corpus / "long.wav", 3e38 * np.sin(2 * np.pi * 200 * np.arange(5 * RATE) / RATE))
-    write(corpus / "ok.wav", speech(0.8, 1))
+    write(corpus / "ok.wav", tone(0.8, seed=1))
     out = tmp_path / "out"
     result = extract(corpus, *run_args(checkpoints("base"), out, "--layers", "2", "--chunk-seconds", "2",
                                        "--overlap-seconds", "0.5"))
@@ -100,7 +95,7 @@ def test_loud_finite_audio_through_a_normalising_model_equals_the_quiet_audio(ch
     """Large models normalise each utterance (fairseq: zero mean, unit variance): the same
     audio at 1e37 times the amplitude has the same features, short or in windows."""
     seconds, extra = (5.0, ["--chunk-seconds", "2", "--overlap-seconds", "0.5"]) if chunked else (1.2, [])
-    quiet = speech(seconds, 3)
+    quiet = tone(seconds, seed=3)
     write(tmp_path / "quiet" / "u.wav", quiet)
     write(tmp_path / "loud" / "u.wav", quiet * 1e37)
     for name in ("quiet", "loud"):
@@ -140,7 +135,7 @@ def test_an_utterance_non_finite_in_float32_fails_and_its_batch_is_stored(checkp
 
     corpus = tmp_path / "corpus"
     for seed, seconds in enumerate((1.0, 0.9, 0.8)):
-        write(corpus / f"u{seed}.wav", speech(seconds, seed))
+        write(corpus / f"u{seed}.wav", tone(seconds, seed=seed))
     original = Encoder.forward
     monkeypatch.setattr(Encoder, "forward", poisoned(original, {torch.float32, torch.float16, torch.bfloat16}))
     options = extract_module.ExtractOptions(inputs=[str(corpus)], output=str(tmp_path / "out"),
@@ -164,7 +159,7 @@ def test_a_half_precision_overflow_that_float32_fixes_is_stored(checkpoints, tmp
 
     corpus = tmp_path / "corpus"
     for seed, seconds in enumerate((1.0, 0.9)):
-        write(corpus / f"u{seed}.wav", speech(seconds, seed))
+        write(corpus / f"u{seed}.wav", tone(seconds, seed=seed))
     original = Encoder.forward
     monkeypatch.setattr(Encoder, "forward", poisoned(original, {torch.bfloat16}))
     options = extract_module.ExtractOptions(inputs=[str(corpus)], output=str(tmp_path / "out"),
@@ -179,7 +174,7 @@ def test_features_in_memory_never_hold_non_finite_values(checkpoints, tmp_path):
     from lebench_cli.errors import AudioError
 
     loud = write(tmp_path / "loud.wav", 3e38 * np.sin(2 * np.pi * 200 * np.arange(RATE) / RATE))
-    quiet = write(tmp_path / "quiet.wav", speech(1.0, 1))
+    quiet = write(tmp_path / "quiet.wav", tone(1.0, seed=1))
     with pytest.raises(AudioError, match=f"^{loud}: " + OVERFLOW.format("cnn").replace("(", r"\(").replace(")", r"\)")):
         features_of([loud, quiet], checkpoints("base"), layers=3, device="cpu")
     with pytest.warns(UserWarning, match="non-finite features"):

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from scaleout_helpers import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
+from support.scaleout import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
 
 
 # Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`

@@ -11,30 +11,9 @@ import pytest
 from lebench_cli.errors import InputError
 from lebench_cli.reader import open_features
 from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
+from support.stores import LAYERS, WIDTHS, random_utterances, write
 
 FORMAT_DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
-LAYERS = ["0", "12", "cnn"]
-WIDTHS = {"0": 8, "12": 8, "cnn": 4}
-
-
-def random_utterances(count, seed=0, prefix="u", layers=LAYERS):
-    rng = np.random.default_rng(seed)
-    utts = []
-    for i in range(count):
-        frames = int(rng.integers(1, 30))
-        states = {name: rng.normal(size=(frames, WIDTHS.get(name, 8))).astype(np.float32)
-                  for name in layers}
-        utts.append(StoredUtterance(f"{prefix}{i}", f"/audio/{prefix}{i}.wav",
-                                    frames * 0.02 + 0.005, frames, states))
-    return utts
-
-
-def write(out, utts, **options):
-    options = WriterOptions(**{"layers": LAYERS, **options})
-    prepare_output(out, {"identity": {"layers": LAYERS}, "model": "tiny"}, overwrite=False)
-    with PartLock(out, options.part, options.num_parts), ShardWriter(out, options) as writer:
-        for utt in utts:
-            writer.add(utt)
 
 
 @pytest.mark.parametrize("save_dtype", ["float16", "float32"])

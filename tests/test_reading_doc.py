@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from test_extract import write_audio
+from lebench_cli.testing.audio import write_audio
 
 READING_DOC = Path(__file__).resolve().parents[1] / "docs" / "reading.md"
 

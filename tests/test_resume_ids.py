@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.reader import open_features
-from test_extract import write_audio
+from lebench_cli.testing.audio import write_audio
 
 
 def extract(*args, input=None):

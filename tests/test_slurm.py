@@ -18,10 +18,9 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.reader import open_features
-from test_checkpoints import fake_hub_cache
-from test_extract import write_audio
-from scaleout_helpers import (ROOT, assert_same_store, extract_args, make_corpus, part_shards,
-                              single_process_run)
+from support.fake_hub import fake_hub_cache
+from lebench_cli.testing.audio import write_audio
+from support.scaleout import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
 
 
 def slurm(*args):

@@ -16,7 +16,7 @@ from lebench_cli.cli import main
 from lebench_cli.extract import Extraction
 from lebench_cli.reader import open_features
 from lebench_cli.scaleout.time_limit import parse_slurm_time
-from test_extract import write_audio
+from lebench_cli.testing.audio import write_audio
 
 
 def default_stop_signals():

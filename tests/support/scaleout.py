@@ -8,15 +8,13 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.reader import open_features
-from test_extract import write_audio
+from lebench_cli.testing.corpora import tone_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_corpus(root: Path, files: int) -> Path:
-    for index in range(files):
-        write_audio(root / f"spk{index % 3}" / f"u{index:03d}.wav", 0.5 + (index % 7) * 0.3, seed=index)
-    return root
+    return tone_corpus(root, files, first=0.5, step=0.3)
 
 
 def extract_args(corpus: Path, out: Path, checkpoint: Path) -> list:

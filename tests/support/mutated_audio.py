@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
+from lebench_cli.testing.audio import tone
+
 RATE = 16_000
 
 # extension: (libsndfile format, subtype)
@@ -49,10 +51,7 @@ class Case:
 
 
 def waveform(seconds: float, rate: int = RATE, channels: int = 1, seed: int = 0) -> np.ndarray:
-    generator = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * rate))) / rate
-    tone = 0.3 * np.sin(2 * np.pi * (150 + 40 * seed) * t)[:, None]
-    return (tone + 0.05 * generator.standard_normal((len(t), channels))).astype(np.float32)
+    return tone(seconds, rate, channels, seed).astype(np.float32)
 
 
 def clean_file(path: Path, extension: str, seconds: float = 0.5, seed: int = 0) -> Path:
