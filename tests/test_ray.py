@@ -150,7 +150,7 @@ def test_the_parts_read_the_hub_cache_the_driver_checked_offline(ray_address, ch
     empty HF_HOME and an unreachable hub), not the driver's: lebench ray passes them the
     driver's HF_HOME and HF_HUB_OFFLINE=1 (Ray's runtime_env), as lebench slurm's script
     pins them, so they load the model that the driver found in its cache."""
-    from test_checkpoints import fake_hub_cache
+    from support.fake_hub import fake_hub_cache
 
     home = tmp_path / "hf"
     fake_hub_cache(home / "hub", "lebench-test/tiny-base", {"checkpoint_best.pt": checkpoints("base").read_bytes()})
