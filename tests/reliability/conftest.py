@@ -24,30 +24,31 @@ from lebench_cli.testing.corpora import tone_corpus
 from support.reliability import CORPUS_FILES, Reference, Zygote, extract_args, manifest_of, wait_for_lock
 
 
-@pytest.fixture(scope="session")  # one set for the folder, as when it was one module
+# Session scope: the folder's files share one zygote, corpus and reference run, as when they were one module.
+@pytest.fixture(scope="session")
 def zygote(tmp_path_factory):
     forks = Zygote(tmp_path_factory.mktemp("zygote"))
     yield forks
     forks.close()
 
 
-@pytest.fixture(scope="session")  # one set for the folder, as when it was one module
+@pytest.fixture(scope="session")
 def model(checkpoints):
     return checkpoints("base")
 
 
-@pytest.fixture(scope="session")  # one set for the folder, as when it was one module
+@pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     return tone_corpus(tmp_path_factory.mktemp("corpus"), CORPUS_FILES, first=0.3, step=0.15)
 
 
-@pytest.fixture(scope="session")  # one set for the folder, as when it was one module
+@pytest.fixture(scope="session")
 def subset(corpus, tmp_path_factory):
     """A manifest of the corpus's first 16 files (same ids): runs that need less."""
     return manifest_of(corpus, 16, tmp_path_factory.mktemp("subset") / "subset.tsv")
 
 
-@pytest.fixture(scope="session")  # one set for the folder, as when it was one module
+@pytest.fixture(scope="session")
 def reference(zygote, corpus, model, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "out"
     started = time.monotonic()
