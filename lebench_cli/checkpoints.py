@@ -7,7 +7,6 @@ classes released checkpoints contain: a checkpoint is data, and must not be able
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, UnsafeCheckpointError
 from .catalog import FAIRSEQ, SPEECHBRAIN, TRANSFORMERS
+from .conversion import _one_line, import_fairseq_wav2vec2, parse_conv_layers
 
 FAIRSEQ_CHECKPOINT_NAMES = ("checkpoint_best.pt", "checkpoint_last.pt")
 TRANSFORMERS_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -139,11 +139,6 @@ def _unsafe_message(path, name: str) -> str:
     )
 
 
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return text[:300] if text else type(error).__name__
-
-
 # ---- fairseq ---------------------------------------------------------------------------
 
 def load_fairseq(path: Path, trust: bool = False) -> Checkpoint:
@@ -185,32 +180,6 @@ def _to_plain(value):
     return value
 
 
-def import_fairseq_wav2vec2():
-    """fairseq's wav2vec2 module, imported quietly (its import logs and warns about
-    optional packages lebench never uses)."""
-    import logging
-    import warnings
-
-    root = logging.getLogger()
-    saved = root.level, list(root.handlers)
-    logging.getLogger("fairseq").setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from fairseq.models.wav2vec import wav2vec2
-    except ImportError as error:
-        raise CheckpointError(
-            f"fairseq is not installed or does not import ({_one_line(error)}): "
-            "see docs/install.md (Python >= 3.11 needs fairseq-fixed)"
-        ) from None
-    finally:
-        # Some fairseq modules call logging.basicConfig(level=DEBUG) at import: undo that,
-        # so that stderr carries lebench's messages only.
-        root.setLevel(saved[0])
-        root.handlers[:] = saved[1]
-    return wav2vec2
-
-
 def sanitize_fairseq_config(path, model_cfg: dict) -> dict:
     """Keep the Wav2Vec2Config fields fairseq knows, with conv layers as a plain literal.
 
@@ -228,33 +197,6 @@ def sanitize_fairseq_config(path, model_cfg: dict) -> dict:
                 "dropout_input", "dropout_features", "mask_prob", "mask_channel_prob"):
         config.pop(key, None)  # training-only: the encoder runs in eval mode anyway
     return config
-
-
-def parse_conv_layers(path, text) -> list[tuple[int, int, int]]:
-    if text is None:
-        text = import_fairseq_wav2vec2().Wav2Vec2Config.conv_feature_layers
-    try:
-        value = _literal_arithmetic(ast.parse(str(text), mode="eval").body)
-        layers = [tuple(int(x) for x in layer) for layer in value]
-        if not layers or any(len(layer) != 3 for layer in layers):
-            raise ValueError("expected a list of (dim, kernel, stride)")
-        return layers
-    except (SyntaxError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: invalid conv_feature_layers {text!r}: {error}") from None
-
-
-def _literal_arithmetic(node):
-    if isinstance(node, ast.Constant) and isinstance(node.value, int):
-        return node.value
-    if isinstance(node, (ast.List, ast.Tuple)):
-        items = [_literal_arithmetic(e) for e in node.elts]
-        return items if isinstance(node, ast.List) else tuple(items)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-        left, right = _literal_arithmetic(node.left), _literal_arithmetic(node.right)
-        if isinstance(node.op, ast.Mult) and isinstance(right, int) and right > 10_000:
-            raise ValueError("repetition too large")
-        return left + right if isinstance(node.op, ast.Add) else left * right
-    raise ValueError(f"unsupported expression {ast.dump(node)[:60]}")
 
 
 # ---- transformers and SpeechBrain -----------------------------------------------------

@@ -5,6 +5,7 @@ is an error, never a silent skip (a partial load would give random features)."""
 
 from __future__ import annotations
 
+import ast
 import re
 
 from .errors import CheckpointError
@@ -172,8 +173,6 @@ def fairseq_config_from_transformers(path, config: dict) -> dict:
 
 def transformers_config_from_fairseq(model_config: dict) -> dict:
     """A transformers `config.json` for a fairseq Wav2Vec2Config."""
-    from .checkpoints import parse_conv_layers
-
     conv = parse_conv_layers("config", model_config.get("conv_feature_layers"))
     layer_norm = model_config.get("extractor_mode", "default") == "layer_norm"
     return {
@@ -244,3 +243,61 @@ def export_speechbrain(checkpoint, folder, prefix: str = "model.") -> None:
     (folder / "model.safetensors").unlink()
     state = {prefix + k: v for k, v in transformers_state_from_fairseq(checkpoint.state_dict).items()}
     torch.save(state, folder / "wav2vec2.ckpt")
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text[:300] if text else type(error).__name__
+
+
+def import_fairseq_wav2vec2():
+    """fairseq's wav2vec2 module, imported quietly (its import logs and warns about
+    optional packages lebench never uses)."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    logging.getLogger("fairseq").setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from fairseq.models.wav2vec import wav2vec2
+    except ImportError as error:
+        raise CheckpointError(
+            f"fairseq is not installed or does not import ({_one_line(error)}): "
+            "see docs/install.md (Python >= 3.11 needs fairseq-fixed)"
+        ) from None
+    finally:
+        # Some fairseq modules call logging.basicConfig(level=DEBUG) at import: undo that,
+        # so that stderr carries lebench's messages only.
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+    return wav2vec2
+
+
+def parse_conv_layers(path, text) -> list[tuple[int, int, int]]:
+    if text is None:
+        text = import_fairseq_wav2vec2().Wav2Vec2Config.conv_feature_layers
+    try:
+        value = _literal_arithmetic(ast.parse(str(text), mode="eval").body)
+        layers = [tuple(int(x) for x in layer) for layer in value]
+        if not layers or any(len(layer) != 3 for layer in layers):
+            raise ValueError("expected a list of (dim, kernel, stride)")
+        return layers
+    except (SyntaxError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: invalid conv_feature_layers {text!r}: {error}") from None
+
+
+def _literal_arithmetic(node):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal_arithmetic(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        left, right = _literal_arithmetic(node.left), _literal_arithmetic(node.right)
+        if isinstance(node.op, ast.Mult) and isinstance(right, int) and right > 10_000:
+            raise ValueError("repetition too large")
+        return left + right if isinstance(node.op, ast.Add) else left * right
+    raise ValueError(f"unsupported expression {ast.dump(node)[:60]}")

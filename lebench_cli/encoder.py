@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .audio import NORMALIZE_EPS, SAMPLE_RATE, resample
-from .checkpoints import Checkpoint, import_fairseq_wav2vec2, parse_conv_layers
+from .checkpoints import Checkpoint
+from .conversion import import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
 from .decoding import pad_to_one_frame
 from .errors import CheckpointError, InputError

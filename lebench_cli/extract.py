@@ -18,9 +18,9 @@ from .background import BackgroundWriter
 from .decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
 from .engine import Engine, Item as _Item, Sink, batches_in_flight, probe_item as _probe, probed  # noqa: F401
 from .errors import AudioError, InputError
+from .frames import CNN, SAMPLE_RATE, frame_count
 from .options import ExtractOptions
 from .parts import select_part
-from .frames import CNN, SAMPLE_RATE, frame_count
 from .run_metadata import build_metadata
 from .scaleout.time_limit import TimeLimitStops
 from .summary import DryRunReport, ExtractSummary
@@ -85,7 +85,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
 
 
 def _cnn_width(checkpoint) -> int:
-    from .checkpoints import parse_conv_layers
+    from .conversion import parse_conv_layers
 
     return parse_conv_layers(checkpoint.weights_path, checkpoint.model_config["conv_feature_layers"])[-1][0]
 
