@@ -259,7 +259,8 @@ def test_lebench_ray_builds_the_options_lebench_extract_builds(checkpoints, tmp_
     """The parts get what `lebench extract` with the same ARGS would run: an option added to
     extract and not passed on to the parts fails here."""
     import lebench_cli.extract
-    from lebench_cli.commands.extract_args import extract_options, parse_extract_args
+    from lebench_cli.commands.extract import extract_options
+    from lebench_cli.commands.extract_args import parse_extract_args
 
     (tmp_path / "corpus").mkdir()
     args = ["extract", str(tmp_path / "corpus"), "-o", str(tmp_path / "out"), "--model", "m", "--layers", "1,3",

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lebench_cli import cli
 from lebench_cli.cli import main
 from lebench_cli.extract import Extraction
 from lebench_cli.reader import open_features
@@ -171,13 +170,15 @@ def test_a_signal_after_the_summary_is_decided_keeps_its_exit_code(checkpoints, 
     write_audio(corpus / "u.wav", 1.0)
     if failed:
         (corpus / "broken.wav").write_bytes(b"not audio")
-    original = cli.report_summary
+    from lebench_cli.commands import extract as extract_command
+
+    original = extract_command.report_summary
 
     def report(summary, quiet):
         os.kill(os.getpid(), signum)  # as the summary line is printed
         original(summary, quiet)
 
-    monkeypatch.setattr(cli, "report_summary", report)
+    monkeypatch.setattr(extract_command, "report_summary", report)
     result = run(corpus, tmp_path / "out", checkpoints("base"))
     assert result.exit_code == (3 if failed else 0), result.output
     assert result.output.startswith("extracted 1 file") and "interrupted" not in result.output

@@ -1,1 +1,1 @@
-"""`lebench` commands beyond the core ones of cli.py, one module each, registered in cli.py."""
+"""`lebench` commands, one module each, registered in cli.py."""

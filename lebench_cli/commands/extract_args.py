@@ -22,7 +22,7 @@ _REFUSED = {
 def parse_extract_args(args: tuple, command_name: str, refused: dict = None) -> dict:
     """The extract command's parameters for ARGS (`extract INPUTS... -o OUT --model M ...`);
     `refused`: more options this command cannot pass on ({parameter name: why})."""
-    from ..cli import extract
+    from .extract import extract
 
     args = list(args)
     if not args or args[0] != "extract":
@@ -39,27 +39,6 @@ def parse_extract_args(args: tuple, command_name: str, refused: dict = None) -> 
         if not Path(path).exists():  # what extract would say, but in every task
             raise InputError(f"no such file or folder: {path}")
     return context.params
-
-
-def extract_options(params: dict, shard: tuple, overwrite: bool = False):
-    """ExtractOptions for the parsed extract parameters, as part `shard` (k, n): what the
-    extract command itself runs, and what `lebench ray` hands each part."""
-    from ..options import ExtractOptions, parse_size
-
-    extensions = params["extensions"]
-    return ExtractOptions(
-        inputs=list(params["inputs"]), output=params["output"], model=params["model"], layers=params["layers"],
-        pool=params["pool"], store_frames=params["store_frames"],
-        extensions=tuple(e.strip().lstrip(".").lower() for e in extensions.split(",") if e.strip()) if extensions else (),
-        channel=params["channel"], batch_seconds=params["batch_seconds"], chunk_seconds=params["chunk_seconds"],
-        overlap_seconds=params["overlap_seconds"], device=params["device"], dtype=params["dtype"],
-        save_dtype=params["save_dtype"], shard_size=parse_size(params["shard_size"]),
-        compression=None if params["compression"] == "none" else params["compression"],
-        commit_seconds=params["commit_seconds"], workers=params["workers"], shard=shard,
-        overwrite=overwrite, update=params["update"], strict=params["strict"],
-        keep_truncated=params["keep_truncated"], trust_checkpoint=params["trust_checkpoint"],
-        root=params["root"], id_prefix=params["id_prefix"],
-    )
 
 
 def default_gpus(params: dict) -> int:

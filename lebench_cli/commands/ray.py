@@ -30,7 +30,8 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, no_check, ext
     from ..scaleout.checks import check_model_and_layers
     from ..scaleout.ray_parts import RayOptions, run_parts_on_ray
     from ..stop_signals import ignore_stop_signals
-    from .extract_args import extract_options, parse_extract_args
+    from .extract import extract_options
+    from .extract_args import parse_extract_args
 
     params = parse_extract_args(extract_args, "ray", refused={
         "devices": "--devices: each part is one Ray task; use --gpus-per-part and more --parts"})
