@@ -10,7 +10,7 @@ own subprocess and print a table (and --json-out):
                 model.extract_features(wav[None], None, mask=False) under no_grad,
                 the chosen layers written as float16 into one HDF5 file (like lebench);
   transformers  the same loop with transformers' Wav2Vec2Model (output_hidden_states),
-                on the checkpoint exported with lebench_cli.conversion.export_transformers.
+                on the checkpoint exported with lebench_cli.model.conversion.export_transformers.
 
 Run from the repository root:  .venv/bin/python -m benchmarks.bench_extract --help
 docs/performance.md has the measurements and how to read them.

@@ -68,9 +68,9 @@ def median_seconds(device, run, repeats: int) -> float:
 def main(argv=None):
     import torch
 
-    from lebench_cli.encoder import CNN
+    from lebench_cli.model.encoder import CNN
     from lebench_cli.layers import parse_layers
-    from lebench_cli.readback import finite_per_utterance
+    from lebench_cli.model.readback import finite_per_utterance
 
     args = parse_args(argv)
     checkpoint, encoder, description, device, dtype = load_encoder(args)

@@ -103,7 +103,7 @@ def timed_pass(paths: list, function, cold: bool) -> float:
 
 
 def threaded_pass(paths: list, threads: int, cold: bool) -> float:
-    from lebench_cli.resume import fingerprints
+    from lebench_cli.pipeline.resume import fingerprints
 
     if cold:
         for path in paths:
@@ -122,13 +122,13 @@ def drop_from_cache(path: Path) -> None:
 
 
 def probe(path: Path):
-    from lebench_cli.audio import probe as lebench_probe
+    from lebench_cli.audio.loading import probe as lebench_probe
 
     return lebench_probe(path)
 
 
 def full_hash(path: Path) -> str:
-    from lebench_cli.resume import content_hash
+    from lebench_cli.pipeline.resume import content_hash
 
     return content_hash(path)
 

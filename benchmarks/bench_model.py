@@ -133,8 +133,8 @@ def time_compute(encoder, batch, layers, batches: int, warmup: int) -> float:
 
 def time_readback(encoder, batch, layers, batches: int, warmup: int) -> float:
     """extract's loop without decoding and writing: one batch in flight on a GPU."""
-    from lebench_cli.extract import batches_in_flight
-    from lebench_cli.readback import Readback
+    from lebench_cli.pipeline.extract import batches_in_flight
+    from lebench_cli.model.readback import Readback
 
     depth = batches_in_flight(encoder.device)
 
@@ -173,7 +173,7 @@ def compiled_twin(checkpoint, device, dtype):
     (a copy.deepcopy of the first fails on the weight-normed positional convolution)."""
     import torch
 
-    from lebench_cli.encoder import Encoder
+    from lebench_cli.model.encoder import Encoder
 
     twin = Encoder(checkpoint, device=device, dtype=dtype)
     layers = twin.model.encoder.layers
@@ -194,8 +194,8 @@ def load_encoder(args) -> tuple:
     --dtype (defaults: cuda in float16 where there is one, else cpu in float32)."""
     import torch
 
-    from lebench_cli.checkpoints import load_local
-    from lebench_cli.encoder import Encoder
+    from lebench_cli.model.checkpoints import load_local
+    from lebench_cli.model.encoder import Encoder
 
     args.work.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -78,9 +78,9 @@ class Item:
 
 
 def corpus_items(folder: Path) -> list:
-    from lebench_cli.audio import probe
+    from lebench_cli.audio.loading import probe
     from lebench_cli.errors import AudioError
-    from lebench_cli.inputs import AUDIO_EXTENSIONS, discover
+    from lebench_cli.audio.inputs import AUDIO_EXTENSIONS, discover
 
     items = [Item(source) for source in discover([str(folder)], AUDIO_EXTENSIONS)]
     for item in items:
@@ -99,15 +99,15 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
     there, then the windows pass on this thread), then the others decoded whole."""
     import inspect
 
-    from lebench_cli.audio import stream_audio
+    from lebench_cli.audio.loading import stream_audio
 
-    from lebench_cli import extract
+    from lebench_cli.pipeline import extract
 
     if hasattr(extract, "_decoded_stream"):  # a commit before the decoding module, for "before" figures
         def decoded_stream(items, workers, channel, ahead):
             return extract._decoded_stream(items, types.SimpleNamespace(workers=workers, channel=channel), ahead)
     else:
-        from lebench_cli.decoding import decoded_stream
+        from lebench_cli.audio.decoding import decoded_stream
 
     def read(item) -> int:
         return sum(len(block) for block in stream_audio(item.source.path))
@@ -148,7 +148,7 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
 # ---- write ----------------------------------------------------------------------------------
 
 def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
-    from lebench_cli.chunking import frame_count
+    from lebench_cli.pipeline.chunking import frame_count
     from lebench_cli.layers import parse_layers
     from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 
@@ -192,7 +192,7 @@ def skinny_checkpoint(work: Path, arch: str) -> Path:
 def null_encoder_class(arch: str):
     import torch
 
-    from lebench_cli.encoder import Encoder, EncodedBatch
+    from lebench_cli.model.encoder import EncodedBatch, Encoder
 
     layers, width, cnn_width = SHAPES[arch]
     # Random values, made once: the states are views of these (a GPU hands back new memory
@@ -224,8 +224,9 @@ def null_encoder_class(arch: str):
 
 def stage_pipeline(corpus: Path, checkpoint: Path, arch: str, spec: str, workers: int, batch_seconds: float,
                    out: Path) -> dict:
-    from lebench_cli import encoder as encoder_module
-    from lebench_cli.extract import ExtractOptions, run_extract
+    from lebench_cli.model import encoder as encoder_module
+    from lebench_cli.pipeline.options import ExtractOptions
+    from lebench_cli.pipeline.extract import run_extract
 
     original = encoder_module.Encoder
     encoder_module.Encoder = null_encoder_class(arch)

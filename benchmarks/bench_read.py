@@ -233,7 +233,7 @@ WRITERS = {
 # ---- readers: (utterance id, layer indices) -> [layers, frames, width] ------------------------
 
 def lebench_reader(folder: Path, verify: bool = True):
-    from lebench_cli.reader import open_features
+    from lebench_cli.reading.store import open_features
 
     return lebench_reader_of(open_features(folder, verify=verify))
 
@@ -316,7 +316,7 @@ def batches(frames: list, budget_frames: int, seed: int) -> list:
 def run_case(spec: dict) -> dict:
     import torch
 
-    for module in ("h5py", "kaldiio", "lhotse.features.io", "lebench_cli.reader"):  # imports are not what is timed
+    for module in ("h5py", "kaldiio", "lhotse.features.io", "lebench_cli.reading.store"):  # imports are not what is timed
         importlib.import_module(module)
 
     torch.set_num_threads(1)
@@ -458,7 +458,7 @@ def check_cost(folder: Path, layer_counts: list, rounds: int) -> int:
     both alike); the best round of each, and how much longer the checked one took: in wall
     seconds, and in this process's CPU seconds (user + system), which a shared machine's
     other processes disturb far less (they take the CPU away, they do not add to it)."""
-    from lebench_cli.reader import open_features
+    from lebench_cli.reading.store import open_features
 
     stores = {verify: open_features(folder, verify=verify) for verify in (True, False)}
     ids = list(stores[True].ids)
@@ -486,7 +486,7 @@ def breakdown(folder: Path) -> int:
     same rows read from h5py Dataset objects made once, the lookups alone, and a numpy copy."""
     import h5py
 
-    from lebench_cli.reader import open_features
+    from lebench_cli.reading.store import open_features
 
     store = open_features(folder)
     order = np.random.default_rng(0).permutation(len(store))

@@ -31,13 +31,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from lebench_cli.audio import load_audio
-    from lebench_cli.chunking import plan_windows
-    from lebench_cli.encoder import Encoder
-    from lebench_cli.extract import ExtractOptions, run_extract
+    from lebench_cli.audio.loading import load_audio
+    from lebench_cli.pipeline.chunking import plan_windows
+    from lebench_cli.model.encoder import Encoder
+    from lebench_cli.pipeline.options import ExtractOptions
+    from lebench_cli.pipeline.extract import run_extract
     from lebench_cli.layers import parse_layers
-    from lebench_cli.models import load_checkpoint
-    from lebench_cli.reader import open_features
+    from lebench_cli.model.models import load_checkpoint
+    from lebench_cli.reading.store import open_features
 
     with tempfile.TemporaryDirectory() as work:
         audio = Path(work) / "recording.wav"

@@ -23,20 +23,20 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Checkpoint": ("checkpoints", "Checkpoint"),
-    "Encoder": ("encoder", "Encoder"),
-    "load_checkpoint": ("models", "load_checkpoint"),
-    "open_features": ("reader", "open_features"),
-    "FeatureDataset": ("dataset", "FeatureDataset"),
-    "FeatureBatch": ("dataset", "FeatureBatch"),
-    "LengthBucketSampler": ("dataset", "LengthBucketSampler"),
-    "collate_features": ("dataset", "collate_features"),
-    "ExtractOptions": ("extract", "ExtractOptions"),
-    "run_extract": ("extract", "run_extract"),
+    "Checkpoint": ("model.checkpoints", "Checkpoint"),
+    "Encoder": ("model.encoder", "Encoder"),
+    "load_checkpoint": ("model.models", "load_checkpoint"),
+    "open_features": ("reading.store", "open_features"),
+    "FeatureDataset": ("reading.dataset", "FeatureDataset"),
+    "FeatureBatch": ("reading.batches", "FeatureBatch"),
+    "LengthBucketSampler": ("reading.batches", "LengthBucketSampler"),
+    "collate_features": ("reading.batches", "collate_features"),
+    "ExtractOptions": ("pipeline.options", "ExtractOptions"),
+    "run_extract": ("pipeline.extract", "run_extract"),
     "LebenchError": ("errors", "LebenchError"),
     "StoreIntegrityError": ("errors", "StoreIntegrityError"),
-    "features_of": ("in_memory", "features_of"),
-    "iter_features": ("in_memory", "iter_features"),
+    "features_of": ("pipeline.in_memory", "features_of"),
+    "iter_features": ("pipeline.in_memory", "iter_features"),
 }
 
 

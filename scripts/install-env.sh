@@ -87,7 +87,7 @@ fi
 # lebench's own quiet import of fairseq: a bare `import fairseq` logs an INFO line about
 # tensorboardX, which lebench never uses.
 log "ready: $("$PY" -c 'import torch, lebench_cli
-from lebench_cli.conversion import import_fairseq_wav2vec2
+from lebench_cli.model.conversion import import_fairseq_wav2vec2
 import_fairseq_wav2vec2()
 import fairseq
 print(f"torch {torch.__version__}, fairseq {fairseq.__version__}, lebench {lebench_cli.__version__}")')"

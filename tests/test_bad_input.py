@@ -18,15 +18,15 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from support import mutated_audio
-from lebench_cli import audio, decoding
-from lebench_cli.audio import backed_frames, probe, read_audio
-from lebench_cli.checkpoints import load_local
+from lebench_cli.audio import decoding, loading as audio
+from lebench_cli.audio.loading import backed_frames, probe, read_audio
+from lebench_cli.model.checkpoints import load_local
 from lebench_cli.cli import main
-from lebench_cli.encoder import Encoder
+from lebench_cli.model.encoder import Encoder
 from lebench_cli.errors import AudioError
-from lebench_cli.headers import declared_data_bytes, ogg_stream_ends
-from lebench_cli.reader import open_features
-from lebench_cli.summary import human_duration
+from lebench_cli.audio.headers import declared_data_bytes, ogg_stream_ends
+from lebench_cli.reading.store import open_features
+from lebench_cli.pipeline.summary import human_duration
 from support.mutated_audio import FORMATS, clean_file, make_corpus, ogg_last_granule, wav_field, xing_frames
 
 RATE = 16_000
@@ -183,7 +183,7 @@ def test_a_decoder_exception_fails_its_file_only(checkpoints, tmp_path, monkeypa
 
 
 def test_probe_exceptions_fail_their_file_only(tmp_path, monkeypatch):
-    from lebench_cli.extract import _Item, _probe
+    from lebench_cli.pipeline.extract import _Item, _probe
 
     def surprised(path):
         raise OverflowError("int too large to convert")

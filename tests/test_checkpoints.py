@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lebench_cli.checkpoints import load_local
-from lebench_cli.conversion import export_speechbrain, export_transformers
-from lebench_cli.encoder import Encoder
+from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.conversion import export_speechbrain, export_transformers
+from lebench_cli.model.encoder import Encoder
 from lebench_cli.errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
-from lebench_cli.models import load_checkpoint
+from lebench_cli.model.models import load_checkpoint
 from support.fake_hub import fake_hub_cache
 from support.pickles import CreatesAFile
 

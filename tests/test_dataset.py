@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lebench_cli import FeatureBatch, FeatureDataset, LengthBucketSampler, collate_features  # noqa: E402
-from lebench_cli.reader import open_features  # noqa: E402
+from lebench_cli.reading.store import open_features  # noqa: E402
 from support.stores import random_utterances, write  # noqa: E402
 
 LAYERS = ["0", "1", "2", "cnn"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lebench_cli import compute_device
+from lebench_cli.model import compute_device
 from lebench_cli.cli import main
-from lebench_cli.compute_device import cpu_fallback_reason, describe_device
-from lebench_cli.summary import merged_summaries as _merged
-from lebench_cli.summary import ExtractSummary
+from lebench_cli.model.compute_device import cpu_fallback_reason, describe_device
+from lebench_cli.pipeline.summary import merged_summaries as _merged
+from lebench_cli.pipeline.summary import ExtractSummary
 from lebench_cli.testing.audio import write_audio
 
 SUMMARY = r"extracted 2 files \(1\.1 s of audio\) in \d+\.\d s \(\d+x real time; \d+\.\d s in all, with model loading\)"
@@ -112,7 +112,7 @@ def test_a_multi_device_summary_names_each_device_once():
 
 
 def test_cuda_asked_for_but_unusable_says_why(no_cuda):
-    from lebench_cli.encoder import check_device
+    from lebench_cli.model.encoder import check_device
     from lebench_cli.errors import InputError
 
     no_cuda("12.4", driver=(11, 8))

@@ -14,7 +14,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 
 REPO = Path(__file__).resolve().parents[1]
 INTERRUPTED = re.compile(r"Error: interrupted after \d+ files; finished work is committed: "

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lebench_cli.checkpoints import load_local
-from lebench_cli.conversion import export_speechbrain, export_transformers
-from lebench_cli.encoder import Encoder, frames_for_samples
+from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.conversion import export_speechbrain, export_transformers
+from lebench_cli.model.encoder import Encoder, frames_for_samples
 from lebench_cli.errors import InputError
 from lebench_cli.testing.checkpoints import FAMILIES, build_fairseq_model, fairseq_reference
 
@@ -203,7 +203,7 @@ def test_encode_refuses_a_bare_waveform_and_a_bad_rate(checkpoints):
 def test_encode_resamples_other_rates_as_extract_does(checkpoints, family):
     """sample_rate= resamples with the pipeline's own resampler (soxr HQ, audio.resample):
     equal to encoding the 16 kHz waveform that extract would have decoded."""
-    from lebench_cli.audio import resample
+    from lebench_cli.audio.loading import resample
 
     encoder = Encoder(load_local(checkpoints(family)))
     eight, fortyfour = (w.numpy() for w in waveforms([8_000, 44_100], seed=4))

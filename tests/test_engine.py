@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lebench_cli import engine as engine_module
+from lebench_cli.pipeline import engine as engine_module
 from lebench_cli import features_of, iter_features
-from lebench_cli.checkpoints import load_local
-from lebench_cli.encoder import Encoder
+from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.encoder import Encoder
 
 RATE = 16_000
 SETTINGS = dict(batch_seconds=4.0, chunk_seconds=2.0, overlap_seconds=0.5)

@@ -13,7 +13,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 
 LAYERS = ["0", "12", "cnn"]

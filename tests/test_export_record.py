@@ -15,7 +15,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import FeatureSet, open_features
+from lebench_cli.reading.store import FeatureSet, open_features
 from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 
 

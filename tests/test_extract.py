@@ -15,11 +15,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from lebench_cli.audio import load_audio
-from lebench_cli.checkpoints import load_local
+from lebench_cli.audio.loading import load_audio
+from lebench_cli.model.checkpoints import load_local
 from lebench_cli.cli import main
-from lebench_cli.encoder import Encoder
-from lebench_cli.reader import open_features
+from lebench_cli.model.encoder import Encoder
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.audio import write_audio
 from support.signals import default_sigint
 
@@ -336,8 +336,8 @@ def test_a_manifest_that_says_long_for_short_files(checkpoints, tmp_path):
 
 
 def test_non_finite_half_precision_batches_are_recomputed_in_float32(checkpoints, corpus, tmp_path, monkeypatch):
-    from lebench_cli import extract as extract_module
-    from lebench_cli.encoder import EncodedBatch
+    from lebench_cli.pipeline import extract as extract_module
+    from lebench_cli.model.encoder import EncodedBatch
 
     original = Encoder.forward
 
@@ -363,8 +363,8 @@ def test_a_batch_launched_ahead_stores_the_same_dataset(checkpoints, corpus, tmp
     """The GPU setting (the next batch launched before the last one is read back), on every
     device: short batches, a long recording's window batches and a file whose manifest said
     it was short all reach the writer whole, in order, equal to the one-batch-at-a-time run."""
-    from lebench_cli import extract as extract_module
-    from lebench_cli import readback as readback_module
+    from lebench_cli.pipeline import extract as extract_module
+    from lebench_cli.model import readback as readback_module
 
     write_audio(corpus / "long" / "rec.wav", 6.2, seed=9)
     write_audio(corpus / "long" / "liar.wav", 4.1, seed=10)
@@ -482,7 +482,7 @@ def test_interrupt_commits_finished_work_and_exits_130(checkpoints, tmp_path, si
 def test_cuda_requested_without_cuda(checkpoints, corpus, tmp_path):
     result = extract(corpus, "-o", tmp_path / "out", "--model", checkpoints("base"), "--device", "cuda", "-q")
     assert result.exit_code == 1
-    from lebench_cli.compute_device import cpu_fallback_reason
+    from lebench_cli.model.compute_device import cpu_fallback_reason
 
     assert result.output == (f"Error: device 'cuda' requested but CUDA is not available: {cpu_fallback_reason()} "
                              "(use --device cpu)\n")
@@ -539,7 +539,7 @@ def test_a_different_model_into_an_existing_output_is_refused(checkpoints, corpu
 @pytest.mark.skipif(not Path("/proc/self/statm").exists() or __import__("platform").libc_ver()[0] != "glibc",
                     reason="glibc on Linux")
 def test_extract_has_large_blocks_returned_to_the_os_when_freed(checkpoints, corpus, tmp_path, monkeypatch):
-    from lebench_cli import options as extract_module
+    from lebench_cli.pipeline import options as extract_module
 
     calls = []
     original = extract_module.return_large_blocks_to_the_os
@@ -550,7 +550,7 @@ def test_extract_has_large_blocks_returned_to_the_os_when_freed(checkpoints, cor
     script = """
 import os, sys
 import numpy as np
-from lebench_cli.options import return_large_blocks_to_the_os
+from lebench_cli.pipeline.options import return_large_blocks_to_the_os
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

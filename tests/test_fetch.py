@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from support.fake_hub import COMMIT, FakeHub, closed_port_url
-from lebench_cli.checkpoints import load_local
+from lebench_cli.model.checkpoints import load_local
 from lebench_cli.cli import main
-from lebench_cli.conversion import export_transformers
-from lebench_cli.reader import open_features
+from lebench_cli.model.conversion import export_transformers
+from lebench_cli.reading.store import open_features
 
 BASE = "LeBenchmark/wav2vec2-FR-3K-base"
 
@@ -152,7 +152,7 @@ def test_unreachable_hub_fails_within_two_seconds_in_process(tmp_path, monkeypat
     from huggingface_hub import constants
 
     from lebench_cli.errors import ModelNotFoundError
-    from lebench_cli.models import load_checkpoint
+    from lebench_cli.model.models import load_checkpoint
 
     for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
         monkeypatch.delenv(name)  # 127.0.0.1 directly, not through a proxy of the environment

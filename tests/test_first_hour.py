@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from packaging.requirements import Requirement
 
 from lebench_cli.cli import main
-from lebench_cli.progress import ProgressBar
-from lebench_cli.reader import open_features
+from lebench_cli.pipeline.progress import ProgressBar
+from lebench_cli.reading.store import open_features
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)  # the environment running the tests: the one `make install` made

@@ -7,11 +7,12 @@ import pytest
 import soundfile as sf
 
 from lebench_cli import features_of, iter_features
-from lebench_cli.checkpoints import load_local
-from lebench_cli.encoder import Encoder
+from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.encoder import Encoder
 from lebench_cli.errors import AudioError, InputError
-from lebench_cli.extract import ExtractOptions, run_extract
-from lebench_cli.reader import open_features
+from lebench_cli.pipeline.options import ExtractOptions
+from lebench_cli.pipeline.extract import run_extract
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.audio import write_audio
 
 RATE = 16_000

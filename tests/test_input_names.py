@@ -17,7 +17,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing import audio
 
 RATE = 16_000

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lebench_cli.errors import InputError
-from lebench_cli.inputs import AUDIO_EXTENSIONS, AudioSource, discover
+from lebench_cli.audio.inputs import AUDIO_EXTENSIONS, AudioSource, discover
 
 
 def touch(root, *relpaths):

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from lebench_cli.cli import main
 from lebench_cli.errors import StoreIntegrityError, StoreReadError
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.checkpoints import save_fairseq_checkpoint
 
 IDS = [f"u{i}" for i in range(6)]

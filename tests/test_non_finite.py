@@ -13,11 +13,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from lebench_cli.audio import load_audio
-from lebench_cli.checkpoints import load_local
+from lebench_cli.audio.loading import load_audio
+from lebench_cli.model.checkpoints import load_local
 from lebench_cli.cli import main
-from lebench_cli.encoder import EncodedBatch, Encoder
-from lebench_cli.reader import open_features
+from lebench_cli.model.encoder import EncodedBatch, Encoder
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.audio import tone
 
 RATE = 16_000
@@ -131,7 +131,7 @@ def poisoned(original, dtypes, utterance=1, layer=3):
 def test_an_utterance_non_finite_in_float32_fails_and_its_batch_is_stored(checkpoints, tmp_path, monkeypatch, dtype):
     """Every dtype is checked, float32 too (it used to be trusted); a half-precision batch is
     recomputed in float32 first. The other utterances of the batch are stored."""
-    from lebench_cli import extract as extract_module
+    from lebench_cli.pipeline import extract as extract_module
 
     corpus = tmp_path / "corpus"
     for seed, seconds in enumerate((1.0, 0.9, 0.8)):
@@ -155,7 +155,7 @@ def test_an_utterance_non_finite_in_float32_fails_and_its_batch_is_stored(checkp
 
 
 def test_a_half_precision_overflow_that_float32_fixes_is_stored(checkpoints, tmp_path, monkeypatch):
-    from lebench_cli import extract as extract_module
+    from lebench_cli.pipeline import extract as extract_module
 
     corpus = tmp_path / "corpus"
     for seed, seconds in enumerate((1.0, 0.9)):

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from lebench_cli import ExtractOptions, features_of, run_extract
 from lebench_cli.cli import main
-from lebench_cli.devices import DeviceRun
+from lebench_cli.scaleout.devices import DeviceRun
 from lebench_cli.errors import InputError
-from lebench_cli.extract import plan_extract
+from lebench_cli.pipeline.extract import plan_extract
 from lebench_cli.scaleout.ray_parts import RayOptions, run_parts_on_ray
 
 OVERLAP = "--overlap-seconds 20 must be under half of --chunk-seconds 30"

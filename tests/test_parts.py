@@ -13,10 +13,10 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.inputs import AudioSource, discover
-from lebench_cli.manifest import write_manifest
-from lebench_cli.parts import select_part, split_by_duration
-from lebench_cli.reader import open_features
+from lebench_cli.audio.inputs import AudioSource, discover
+from lebench_cli.pipeline.manifest import write_manifest
+from lebench_cli.pipeline.parts import select_part, split_by_duration
+from lebench_cli.reading.store import open_features
 
 
 def realistic_lengths(count=5000, long_recordings=5, seed=0):

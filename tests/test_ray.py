@@ -175,7 +175,7 @@ def test_more_gpus_than_the_cluster_has_is_a_one_line_error(ray_address, tmp_pat
 
 
 def test_a_node_that_does_not_see_the_output_folder_fails_its_part(tmp_path):
-    from lebench_cli.extract import ExtractOptions
+    from lebench_cli.pipeline.options import ExtractOptions
     from lebench_cli.scaleout.ray_parts import run_part
 
     result = run_part(ExtractOptions(inputs=[], output=str(tmp_path), model="m", shard=(2, 3)),
@@ -217,7 +217,7 @@ def test_exit_codes_match_the_outcome_and_a_late_signal_changes_none(monkeypatch
                                                                      late_signal):
     import lebench_cli.commands.ray as ray_command
     import lebench_cli.scaleout.ray_parts as ray_parts
-    from lebench_cli.summary import ExtractSummary
+    from lebench_cli.pipeline.summary import ExtractSummary
 
     def run_parts_on_ray(options, ray_options, on_part_done=None):
         if outcome == "part failed":
@@ -258,7 +258,7 @@ def test_extract_args_are_checked_before_connecting():
 def test_lebench_ray_builds_the_options_lebench_extract_builds(checkpoints, tmp_path, monkeypatch):
     """The parts get what `lebench extract` with the same ARGS would run: an option added to
     extract and not passed on to the parts fails here."""
-    import lebench_cli.extract
+    import lebench_cli.pipeline.extract
     from lebench_cli.commands.extract import extract_options
     from lebench_cli.commands.extract_args import parse_extract_args
 
@@ -269,6 +269,6 @@ def test_lebench_ray_builds_the_options_lebench_extract_builds(checkpoints, tmp_
             "--save-dtype", "float32", "--shard-size", "8KB", "--compression", "gzip", "--commit-seconds", "9",
             "--workers", "2", "--root", str(tmp_path), "--id-prefix", "train/", "--strict", "--trust-checkpoint"]
     seen = {}
-    monkeypatch.setattr(lebench_cli.extract, "plan_extract", lambda options, stdin=None: seen.setdefault("o", options))
+    monkeypatch.setattr(lebench_cli.pipeline.extract, "plan_extract", lambda options, stdin=None: seen.setdefault("o", options))
     CliRunner().invoke(main, [*args, "--shard", "2/3", "--dry-run"])
     assert extract_options(parse_extract_args(tuple(args), "ray"), shard=(2, 3)) == seen["o"]

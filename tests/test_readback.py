@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lebench_cli.encoder import EncodedBatch
-from lebench_cli.readback import Readback
+from lebench_cli.model.encoder import EncodedBatch
+from lebench_cli.model.readback import Readback
 
 
 def batch_of(dtype, device="cpu", poison=False):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lebench_cli.errors import InputError
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 from support.stores import LAYERS, WIDTHS, random_utterances, write
 
@@ -138,7 +138,7 @@ def test_feature_dataset_with_dataloader_workers(tmp_path):
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader
 
-    from lebench_cli.dataset import FeatureDataset
+    from lebench_cli.reading.dataset import FeatureDataset
 
     utts = random_utterances(10)
     write(tmp_path, utts, store_mean=True, shard_size_bytes=2000)

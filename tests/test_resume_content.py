@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.storage import committed_shards, read_shard_table
 from lebench_cli.testing.audio import write_audio
 
@@ -93,7 +93,7 @@ def test_a_corpus_moved_to_another_folder_resumes(checkpoints, tmp_path):
 def test_a_moved_corpus_is_hashed_once_then_resumes_without_reading_it(checkpoints, tmp_path, monkeypatch):
     """The first rerun after a move matches every file by content (one hash each) and
     records where they are now; the next one takes the fast path there and reads nothing."""
-    from lebench_cli import resume
+    from lebench_cli.pipeline import resume
 
     corpus = tmp_path / "scratch" / "corpus"
     make_corpus(corpus)
@@ -292,7 +292,7 @@ def test_update_replaces_only_what_its_own_part_stores(checkpoints, tmp_path):
 
 
 def test_fingerprints_never_read_what_does_not_end(tmp_path):
-    from lebench_cli.resume import content_hash, fingerprint, fingerprints
+    from lebench_cli.pipeline.resume import content_hash, fingerprint, fingerprints
 
     fifo = tmp_path / "fifo.wav"
     os.mkfifo(fifo)  # no writer: reading it would wait for ever

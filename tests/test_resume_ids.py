@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.audio import write_audio
 
 
@@ -201,7 +201,7 @@ def test_early_errors_leave_no_folder_behind(checkpoints, two_corpora, tmp_path,
         ("--model", str(tmp_path / "missing.pt")): None,
     }
     if not torch.cuda.is_available():
-        from lebench_cli.compute_device import cpu_fallback_reason
+        from lebench_cli.model.compute_device import cpu_fallback_reason
 
         cases[("--device", "cuda")] = ("Error: device 'cuda' requested but CUDA is not available: "
                                        f"{cpu_fallback_reason()} (use --device cpu)\n")
@@ -283,7 +283,7 @@ def test_a_zero_column_terminal_still_gets_a_bar_by_audio_seconds(checkpoints, t
 
 
 def test_the_bar_counts_audio_not_files(tmp_path):
-    from lebench_cli.progress import ProgressBar
+    from lebench_cli.pipeline.progress import ProgressBar
 
     class Stream:
         text = ""

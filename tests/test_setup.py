@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lebench_cli.checkpoints import load_local
+from lebench_cli.model.checkpoints import load_local
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_no_fairseq_log_lines_on_lebench_commands(checkpoints):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0
     assert result.stderr == ""
-    quiet_import = ("from lebench_cli.conversion import import_fairseq_wav2vec2\n"
+    quiet_import = ("from lebench_cli.model.conversion import import_fairseq_wav2vec2\n"
                     "import_fairseq_wav2vec2()\nimport fairseq\n")
     result = subprocess.run([sys.executable, "-c", quiet_import], capture_output=True, text=True, timeout=300)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

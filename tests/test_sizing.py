@@ -8,7 +8,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.extract import ExtractOptions, plan_extract
+from lebench_cli.pipeline.options import ExtractOptions
+from lebench_cli.pipeline.extract import plan_extract
 from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, open_h5, prepare_output
 from lebench_cli.storage.sizing import CHUNK_BYTES, chunk_rows
 

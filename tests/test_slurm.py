@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from support.fake_hub import fake_hub_cache
 from lebench_cli.testing.audio import write_audio
 from support.scaleout import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
@@ -294,7 +294,7 @@ def _slow_windows(env: dict, tmp_path: Path) -> dict:
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
         "import time\n"
-        "from lebench_cli import extract\n"
+        "from lebench_cli.pipeline import extract\n"
         "_original = extract.Extraction._append_windows\n"
         "def _slowly(*args):\n"
         "    time.sleep(0.5)\n"

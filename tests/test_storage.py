@@ -18,7 +18,7 @@ import pytest
 
 from lebench_cli import storage
 from lebench_cli.errors import InputError, OutputError
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.storage import (
     FailureLog,
     PartLock,

@@ -12,16 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.extract import Extraction
-from lebench_cli.reader import open_features
-from lebench_cli.scaleout.time_limit import parse_slurm_time
+from lebench_cli.pipeline.extract import Extraction
+from lebench_cli.reading.store import open_features
+from lebench_cli.pipeline.time_limit import parse_slurm_time
 from lebench_cli.testing.audio import write_audio
 
 
 def default_stop_signals():
     """A stopped or decided run leaves the stop signals ignored until its process ends (and a
     signal ignored from the start stays ignored): the test process goes on, with defaults."""
-    from lebench_cli import stop_signals
+    from lebench_cli.pipeline import stop_signals
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -145,7 +145,7 @@ def test_a_part_stopped_twice_before_storing_anything_stops_requeueing(checkpoin
 
 
 def test_a_time_limit_before_the_work_starts_does_not_requeue(checkpoints, tmp_path, monkeypatch):
-    from lebench_cli import models
+    from lebench_cli.model import models
 
     corpus = tmp_path / "corpus"
     write_audio(corpus / "u.wav", 1.0)

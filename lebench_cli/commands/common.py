@@ -41,7 +41,7 @@ def warn_cpu_fallback(device) -> None:
     """One line on stderr when the default device falls back to the CPU, saying why."""
     if device is not None:
         return
-    from ..compute_device import cpu_fallback_reason
+    from ..model.compute_device import cpu_fallback_reason
 
     reason = cpu_fallback_reason()
     if reason is not None:

@@ -71,9 +71,9 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from ..errors import InputError
-    from ..extract import Extraction, plan_extract
-    from ..options import return_large_blocks_to_the_os
-    from ..parts import parse_part
+    from ..pipeline.extract import Extraction, plan_extract
+    from ..pipeline.options import return_large_blocks_to_the_os
+    from ..pipeline.parts import parse_part
 
     shard = _part_from_environment() if part == "auto" else parse_part(part)
     options = extract_options(click.get_current_context().params, shard, overwrite=overwrite).validate()
@@ -83,14 +83,14 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
             raise InputError("--manifest writes the listing of a dry run: add --dry-run")
         from dataclasses import replace
 
-        from ..manifest import write_listing
+        from ..pipeline.manifest import write_listing
 
         click.echo(write_listing(options, manifest, stdin=stdin).line())
         options, stdin = replace(options, inputs=[manifest]), None  # the plan reads the lengths just written
     if dry_run:
         click.echo(plan_extract(options, stdin=stdin).line())
         return
-    from ..stop_signals import StopSignals
+    from ..pipeline.stop_signals import StopSignals
 
     return_large_blocks_to_the_os()
     if devices is None:
@@ -116,7 +116,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
 
 
 def _device_run(options, devices: str, device, stdin, show_progress: bool):
-    from ..devices import DeviceRun, parse_devices
+    from ..scaleout.devices import DeviceRun, parse_devices
     from ..errors import InputError
 
     if device is not None:
@@ -137,7 +137,7 @@ def _part_from_environment() -> tuple:
 def extract_options(params: dict, shard: tuple, overwrite: bool = False):
     """ExtractOptions for the parsed extract parameters, as part `shard` (k, n): what the
     extract command itself runs, and what `lebench ray` hands each part."""
-    from ..options import ExtractOptions, parse_size
+    from ..pipeline.options import ExtractOptions, parse_size
 
     extensions = params["extensions"]
     return ExtractOptions(

@@ -19,7 +19,7 @@ def fetch(models):
     Then, on a machine that shares the cache (HF_HOME) but has no network:
     HF_HUB_OFFLINE=1 lebench extract ... --model MODEL"""
     from ..errors import LebenchError
-    from ..models import fetch_model
+    from ..model.models import fetch_model
 
     failed = False
     for model in models:

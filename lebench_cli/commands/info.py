@@ -19,7 +19,7 @@ def info(model, as_json, trust_checkpoint):
 
     MODEL is a hub id (LeBenchmark/wav2vec2-FR-7K-large), an alias (wav2vec2-FR-M-base),
     a local checkpoint file or a model folder."""
-    from ..describe import catalog_rows, describe_checkpoint, format_catalog, format_description
+    from ..model.describe import catalog_rows, describe_checkpoint, format_catalog, format_description
 
     if model is None:
         rows = catalog_rows()

@@ -15,7 +15,7 @@ from .common import reports_errors
 @reports_errors
 def list_utterances(output, header):
     """One line per stored utterance of OUTPUT: id, frames, duration, flags (tab-separated)."""
-    from ..reader import open_features
+    from ..reading.store import open_features
 
     with open_features(output) as features:
         if header:

@@ -29,7 +29,7 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, no_check, ext
     Usage: lebench ray [OPTIONS] -- extract INPUTS... -o OUTPUT --model MODEL ..."""
     from ..scaleout.checks import check_model_and_layers
     from ..scaleout.ray_parts import RayOptions, run_parts_on_ray
-    from ..stop_signals import ignore_stop_signals
+    from ..pipeline.stop_signals import ignore_stop_signals
     from .extract import extract_options
     from .extract_args import parse_extract_args
 

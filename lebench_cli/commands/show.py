@@ -14,7 +14,7 @@ from .common import reports_errors
 @reports_errors
 def show(output):
     """Print the metadata of OUTPUT (JSON), with its utterance count."""
-    from ..reader import open_features
+    from ..reading.store import open_features
 
     with open_features(output) as features:
         described = dict(features.metadata)

@@ -71,7 +71,7 @@ def require(module: str, extra: str):
 
 def export_features(options: ExportOptions, progress: bool = False) -> ExportSummary:
     """Writes OPTIONS.store's features in OPTIONS.format under OPTIONS.destination."""
-    from ..reader import open_features
+    from ..reading.store import open_features
     from ..storage.locks import ExportLock
     from .record import ExportRecord
 

@@ -5,7 +5,7 @@
 - dataset: `FeatureDataset`, a torch Dataset (torch is imported on first use);
 - batches: `collate_features` (padding) and `LengthBucketSampler` (batches of similar length).
 
-`lebench_cli.reader` and `lebench_cli.dataset` re-export these names.
+`lebench_cli.reading.store` and `lebench_cli.reading.batches` re-export these names.
 """
 
 from .batches import FeatureBatch, LengthBucketSampler, collate_features

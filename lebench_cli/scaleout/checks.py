@@ -13,8 +13,8 @@ def check_model_and_layers(model: str, layers: str, trust: bool = False) -> dict
     """Loads `model` from a path or the hub cache (never the network: the tasks may have
     none) and resolves `layers` against it; the environment the tasks need to find it
     ({} for a local path; HF_HOME and HF_HUB_OFFLINE=1 for a cached hub model)."""
-    from ..catalog import find_known_model, looks_like_hub_id
-    from ..checkpoints import load_local
+    from ..model.catalog import find_known_model, looks_like_hub_id
+    from ..model.checkpoints import load_local
     from ..layers import parse_layers
 
     path = Path(model).expanduser()
@@ -32,7 +32,7 @@ def check_model_and_layers(model: str, layers: str, trust: bool = False) -> dict
 def _cached(model: str) -> tuple:
     from huggingface_hub import constants
 
-    from ..hub import cached_model_path, repo_id_for
+    from ..model.hub import cached_model_path, repo_id_for
 
     folder = cached_model_path(model)
     if folder is None:

@@ -17,8 +17,8 @@ from typing import Callable, Optional
 
 from ..errors import (InputError, LebenchError, MissingExtraError, OutputError, PartFailedError, install_extra_hint,
                       one_line)
-from ..options import ExtractOptions
-from ..summary import ExtractSummary, merged_summaries
+from ..pipeline.options import ExtractOptions
+from ..pipeline.summary import ExtractSummary, merged_summaries
 
 MARKER_PREFIX = ".lebench-ray-"
 INSTALL_HINT = f"lebench ray needs Ray: {install_extra_hint('ray')}"
@@ -181,8 +181,8 @@ def _run(ray, options, ray_options, gpus, parts, marker, on_part_done) -> list:
 def run_part(options: ExtractOptions, marker_name: str, token: str, workdir: str) -> PartResult:
     """One part, in a Ray worker, from the driver's working folder: relative paths, and the
     ids of files given by path, mean what they meant to the driver."""
-    from ..extract import Extraction
-    from ..options import return_large_blocks_to_the_os
+    from ..pipeline.extract import Extraction
+    from ..pipeline.options import return_large_blocks_to_the_os
 
     part, parts = options.shard
     node = socket.gethostname()

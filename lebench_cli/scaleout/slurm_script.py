@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import InputError
-from .time_limit import STOP_ENV, parse_slurm_time
+from ..pipeline.time_limit import STOP_ENV, parse_slurm_time
 
 STOP_SECONDS = 300  # SLURM may send the signal up to a minute early; committing takes seconds
 

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.audio import write_audio
 from support.reliability import RATE, check_complete, extract_args, is_root, shard_files, soak_only
 

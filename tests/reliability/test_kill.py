@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from support.reliability import (CORPUS_FILES, ROUNDING, SEED, SOAK, check_complete, check_shards, extract_args,
                                  leftover_tmp, plant_decoy, replay, seeded, soak_only, wait_for_lock)
 

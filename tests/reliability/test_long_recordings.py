@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from support.reliability import RATE, soak_only
 
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 
 SOAK = os.environ.get("LEBENCH_SOAK") == "1"
 SEED = int(os.environ.get("LEBENCH_RELIABILITY_SEED") or random.SystemRandom().randrange(10**6))
@@ -43,7 +43,11 @@ def replay(name: str) -> str:
 ZYGOTE = textwrap.dedent(r'''
     import ctypes, io, json, os, resource, signal, sys, time
     import torch  # noqa: F401  imported once, before any thread exists: forking is safe
-    from lebench_cli import audio, checkpoints, cli, encoder, extract, models, reader, storage  # noqa: F401
+    from lebench_cli.audio import loading as audio  # noqa: F401
+    from lebench_cli.model import checkpoints, encoder, models  # noqa: F401
+    from lebench_cli import cli, storage  # noqa: F401
+    from lebench_cli.pipeline import extract  # noqa: F401
+    from lebench_cli.reading import store as reader  # noqa: F401
     checkpoints.import_fairseq_wav2vec2()
 
     def drop_dac_override():

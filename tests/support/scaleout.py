@@ -7,7 +7,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
-from lebench_cli.reader import open_features
+from lebench_cli.reading.store import open_features
 from lebench_cli.testing.corpora import tone_corpus
 
 ROOT = Path(__file__).resolve().parents[2]

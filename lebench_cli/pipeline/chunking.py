@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import RECEPTIVE_FIELD, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count  # noqa: F401
+from ..frames import RECEPTIVE_FIELD, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def normalised_window_batches(path, channel, windows: list, batch_seconds: float
     since it was measured)."""
     import numpy as np
 
-    from .audio import stream_audio
-    from .errors import AudioError
+    from ..audio.loading import stream_audio
+    from ..errors import AudioError
 
     per_batch = max(1, int(batch_seconds // chunk_seconds))
     blocks = stream_audio(path, channel=channel, keep_truncated=True)  # the first pass failed it, or kept it

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError, UnsafeCheckpointError
 from .catalog import FAIRSEQ, SPEECHBRAIN, TRANSFORMERS
 from .conversion import _one_line, import_fairseq_wav2vec2, parse_conv_layers
 
@@ -202,8 +202,7 @@ def sanitize_fairseq_config(path, model_cfg: dict) -> dict:
 # ---- transformers and SpeechBrain -----------------------------------------------------
 
 def load_transformers_folder(folder: Path, weights: Path | None = None) -> Checkpoint:
-    from .conversion import (fairseq_config_from_transformers, fairseq_state_from_transformers,
-                             layer_norm_conv_keys)
+    from .conversion import fairseq_config_from_transformers, fairseq_state_from_transformers, layer_norm_conv_keys
 
     weights = weights or _first_existing(folder, TRANSFORMERS_WEIGHT_NAMES)
     if weights is None:

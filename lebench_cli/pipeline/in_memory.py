@@ -1,7 +1,7 @@
 """Features in memory: audio files -> {layer: [frames, width]} arrays, no output folder.
 
 For training on the fly: all 25 layers of a large model take ~9 GB per hour of audio on
-disk. `lebench extract`'s own engine (lebench_cli/engine.py) runs them, its states kept here
+disk. `lebench extract`'s own engine (lebench_cli/pipeline/engine.py) runs them, its states kept here
 instead of stored, so that each file's features are the ones `extract` would store
 (tests/test_in_memory.py compares them)."""
 
@@ -15,8 +15,8 @@ from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from ..errors import AudioError, InputError
 from .engine import Sink
-from .errors import AudioError, InputError
 
 
 def features_of(paths: Iterable, model, layers: Union[str, int, Sequence] = "last", **options) -> list:
@@ -66,7 +66,7 @@ def _computed(paths: list, model, layers, device=None, dtype=None, batch_seconds
               overlap_seconds=5.0, channel=None, workers=0, skip_bad_files=False, trust_checkpoint=False):
     """(index, path, states or None) per file, in the order they are computed."""
     from .engine import Engine, Item, batches_in_flight, probed
-    from .inputs import AudioSource
+    from ..audio.inputs import AudioSource
     from .options import ExtractOptions
 
     # extract's own rules and defaults, the options named as these keywords
@@ -136,8 +136,8 @@ def _failed(path: str, reason: str, skip_bad_files: bool) -> None:
 
 
 def _encoder(model, device, dtype, trust_checkpoint: bool):
-    from .checkpoints import Checkpoint
-    from .encoder import Encoder
+    from ..model.checkpoints import Checkpoint
+    from ..model.encoder import Encoder
     from .options import ExtractOptions
 
     if isinstance(model, Encoder):
@@ -147,14 +147,14 @@ def _encoder(model, device, dtype, trust_checkpoint: bool):
     # extract's own defaults: cuda when available, float16 there, float32 on a CPU
     resolved = ExtractOptions(inputs=[], output="", model="", device=device, dtype=dtype).resolved()
     if not isinstance(model, Checkpoint):
-        from .models import load_checkpoint
+        from ..model.models import load_checkpoint
 
         model = load_checkpoint(os.fspath(model), trust=trust_checkpoint)
     return Encoder(model, device=resolved.device, dtype=resolved.dtype)
 
 
 def _layer_list(layers, encoder) -> list:
-    from .layers import parse_layers
+    from ..layers import parse_layers
 
     if isinstance(layers, str):
         return parse_layers(layers, encoder.num_layers)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ModelNotFoundError
 from .catalog import find_known_model, looks_like_hub_id
 from .checkpoints import Checkpoint, load_local
-from .errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from .hub import FetchedModel

@@ -14,9 +14,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .frames import SAMPLE_RATE
-from .decoding import TRUNCATED_FLAG
-from .errors import AudioError
+from ..audio.decoding import TRUNCATED_FLAG
+from ..errors import AudioError
+from ..frames import SAMPLE_RATE
 
 
 def batches_in_flight(device) -> int:
@@ -42,7 +42,7 @@ class Item:
 
 def probe_item(item: Item) -> Optional[str]:
     """Fill item.seconds; the failure reason when the file cannot be probed."""
-    from .audio import probe
+    from ..audio.loading import probe
 
     if item.source.num_samples is not None:
         item.seconds = item.source.num_samples / SAMPLE_RATE
@@ -137,7 +137,7 @@ class Engine:
             pass
 
     def _decoded_items(self, items: list):
-        from .decoding import RecordingStatistics, decode, decoded_stream
+        from ..audio.decoding import RecordingStatistics, decode, decoded_stream
 
         options = self.options
         ahead = max(4, 4 * max(1, options.workers))
@@ -180,7 +180,7 @@ class Engine:
         ahead in a decoding worker, then its windows), its states handed on as they come:
         memory is bounded by the window, not the recording."""
         from .chunking import normalised_window_batches, plan_windows
-        from .decoding import recording_statistics
+        from ..audio.decoding import recording_statistics
 
         options = self.options
         statistics, reason = item.statistics, None
@@ -222,7 +222,7 @@ class Engine:
         import torch
 
         from .batching import pad_batch, padded_shape
-        from .readback import Readback
+        from ..model.readback import Readback
 
         on_gpu = self.encoder.device.type == "cuda"
         # Padded straight into page-locked memory on a GPU: the host-to-device copy then runs
@@ -240,7 +240,7 @@ class Engine:
     def _finish_oldest(self):
         import torch
 
-        from .readback import Readback
+        from ..model.readback import Readback
 
         readback, inputs, normalize, on_ready = self._in_flight.popleft()
         finite, states = readback.result()
@@ -256,7 +256,7 @@ class Engine:
             self._finish_oldest()
 
     def _float32(self):
-        from .encoder import Encoder
+        from ..model.encoder import Encoder
 
         if self._float32_encoder is None:
             self._float32_encoder = Encoder(self.encoder.checkpoint, device=self.encoder.device, dtype="float32")

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..errors import InputError, LebenchError, OutputError
-from ..stop_signals import stopped_by_time_limit
 from ..storage.layout import part_tag
+from .stop_signals import stopped_by_time_limit
 
 STOP_ENV = "LEBENCH_STOP_SECONDS"  # set by `lebench slurm`'s script: how long before the limit it stops
 RECORD_PREFIX = "interrupted-"

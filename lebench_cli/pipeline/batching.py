@@ -6,7 +6,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .frames import SAMPLE_RATE
+from ..frames import SAMPLE_RATE
 
 
 def padded_shape(waveforms: Sequence[np.ndarray]) -> tuple[int, int]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__
-from .decoding import SHORT_FLAG
-from .frames import FRAME_SECONDS, SAMPLE_RATE
+from .. import __version__
+from ..audio.decoding import SHORT_FLAG
+from ..frames import FRAME_SECONDS, SAMPLE_RATE
 from .options import ExtractOptions
 
 

@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence, TextIO
 
-from .errors import InputError
-from .names import canonical_id, printable, with_slashes
+from ..errors import InputError
+from ..names import canonical_id, printable, with_slashes
 
 # What a folder walk takes by default: the formats speech is stored in that libsndfile
 # decodes. Not the other types it reads (.mat, .htk, .sd2, .xi, .voc, ...): beside a corpus

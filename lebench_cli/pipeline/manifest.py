@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, OutputError
-from .names import canonical_id, is_printable, printable, with_slashes
+from ..errors import InputError, OutputError
+from ..names import canonical_id, is_printable, printable, with_slashes
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ManifestReport:
 
 def write_listing(options, path: str, stdin=None) -> ManifestReport:
     """Every input of `options` (all parts) with its length, written to `path`."""
-    from .inputs import AUDIO_EXTENSIONS, discover
+    from ..audio.inputs import AUDIO_EXTENSIONS, discover
 
     if not str(path).endswith(".tsv"):
         raise InputError(f"--manifest {path}: the name must end in .tsv (extract reads .tsv files as manifests)")
@@ -119,7 +119,7 @@ def _root_and_relpaths(sources: list) -> tuple:
 
 
 def _check_round_trip(path: str, sources: list, samples: list):
-    from .inputs import discover
+    from ..audio.inputs import discover
 
     read = discover([str(path)])
     if [s.utt_id for s in read] != [s.utt_id for s in sources] or [s.num_samples for s in read] != samples:

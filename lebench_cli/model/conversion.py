@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # (fairseq pattern, transformers pattern); {i} is a layer index.
 _RULES = [

@@ -13,8 +13,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from .errors import AudioError, one_line
-from .frames import RECEPTIVE_FIELD, SAMPLE_RATE
+from ..errors import AudioError, one_line
+from ..frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
 MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass

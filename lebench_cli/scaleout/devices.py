@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
-from .errors import InputError, LebenchError, WorkerError, one_line
-from .options import ExtractOptions
-from .summary import ExtractSummary, merged_summaries
+from ..errors import InputError, LebenchError, WorkerError, one_line
+from ..pipeline.options import ExtractOptions
+from ..pipeline.summary import ExtractSummary, merged_summaries
 
 
 def parse_devices(text: str) -> list:
@@ -68,11 +68,11 @@ class DeviceRun:
         self.summary = ExtractSummary()
 
     def run(self) -> ExtractSummary:
-        from .extract import discover_sources
-        from .parts import split_parts
+        from ..pipeline.extract import discover_sources
+        from ..pipeline.parts import split_parts
 
-        from .scaleout.time_limit import stopped_before_work
-        from .stop_signals import stopped_by_time_limit
+        from ..pipeline.time_limit import stopped_before_work
+        from ..pipeline.stop_signals import stopped_by_time_limit
 
         started = time.monotonic()
         k, n = self.options.shard
@@ -101,7 +101,7 @@ class DeviceRun:
     def _run_workers(self, workers: list, parts: list, started: float) -> "_Outcome":
         import multiprocessing
 
-        from .stop_signals import on_stop_signals
+        from ..pipeline.stop_signals import on_stop_signals
 
         context = multiprocessing.get_context("spawn")  # CUDA cannot run in a forked process
         pipes = [context.Pipe(duplex=False) for _ in workers]
@@ -128,7 +128,7 @@ class DeviceRun:
                 bar.close()
 
     def _worker_options(self, worker: _Worker) -> ExtractOptions:
-        from .options import default_workers
+        from ..pipeline.options import default_workers
 
         workers = self.options.workers
         if workers is None and worker.device.startswith("cuda"):
@@ -136,7 +136,7 @@ class DeviceRun:
         return replace(self.options, device=worker.device, shard=(worker.part, worker.num_parts), workers=workers)
 
     def _progress_bar(self):
-        from .progress import ProgressBar
+        from ..pipeline.progress import ProgressBar
 
         return ProgressBar() if self.show_progress else None
 
@@ -246,7 +246,7 @@ class _Collector:
         """Ctrl-C or SIGTERM: every worker commits, then 130. A flag rather than an exception:
         one raised in the middle of reading a message would garble the pipe. The time-limit
         warning (SIGUSR1) is passed on as it is: each worker records its stop."""
-        from .stop_signals import TIME_LIMIT_SIGNAL, note_stop_signal
+        from ..pipeline.stop_signals import TIME_LIMIT_SIGNAL, note_stop_signal
 
         note_stop_signal(signum)
         self.interrupted = True
@@ -291,14 +291,14 @@ def _how(exitcode: Optional[int]) -> str:
 def _work(options: ExtractOptions, sources: list, threads: int, messages, index: int, task_started: float):
     """One worker: its part through Extraction; its progress and its last word sent through
     `messages`, the writing end of its pipe."""
-    from .stop_signals import stop_on_first_signal, stop_requested
+    from ..pipeline.stop_signals import stop_on_first_signal, stop_requested
 
     stop_on_first_signal()
     messages.send(("ready", index))
     summary, extraction = ExtractSummary(), None
     try:
-        from .extract import Extraction
-        from .options import return_large_blocks_to_the_os
+        from ..pipeline.extract import Extraction
+        from ..pipeline.options import return_large_blocks_to_the_os
 
         return_large_blocks_to_the_os()
         if threads:
@@ -309,7 +309,7 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
                                 task_started=task_started)
         summary = extraction.summary
         finished = extraction.run()
-        from .stop_signals import ignore_stop_signals
+        from ..pipeline.stop_signals import ignore_stop_signals
 
         ignore_stop_signals()  # decided: a late signal must not turn it into an interruption
         messages.send(("done", index, asdict(finished)))
@@ -327,8 +327,8 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
 def _stopped(index: int, summary: ExtractSummary, extraction, options: ExtractOptions, task_started: float) -> tuple:
     """A worker's last word on a stop: a time-limit stop before its part's work began (before
     Extraction.run, which says it itself from there on) is an error, as for one process."""
-    from .scaleout.time_limit import stopped_before_work
-    from .stop_signals import stopped_by_time_limit
+    from ..pipeline.time_limit import stopped_before_work
+    from ..pipeline.stop_signals import stopped_by_time_limit
 
     if stopped_by_time_limit() and (extraction is None or extraction.time_limit is None):
         error = stopped_before_work(task_started, "part {}/{} started its work".format(*options.shard))

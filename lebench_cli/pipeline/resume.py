@@ -76,7 +76,7 @@ def content_hash(path) -> str:
 def stored_path(path) -> str:
     """The path a source is stored under: absolute, so that it means the same file whatever
     folder a later run starts from; printable (`names.printable`): HDF5 stores UTF-8."""
-    from .names import printable
+    from ..names import printable
 
     return printable(os.path.abspath(os.fspath(path)))
 
@@ -187,7 +187,7 @@ def _changed(known, now: Fingerprint, content_differs: bool) -> str:
 
 
 def _same_path(new, stored) -> bool:
-    from .names import printable
+    from ..names import printable
 
     # Compared as stored: a name that is not UTF-8 was stored with its bytes as \xNN.
     return printable(os.path.realpath(os.fspath(new))) == printable(os.path.realpath(stored))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import FAIRSEQ, SPEECHBRAIN, TRANSFORMERS, KnownModel, find_known_model
+from ..errors import ModelNotFoundError
+from .catalog import FAIRSEQ, KnownModel, SPEECHBRAIN, TRANSFORMERS, find_known_model
 from .checkpoints import FAIRSEQ_CHECKPOINT_NAMES, SPEECHBRAIN_WEIGHT_NAMES, TRANSFORMERS_WEIGHT_NAMES
-from .errors import ModelNotFoundError
 
 _CONFIGS = ("config.json", "preprocessor_config.json")
 

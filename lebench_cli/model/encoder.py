@@ -17,13 +17,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .audio import NORMALIZE_EPS, SAMPLE_RATE, resample
+from ..audio.decoding import pad_to_one_frame
+from ..audio.loading import NORMALIZE_EPS, SAMPLE_RATE, resample
+from ..errors import CheckpointError, InputError
+from ..frames import CNN
 from .checkpoints import Checkpoint
 from .conversion import import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
-from .decoding import pad_to_one_frame
-from .errors import CheckpointError, InputError
-from .frames import CNN
 
 Layer = Union[int, str]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

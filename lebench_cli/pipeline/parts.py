@@ -11,8 +11,8 @@ import heapq
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from .errors import AudioError, InputError
-from .frames import SAMPLE_RATE
+from ..errors import AudioError, InputError
+from ..frames import SAMPLE_RATE
 
 
 def parse_part(text: str) -> tuple:
@@ -46,7 +46,7 @@ def split_by_duration(seconds: Sequence[float], keys: Sequence[str], parts: int)
 def samples_16k(source) -> Optional[int]:
     """The source's length in 16 kHz samples: its manifest's count, else its header's
     (converted from the file's own rate); None when the header cannot be read."""
-    from .audio import probe
+    from ..audio.loading import probe
 
     if source.num_samples is not None:
         return source.num_samples

@@ -16,8 +16,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from .audio import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, read_audio
-from .errors import AudioError, one_line
+from ..errors import AudioError, one_line
+from .loading import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, read_audio
 
 SHORT_FLAG = "padded"
 TRUNCATED_FLAG = "truncated"  # ended before its header's length, kept with --keep-truncated
@@ -77,7 +77,7 @@ class RecordingStatistics:
 
 def recording_statistics(source, channel: Optional[int], normalize: bool, keep_truncated: bool = False):
     """(RecordingStatistics, None) or (None, the failure reason), from one block-wise pass."""
-    from . import audio
+    from . import loading as audio
 
     count, total, squares = 0, 0.0, 0.0
     report = audio.DecodeReport()

@@ -14,16 +14,16 @@ from typing import Optional
 
 import numpy as np
 
+from ..audio.decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
+from ..errors import AudioError, InputError
+from ..frames import CNN, SAMPLE_RATE, frame_count
 from .background import BackgroundWriter
-from .decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
 from .engine import Engine, Item as _Item, Sink, batches_in_flight, probe_item as _probe, probed  # noqa: F401
-from .errors import AudioError, InputError
-from .frames import CNN, SAMPLE_RATE, frame_count
 from .options import ExtractOptions
 from .parts import select_part
 from .run_metadata import build_metadata
-from .scaleout.time_limit import TimeLimitStops
 from .summary import DryRunReport, ExtractSummary
+from .time_limit import TimeLimitStops
 
 CHUNKED_FLAG = "chunked"
 
@@ -31,7 +31,7 @@ CHUNKED_FLAG = "chunked"
 # ---- planning ---------------------------------------------------------------------------
 
 def discover_sources(options: ExtractOptions, stdin=None) -> list:
-    from .inputs import AUDIO_EXTENSIONS, discover
+    from ..audio.inputs import AUDIO_EXTENSIONS, discover
 
     sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=stdin,
                        root=options.root, id_prefix=options.id_prefix)
@@ -51,13 +51,13 @@ def _fingerprint_all(items: list) -> None:
 
 def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     """What a run would do: file count, duration and estimated output size; writes nothing."""
-    from .checkpoints import sha256_file
-    from .layers import canonical_layers, parse_layers
-    from .models import load_checkpoint
+    from ..model.checkpoints import sha256_file
+    from ..layers import canonical_layers, parse_layers
+    from ..model.models import load_checkpoint
     from .resume import plan_resume
     from .run_metadata import build_identity
-    from .storage import check_same_run, stored_sources
-    from .storage.sizing import estimate_store_bytes
+    from ..storage import check_same_run, stored_sources
+    from ..storage.sizing import estimate_store_bytes
 
     options = options.validate().resolved()
     sources = discover_sources(options, stdin)
@@ -85,7 +85,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
 
 
 def _cnn_width(checkpoint) -> int:
-    from .conversion import parse_conv_layers
+    from ..model.conversion import parse_conv_layers
 
     return parse_conv_layers(checkpoint.weights_path, checkpoint.model_config["conv_feature_layers"])[-1][0]
 
@@ -122,17 +122,17 @@ class Extraction(Sink):
             return self._run(started, time_limit)
 
     def _run(self, started: float, time_limit) -> ExtractSummary:
-        from .checkpoints import sha256_file
-        from .compute_device import describe_device, dtype_name
-        from .encoder import Encoder, check_device
-        from .layers import canonical_layers, parse_layers
-        from .models import load_checkpoint
+        from ..model.checkpoints import sha256_file
+        from ..model.compute_device import describe_device, dtype_name
+        from ..model.encoder import Encoder, check_device
+        from ..layers import canonical_layers, parse_layers
+        from ..model.models import load_checkpoint
         from .resume import plan_resume
-        from .storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
-                              writing_part)
-        from .storage.layout import part_tag, shard_tables
-        from .storage.relocations import record_relocations
-        from .storage.update import check_carried, remove_superseded
+        from ..storage import (FailureLog, ShardWriter, WriterOptions, check_writable_destination, stored_sources,
+                               writing_part)
+        from ..storage.layout import part_tag, shard_tables
+        from ..storage.relocations import record_relocations
+        from ..storage.update import check_carried, remove_superseded
 
         options = self.options
         sources = self.sources if self.sources is not None else discover_sources(options, self.stdin)
@@ -202,7 +202,7 @@ class Extraction(Sink):
 
     def begin(self, item: _Item, windows: list):
         from .resume import stored_path
-        from .scaleout.time_limit import InProgress
+        from .time_limit import InProgress
 
         source, samples = item.source, item.statistics.samples
         self._background.put("begin_utterance", source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
@@ -249,7 +249,7 @@ class Extraction(Sink):
                 self.progress.close()
 
     def _fail(self, failures, item: _Item, reason: str):
-        from .names import printable
+        from ..names import printable
 
         failures.record(item.source.utt_id, printable(item.source.path), reason)
         self.summary.failed += 1
@@ -269,7 +269,7 @@ class Extraction(Sink):
 
     def _store(self, item: _Item, states: dict, background):
         from .resume import stored_path
-        from .storage import StoredUtterance
+        from ..storage import StoredUtterance
 
         frames = len(next(iter(states.values())))
         utterance = StoredUtterance(

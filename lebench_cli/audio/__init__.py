@@ -1,0 +1,1 @@
+"""Audio in: finding sources (inputs), headers, decoding with the worker pool, loading and resampling."""

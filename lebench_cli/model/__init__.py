@@ -1,0 +1,1 @@
+"""Models: the catalog, the hub, checkpoint formats and key maps, resolution, the encoder, read-back."""

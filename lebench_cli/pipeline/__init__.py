@@ -1,0 +1,1 @@
+"""One extraction run: options, batching, windows, the engine, resume, parts, progress, summary."""
