@@ -1,6 +1,6 @@
 """One writer per part (PartLock, an flock on OUT/.lock-KofN), one store-wide lock
 (StoreLock, OUT/.lock-store): every writer holds it shared, --overwrite exclusive; and one
-export per destination (ExportLock, DEST/.lock-export)."""
+export per destination (ExportLock, DEST/.lock-export; `lebench verify DEST` holds it shared)."""
 
 from __future__ import annotations
 
@@ -192,14 +192,20 @@ class ExportLock:
     folder would interleave their files and their records. A DEST that the holder made and
     left empty (the export was refused) goes again on release, lock file included, so that a
     refused export leaves nothing behind; a run that opened that lock file before it went sees
-    that its file is no longer DEST's and takes the new one."""
+    that its file is no longer DEST's and takes the new one.
 
-    def __init__(self, destination: Path):
+    shared: the right to read an existing export (`lebench verify DEST`): any number at once,
+    none while an export writes."""
+
+    def __init__(self, destination: Path, shared: bool = False):
         self.destination = Path(destination)
         self.path = self.destination / EXPORT_LOCK
+        self.shared = shared
         self._fd, self._made = None, False
 
     def acquire(self) -> None:
+        if self.shared:
+            self._acquire_shared()
         while self._fd is None:
             self._made = self._made or not self.destination.exists()
             try:
@@ -210,10 +216,9 @@ class ExportLock:
             try:
                 _flock(fd, self.path, self.destination, fcntl.LOCK_EX)
             except BlockingIOError:
-                holder = _lock_holder(fd)
+                refusal = self._refusal(fd)
                 os.close(fd)
-                raise OutputError(f"another lebench export (pid {holder}) is writing into {self.destination}: "
-                                  "rerun when it ends") from None
+                raise refusal from None
             except OutputError:
                 os.close(fd)
                 raise
@@ -222,6 +227,35 @@ class ExportLock:
                 self._fd = fd
             else:  # removed by its holder's release between our open and our lock
                 os.close(fd)
+
+    def _acquire_shared(self) -> None:
+        try:  # read-only: an export that lies on storage this user cannot write verifies too
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = _open_lock_file(self.path)
+        except OSError as error:
+            raise OutputError(f"cannot open {self.path}: {_reason(error)}") from error
+        try:
+            _flock(fd, self.path, self.destination, fcntl.LOCK_SH)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise OutputError(f"a lebench export (pid {holder}) is writing into {self.destination}: "
+                              "verify it when that export ends") from None
+        except OutputError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _refusal(self, fd: int) -> OutputError:
+        """Who holds DEST: readers (lebench verify) hold it shared, an export exclusive."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return OutputError(f"another lebench export (pid {_lock_holder(fd)}) is writing into "
+                               f"{self.destination}: rerun when it ends")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return OutputError(f"a lebench verify is reading {self.destination}: rerun when it ends")
 
     def release(self) -> None:
         if self._fd is None:
