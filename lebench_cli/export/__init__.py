@@ -59,6 +59,10 @@ class ExportSummary:
                 f"{self.destination}{kept}{audio}")
 
 
+class EntryFileMissing(Exception):
+    """An exported entry's folder or index file (feats.scp, cuts.jsonl.gz) is not there."""
+
+
 def require(module: str, extra: str):
     """Imports an optional dependency, or says in one line how to install it."""
     import importlib

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from . import ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require
+from . import EntryFileMissing, ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require
 
 
 def check_dependencies() -> None:
@@ -67,7 +67,7 @@ def _write_layers(store, layers: list, destination: Path, bar) -> None:
         with bar:
             for utt_id in store.ids:
                 for layer, (named, _, scp) in files.items():
-                    kaldiio.save_ark(named, {utt_id: _matrix(read_layer(store, utt_id, layer))}, scp=scp)
+                    kaldiio.save_ark(named, {utt_id: exported_array(store, utt_id, layer, layers, None)}, scp=scp)
                 bar.update()
         for layer, (_, ark, scp) in files.items():
             for file in (ark, scp):
@@ -87,6 +87,33 @@ def _write_layers(store, layers: list, destination: Path, bar) -> None:
         if not done:
             remove_partial(destination / layer_folder(layer) / name for layer in files
                            for name in ("feats.ark.tmp", "feats.scp.tmp"))
+
+
+def exported_array(store, utt_id: str, layer, layers: list, dtype) -> np.ndarray:
+    """What the export writes into feats.ark for ID (kaldi: always float32)."""
+    return _matrix(read_layer(store, utt_id, layer))
+
+
+def stored_arrays(destination: Path, key: str, other_keys):
+    """(id, load) of every line of KEY/feats.scp; load() reads its matrix with kaldiio."""
+    import kaldiio
+
+    scp = destination / key / "feats.scp"
+    try:
+        file = open(scp, encoding="utf-8")
+    except FileNotFoundError:
+        raise EntryFileMissing(f"{key}/feats.scp is missing") from None
+    with file:
+        for number, line in enumerate(file, 1):
+            fields = line.rstrip("\n").split(None, 1)
+            if len(fields) == 2:
+                yield fields[0], lambda where=fields[1]: np.asarray(kaldiio.load_mat(where))
+            elif fields:
+                yield fields[0], lambda number=number: _no_location(scp, number)
+
+
+def _no_location(scp: Path, number: int):
+    raise ValueError(f"line {number} of {scp.name} names no ark location")
 
 
 def _to_stdout(store, layer, bar) -> ExportSummary:

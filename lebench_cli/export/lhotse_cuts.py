@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import ExportSummary, converted, export_per_layer, layer_folder, read_layer, remove_partial, require
+from . import EntryFileMissing, ExportSummary, converted, export_per_layer, layer_folder, read_layer, remove_partial, require
 
 from ..frames import FRAME_SECONDS as FRAME_SHIFT, SAMPLE_RATE
 
@@ -65,7 +65,7 @@ def _write_layers(store, layers: list, destination: Path, dtype, channel, bar) -
                 recording = _recording(row)
                 without_audio += recording is None
                 for layer, (features_writer, cuts_writer, kind) in outputs.items():
-                    array = converted(read_layer(store, row["id"], layer), dtype)
+                    array = exported_array(store, row["id"], layer, layers, dtype)
                     key = features_writer.write(row["id"], array)
                     features = _features(array, kind, folder=destination / layer_folder(layer), key=key,
                                          recording=recording)
@@ -88,6 +88,23 @@ def _write_layers(store, layers: list, destination: Path, dtype, channel, bar) -
             remove_partial(destination / layer_folder(layer) / name for layer in outputs
                            for name in ("feats-partial.h5", "cuts-partial.jsonl.gz"))
     return without_audio
+
+
+def exported_array(store, utt_id: str, layer, layers: list, dtype):
+    """What the export writes into feats.h5 for ID."""
+    return converted(read_layer(store, utt_id, layer), dtype)
+
+
+def stored_arrays(destination: Path, key: str, other_keys):
+    """(id, load) of every cut of KEY/cuts.jsonl.gz, read lazily; load() is lhotse's own
+    cut.load_features()."""
+    from lhotse import CutSet
+
+    cuts = destination / key / "cuts.jsonl.gz"
+    if not cuts.is_file():
+        raise EntryFileMissing(f"{key}/cuts.jsonl.gz is missing")
+    for cut in CutSet.from_jsonl_lazy(cuts):
+        yield cut.id, cut.load_features
 
 
 def _cut(utt_id: str, features, recording, channel):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OutputError
-from . import ExportSummary, converted, layer_folder, read_layer, utterance_path
+from . import EntryFileMissing, ExportSummary, converted, layer_folder, read_layer, utterance_path
 from .record import count_utterances
 
 _SAVE_SECONDS = 5.0  # a kill -9 loses the record of at most this much work (written again)
@@ -62,7 +62,8 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
                 for layer, folder in folders.items():
                     if utt_id in todo[layer]:
                         entries[layer].pop(utt_id, None)  # not current until its file is
-                        _save(utterance_path(folder, utt_id, ".npy"), _array(store, utt_id, layer, layers, options))
+                        _save(utterance_path(folder, utt_id, ".npy"),
+                              exported_array(store, utt_id, layer, layers, options.dtype))
                         entries[layer][utt_id] = record.fingerprints[utt_id]
                 bar.update()
                 if time.monotonic() - saved > interval:
@@ -100,10 +101,33 @@ def _folders(destination: Path, options, layers: list) -> dict:
     return {layer: destination / layer_folder(layer) for layer in layers}
 
 
-def _array(store, utt_id: str, layer, layers: list, options) -> np.ndarray:
+def exported_array(store, utt_id: str, layer, layers: list, dtype) -> np.ndarray:
+    """What the export writes into ID.npy (layer None: --stack of LAYERS)."""
     if layer is None:  # --stack
-        return np.stack([converted(read_layer(store, utt_id, one), options.dtype) for one in layers])
-    return converted(read_layer(store, utt_id, layer), options.dtype)
+        return np.stack([converted(read_layer(store, utt_id, one), dtype) for one in layers])
+    return converted(read_layer(store, utt_id, layer), dtype)
+
+
+def stored_arrays(destination: Path, key: str, other_keys):
+    """(id, load) of every ID.npy the entry KEY holds (a layer folder, or "stack": DEST itself
+    but for the folders of OTHER_KEYS); load() reads it with numpy."""
+    folder = destination if key == "stack" else destination / key
+    if not folder.is_dir():
+        raise EntryFileMissing(f"{folder.name}/ is missing")
+    skipped = {destination / other for other in other_keys} if key == "stack" else set()
+    for path in sorted(_npy_files(folder, skipped)):
+        relative = path.relative_to(folder).as_posix()
+        yield relative[:-len(".npy")], lambda path=path: np.load(path, allow_pickle=False)
+
+
+def _npy_files(folder: Path, skipped: set):
+    for entry in os.scandir(folder):
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if path not in skipped:
+                yield from _npy_files(path, skipped)
+        elif entry.name.endswith(".npy"):
+            yield path
 
 
 def _save(path: Path, array: np.ndarray) -> None:
