@@ -50,8 +50,10 @@ def exported(tmp_path, export_format, *options):
 
 
 def summary(store: Path, checked: int, problems: int = 0, entries: int = 1) -> str:
-    found = f"{problems} problem{'s' if problems != 1 else ''}" if problems else "no problem found"
-    return f"{entries} entries, {len(IDS)} utterances, {checked} arrays checked against {store.resolve()}: {found}\n"
+    found = {0: "no problem found", 1: "1 problem"}.get(problems, f"{problems} problems")
+    entries = "1 entry" if entries == 1 else f"{entries} entries"
+    arrays = "1 array" if checked == 1 else f"{checked} arrays"
+    return f"{entries}, {len(IDS)} utterances, {arrays} checked against {store.resolve()}: {found}\n"
 
 
 def verify_finds(destination: Path, store: Path, lines: list, checked: int) -> None:

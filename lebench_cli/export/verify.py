@@ -47,9 +47,13 @@ class ExportReport:
         return not self.problems
 
     def line(self) -> str:
-        return (f"{self.entries} entries, {self.utterances} utterances, {self.checked} arrays checked against "
-                f"{self.store}: " + (f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}" if self.problems
-                   else "no problem found"))
+        found = _counted(len(self.problems), "problem") if self.problems else "no problem found"
+        return (f"{_counted(self.entries, 'entry', 'entries')}, {_counted(self.utterances, 'utterance')}, "
+                f"{_counted(self.checked, 'array')} checked against {self.store}: {found}")
+
+
+def _counted(count: int, one: str, many: str = "") -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def repair_refusal(destination) -> InputError:
