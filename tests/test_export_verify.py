@@ -236,3 +236,11 @@ def test_a_record_that_is_not_one_is_one_line(tmp_path):
     result = invoke("verify", destination)
     assert (result.exit_code, result.output) == (
         1, f"Error: cannot read {destination / 'lebench-export.json'}: not an export record\n")
+
+
+def test_a_record_of_an_unknown_format_is_one_line(tmp_path):
+    store, destination = exported(tmp_path, "npy")
+    path = destination / "lebench-export.json"
+    path.write_text(path.read_text().replace('"export_format": "npy"', '"export_format": "record"'))
+    result = invoke("verify", destination)
+    assert (result.exit_code, result.output) == (1, f"Error: {path} names an unknown export format 'record'\n")

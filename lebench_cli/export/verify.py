@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, LebenchError, one_line
 from ..storage.verify import Problem
-from . import EntryFileMissing, _writer_module
+from . import FORMATS, EntryFileMissing, _writer_module
 from .record import RECORD_FILE, RECORD_FORMAT, _first_difference, utterance_fingerprints
 
 _RERUN = "rerun lebench export"
@@ -78,11 +78,10 @@ def verify_export(destination, on_utterance: Optional[Callable[[], None]] = None
         report.entries = len(record["entries"])
         report.utterances = len({utt_id for entry in record["entries"].values()
                                  for utt_id in _utterances(entry)})
-        try:
-            writer = _writer_module(record.get("export_format"))
-        except (ImportError, AttributeError):
+        if record.get("export_format") not in FORMATS:
             raise InputError(f"{destination / RECORD_FILE} names an unknown export format "
-                             f"{record.get('export_format')!r}") from None
+                             f"{record.get('export_format')!r}")
+        writer = _writer_module(record["export_format"])  # a missing extra: the line that installs it
         try:
             store = open_features(report.store)
         except LebenchError as error:
