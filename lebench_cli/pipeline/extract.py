@@ -51,7 +51,7 @@ def _fingerprint_all(items: list) -> None:
 
 def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     """What a run would do: file count, duration and estimated output size; writes nothing."""
-    from ..model.checkpoints import sha256_file
+    from ..model.hashing import sha256_file
     from ..layers import canonical_layers, parse_layers
     from ..model.models import load_checkpoint
     from .resume import plan_resume
@@ -122,7 +122,7 @@ class Extraction(Sink):
             return self._run(started, time_limit)
 
     def _run(self, started: float, time_limit) -> ExtractSummary:
-        from ..model.checkpoints import sha256_file
+        from ..model.hashing import sha256_file
         from ..model.compute_device import describe_device, dtype_name
         from ..model.encoder import Encoder, check_device
         from ..layers import canonical_layers, parse_layers
