@@ -10,7 +10,7 @@ from ...errors import CheckpointError
 from ..catalog import FAIRSEQ, SPEECHBRAIN, TRANSFORMERS
 from ..checkpoint import Checkpoint
 from .fairseq import load_fairseq
-from .files import FAIRSEQ_CHECKPOINT_NAMES, SPEECHBRAIN_WEIGHT_NAMES, TRANSFORMERS_WEIGHT_NAMES, _first_existing
+from .files import FAIRSEQ_CHECKPOINT_NAMES, SPEECHBRAIN_WEIGHT_NAMES, TRANSFORMERS_WEIGHT_NAMES, first_existing
 from .speechbrain import load_speechbrain_folder
 from .transformers import load_transformers_folder
 
@@ -18,13 +18,13 @@ from .transformers import load_transformers_folder
 def detect_format(path: Path) -> tuple[str, Path, Path]:
     """(format, weights file, folder) for a local checkpoint file or model folder."""
     if path.is_dir():
-        fairseq = _first_existing(path, FAIRSEQ_CHECKPOINT_NAMES)
+        fairseq = first_existing(path, FAIRSEQ_CHECKPOINT_NAMES)
         if fairseq is not None:  # the reference: conversions have been wrong before
             return FAIRSEQ, fairseq, path
-        weights = _first_existing(path, TRANSFORMERS_WEIGHT_NAMES)
+        weights = first_existing(path, TRANSFORMERS_WEIGHT_NAMES)
         if weights is not None:
             return TRANSFORMERS, weights, path
-        weights = _first_existing(path, SPEECHBRAIN_WEIGHT_NAMES)
+        weights = first_existing(path, SPEECHBRAIN_WEIGHT_NAMES)
         if weights is not None:
             return SPEECHBRAIN, weights, path
         raise CheckpointError(

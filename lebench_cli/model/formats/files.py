@@ -9,5 +9,6 @@ TRANSFORMERS_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 SPEECHBRAIN_WEIGHT_NAMES = ("wav2vec2.ckpt",)
 
 
-def _first_existing(folder: Path, names) -> Path | None:
+def first_existing(folder: Path, names) -> Path | None:
+    """The first of `names` that is a file in `folder`, or None."""
     return next((folder / n for n in names if (folder / n).is_file()), None)

@@ -11,13 +11,13 @@ from ..catalog import TRANSFORMERS
 from ..checkpoint import Checkpoint
 from ..conversion import _one_line
 from ..safe_loading import load_torch_file
-from .files import TRANSFORMERS_WEIGHT_NAMES, _first_existing
+from .files import TRANSFORMERS_WEIGHT_NAMES, first_existing
 
 
 def load_transformers_folder(folder: Path, weights: Path | None = None) -> Checkpoint:
     from ..conversion import fairseq_config_from_transformers, fairseq_state_from_transformers, layer_norm_conv_keys
 
-    weights = weights or _first_existing(folder, TRANSFORMERS_WEIGHT_NAMES)
+    weights = weights or first_existing(folder, TRANSFORMERS_WEIGHT_NAMES)
     if weights is None:
         raise CheckpointError(f"{folder}: no {' or '.join(TRANSFORMERS_WEIGHT_NAMES)}")
     config = _read_json(folder / "config.json")
