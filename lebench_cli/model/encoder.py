@@ -17,8 +17,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..audio.decoding import pad_to_one_frame
-from ..audio.loading import NORMALIZE_EPS, SAMPLE_RATE, resample
+from ..audio.loading import NORMALIZE_EPS, SAMPLE_RATE, pad_to_one_frame, resample
 from ..errors import CheckpointError, InputError
 from ..frames import CNN
 from .checkpoint import Checkpoint

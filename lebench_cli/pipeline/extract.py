@@ -14,7 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..audio.decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
+from ..audio.decoding import TRUNCATED_FLAG, joined_flags
+from ..audio.loading import SHORT_FLAG
 from ..errors import AudioError, InputError
 from ..frames import CNN, SAMPLE_RATE, frame_count
 from .background import BackgroundWriter
