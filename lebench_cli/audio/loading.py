@@ -1,4 +1,5 @@
-"""Decoding and resampling: one audio file -> a float32 16 kHz mono waveform."""
+"""Decoding and resampling: one audio file -> a float32 16 kHz mono waveform; one shorter than
+the receptive field is padded to one frame by the caller (`pad_to_one_frame`)."""
 
 from __future__ import annotations
 
