@@ -194,7 +194,7 @@ def load_encoder(args) -> tuple:
     --dtype (defaults: cuda in float16 where there is one, else cpu in float32)."""
     import torch
 
-    from lebench_cli.model.checkpoints import load_local
+    from lebench_cli.model.formats import load_local
     from lebench_cli.model.encoder import Encoder
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from .common import REPO, SAMPLE_RATE, quiet_env
 
 def worker_describe_model(model: str, export_folder: str, out_json: str):
     """The architecture numbers the FLOP formula needs; optionally the transformers export."""
-    from lebench_cli.model.checkpoints import load_local
+    from lebench_cli.model.formats import load_local
     from lebench_cli.model.conversion import parse_conv_layers
     from lebench_cli.model.conversion import export_transformers
 

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Checkpoint": ("model.checkpoints", "Checkpoint"),
+    "Checkpoint": ("model.checkpoint", "Checkpoint"),
     "Encoder": ("model.encoder", "Encoder"),
     "load_checkpoint": ("model.models", "load_checkpoint"),
     "open_features": ("reading.store", "open_features"),

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from support import mutated_audio
 from lebench_cli.audio import decoding, loading as audio
 from lebench_cli.audio.loading import backed_frames, probe, read_audio
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.cli import main
 from lebench_cli.model.encoder import Encoder
 from lebench_cli.errors import AudioError

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.model.conversion import export_speechbrain, export_transformers
 from lebench_cli.model.encoder import Encoder
 from lebench_cli.errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError

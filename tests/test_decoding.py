@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from lebench_cli.audio.loading import MIN_SAMPLES, SAMPLE_RATE
+from lebench_cli.audio.loading import MIN_SAMPLES, SAMPLE_RATE, SHORT_FLAG
 from lebench_cli.audio import decoding
-from lebench_cli.audio.decoding import SHORT_FLAG, SampleRing, decoded_stream, ring_capacity
+from lebench_cli.audio.decoding import SampleRing, decoded_stream, ring_capacity
 
 
 def test_ring_reserves_first_in_first_out_and_wraps():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.model.conversion import export_speechbrain, export_transformers
 from lebench_cli.model.encoder import Encoder, frames_for_samples
 from lebench_cli.errors import InputError

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from lebench_cli.pipeline import engine as engine_module
 from lebench_cli import features_of, iter_features
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.model.encoder import Encoder
 
 RATE = 16_000

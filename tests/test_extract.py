@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from lebench_cli.audio.loading import load_audio
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.cli import main
 from lebench_cli.model.encoder import Encoder
 from lebench_cli.reading.store import open_features
@@ -539,7 +539,7 @@ def test_a_different_model_into_an_existing_output_is_refused(checkpoints, corpu
 @pytest.mark.skipif(not Path("/proc/self/statm").exists() or __import__("platform").libc_ver()[0] != "glibc",
                     reason="glibc on Linux")
 def test_extract_has_large_blocks_returned_to_the_os_when_freed(checkpoints, corpus, tmp_path, monkeypatch):
-    from lebench_cli.pipeline import options as extract_module
+    from lebench_cli.pipeline import memory as extract_module
 
     calls = []
     original = extract_module.return_large_blocks_to_the_os
@@ -550,7 +550,7 @@ def test_extract_has_large_blocks_returned_to_the_os_when_freed(checkpoints, cor
     script = """
 import os, sys
 import numpy as np
-from lebench_cli.pipeline.options import return_large_blocks_to_the_os
+from lebench_cli.pipeline.memory import return_large_blocks_to_the_os
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from support.fake_hub import COMMIT, FakeHub, closed_port_url
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.cli import main
 from lebench_cli.model.conversion import export_transformers
 from lebench_cli.reading.store import open_features

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from lebench_cli import features_of, iter_features
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.model.encoder import Encoder
 from lebench_cli.errors import AudioError, InputError
 from lebench_cli.pipeline.options import ExtractOptions

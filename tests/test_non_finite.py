@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from lebench_cli.audio.loading import load_audio
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 from lebench_cli.cli import main
 from lebench_cli.model.encoder import EncodedBatch, Encoder
 from lebench_cli.reading.store import open_features

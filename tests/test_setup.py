@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lebench_cli.model.checkpoints import load_local
+from lebench_cli.model.formats import load_local
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,8 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from ..errors import AudioError, one_line
-from .loading import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, read_audio
+from .loading import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, pad_to_one_frame, read_audio
 
-SHORT_FLAG = "padded"
 TRUNCATED_FLAG = "truncated"  # ended before its header's length, kept with --keep-truncated
 _RESERVE_MARGIN = 64  # samples beyond the header's length: resampling may round up
 _RING_MAX_BYTES = 64 * 1024**2
@@ -53,14 +52,6 @@ def unexpected_failure(error: BaseException) -> str:
 def joined_flags(*flags: str) -> str:
     """The flags field of a stored utterance: its flags, comma-separated."""
     return ",".join(flag for flag in flags if flag)
-
-
-def pad_to_one_frame(waveform: np.ndarray, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, str]:
-    """(waveform, "") or, shorter than the receptive field, (zero-padded at the end to
-    exactly `min_samples`, SHORT_FLAG): such a waveform gives one frame instead of none."""
-    if len(waveform) >= min_samples:
-        return waveform, ""
-    return np.pad(waveform, (0, min_samples - len(waveform))), SHORT_FLAG
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Decoding and resampling: one audio file -> a float32 16 kHz mono waveform."""
+"""Decoding and resampling: one audio file -> a float32 16 kHz mono waveform; one shorter than
+the receptive field is padded to one frame by the caller (`pad_to_one_frame`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
 MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame
+SHORT_FLAG = "padded"
 NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
 RATE_RANGE = (1_000, 768_000)  # Hz: what a header outside says is damage, not a recording
 MAX_CHANNELS = 256
@@ -106,6 +108,14 @@ def resample(waveform: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE or not len(waveform):
         return waveform
     return soxr.resample(waveform, rate, SAMPLE_RATE, quality="HQ")
+
+
+def pad_to_one_frame(waveform: np.ndarray, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, str]:
+    """(waveform, "") or, shorter than the receptive field, (zero-padded at the end to
+    exactly `min_samples`, SHORT_FLAG): such a waveform gives one frame instead of none."""
+    if len(waveform) >= min_samples:
+        return waveform, ""
+    return np.pad(waveform, (0, min_samples - len(waveform))), SHORT_FLAG
 
 
 @dataclass

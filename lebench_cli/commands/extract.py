@@ -72,7 +72,7 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     on stdin) into HDF5 shards in OUTPUT."""
     from ..errors import InputError
     from ..pipeline.extract import Extraction, plan_extract
-    from ..pipeline.options import return_large_blocks_to_the_os
+    from ..pipeline.memory import return_large_blocks_to_the_os
     from ..pipeline.parts import parse_part
 
     shard = _part_from_environment() if part == "auto" else parse_part(part)
@@ -137,7 +137,8 @@ def _part_from_environment() -> tuple:
 def extract_options(params: dict, shard: tuple, overwrite: bool = False):
     """ExtractOptions for the parsed extract parameters, as part `shard` (k, n): what the
     extract command itself runs, and what `lebench ray` hands each part."""
-    from ..pipeline.options import ExtractOptions, parse_size
+    from ..pipeline.options import ExtractOptions
+    from ..pipeline.sizes import parse_size
 
     extensions = params["extensions"]
     return ExtractOptions(

@@ -27,7 +27,7 @@ def _catalog_row(model: KnownModel, cached: bool) -> dict:
 
 
 def describe_checkpoint(name: str, trust: bool = False) -> dict:
-    from .checkpoints import file_size, sha256_file
+    from .hashing import file_size, sha256_file
     from .conversion import parse_conv_layers
     from .conversion import is_pretraining_only
     from .models import load_checkpoint

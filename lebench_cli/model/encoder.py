@@ -17,11 +17,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..audio.decoding import pad_to_one_frame
-from ..audio.loading import NORMALIZE_EPS, SAMPLE_RATE, resample
+from ..audio.loading import NORMALIZE_EPS, SAMPLE_RATE, pad_to_one_frame, resample
 from ..errors import CheckpointError, InputError
 from ..frames import CNN
-from .checkpoints import Checkpoint
+from .checkpoint import Checkpoint
 from .conversion import import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
 

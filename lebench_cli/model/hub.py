@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 from .catalog import FAIRSEQ, KnownModel, SPEECHBRAIN, TRANSFORMERS, find_known_model
-from .checkpoints import FAIRSEQ_CHECKPOINT_NAMES, SPEECHBRAIN_WEIGHT_NAMES, TRANSFORMERS_WEIGHT_NAMES
+from .formats.files import FAIRSEQ_CHECKPOINT_NAMES, SPEECHBRAIN_WEIGHT_NAMES, TRANSFORMERS_WEIGHT_NAMES
 
 _CONFIGS = ("config.json", "preprocessor_config.json")
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModelNotFoundError
 from .catalog import find_known_model, looks_like_hub_id
-from .checkpoints import Checkpoint, load_local
+from .checkpoint import Checkpoint
+from .formats import load_local
 
 if TYPE_CHECKING:
     from .hub import FetchedModel

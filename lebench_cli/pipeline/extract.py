@@ -14,7 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..audio.decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
+from ..audio.decoding import TRUNCATED_FLAG, joined_flags
+from ..audio.loading import SHORT_FLAG
 from ..errors import AudioError, InputError
 from ..frames import CNN, SAMPLE_RATE, frame_count
 from .background import BackgroundWriter
@@ -51,7 +52,7 @@ def _fingerprint_all(items: list) -> None:
 
 def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
     """What a run would do: file count, duration and estimated output size; writes nothing."""
-    from ..model.checkpoints import sha256_file
+    from ..model.hashing import sha256_file
     from ..layers import canonical_layers, parse_layers
     from ..model.models import load_checkpoint
     from .resume import plan_resume
@@ -122,7 +123,7 @@ class Extraction(Sink):
             return self._run(started, time_limit)
 
     def _run(self, started: float, time_limit) -> ExtractSummary:
-        from ..model.checkpoints import sha256_file
+        from ..model.hashing import sha256_file
         from ..model.compute_device import describe_device, dtype_name
         from ..model.encoder import Encoder, check_device
         from ..layers import canonical_layers, parse_layers

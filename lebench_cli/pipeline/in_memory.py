@@ -136,7 +136,7 @@ def _failed(path: str, reason: str, skip_bad_files: bool) -> None:
 
 
 def _encoder(model, device, dtype, trust_checkpoint: bool):
-    from ..model.checkpoints import Checkpoint
+    from ..model.checkpoint import Checkpoint
     from ..model.encoder import Encoder
     from .options import ExtractOptions
 

@@ -1,5 +1,5 @@
 """What `lebench extract` was asked (ExtractOptions, written into the output's metadata),
-with the defaults that depend on the device, and the parsing of option values."""
+with the defaults that depend on the device."""
 
 from __future__ import annotations
 
@@ -74,37 +74,3 @@ def default_workers(on_gpu: bool, gpus_sharing_the_cores: int = 1) -> int:
     import os
 
     return max(1, min(4, (os.cpu_count() or 2) // gpus_sharing_the_cores - 1)) if on_gpu else 0
-
-
-def return_large_blocks_to_the_os(threshold: int = 8 * 1024**2) -> bool:
-    """Have glibc serve every allocation of `threshold` bytes or more with a mapping of its
-    own, unmapped when freed. By default glibc raises that threshold (up to 32 MB) each time
-    such a block is freed and then serves blocks that size from its heap, which fragments as
-    batch shapes vary: a CPU run's peak RSS grew with the corpus (1.8 GB for 5 minutes of
-    audio, 2.4 GB for 60; docs/performance.md). A process-wide setting, so the command sets
-    it, not the library; MALLOC_MMAP_THRESHOLD_, when set, is left alone. True when set."""
-    import ctypes
-    import os
-    import platform
-
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(-3, threshold) == 1  # -3: M_MMAP_THRESHOLD in malloc.h
-
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
-             "T": 1024**4, "TB": 1024**4}
-    value = str(text).strip().upper()
-    number = value.rstrip("KMGTB")
-    try:
-        size = int(float(number) * units[value[len(number):]])
-    except (ValueError, KeyError):
-        raise InputError(f"invalid size '{text}': expected e.g. 500MB or 2GB") from None
-    if size <= 0:
-        raise InputError(f"invalid size '{text}': must be positive")
-    return size

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..audio.decoding import SHORT_FLAG
+from ..audio.loading import SHORT_FLAG
 from ..frames import FRAME_SECONDS, SAMPLE_RATE
 from .options import ExtractOptions
 

@@ -14,7 +14,7 @@ def check_model_and_layers(model: str, layers: str, trust: bool = False) -> dict
     none) and resolves `layers` against it; the environment the tasks need to find it
     ({} for a local path; HF_HOME and HF_HUB_OFFLINE=1 for a cached hub model)."""
     from ..model.catalog import find_known_model, looks_like_hub_id
-    from ..model.checkpoints import load_local
+    from ..model.formats import load_local
     from ..layers import parse_layers
 
     path = Path(model).expanduser()

@@ -298,7 +298,7 @@ def _work(options: ExtractOptions, sources: list, threads: int, messages, index:
     summary, extraction = ExtractSummary(), None
     try:
         from ..pipeline.extract import Extraction
-        from ..pipeline.options import return_large_blocks_to_the_os
+        from ..pipeline.memory import return_large_blocks_to_the_os
 
         return_large_blocks_to_the_os()
         if threads:

@@ -182,7 +182,7 @@ def run_part(options: ExtractOptions, marker_name: str, token: str, workdir: str
     """One part, in a Ray worker, from the driver's working folder: relative paths, and the
     ids of files given by path, mean what they meant to the driver."""
     from ..pipeline.extract import Extraction
-    from ..pipeline.options import return_large_blocks_to_the_os
+    from ..pipeline.memory import return_large_blocks_to_the_os
 
     part, parts = options.shard
     node = socket.gethostname()

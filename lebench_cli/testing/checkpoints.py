@@ -123,7 +123,7 @@ def save_fairseq_checkpoint(path: Path, family: str, style: str = "cfg", seed: i
 
 def save_transformers_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     """A tiny model of `family` as a transformers folder (config.json, model.safetensors)."""
-    from lebench_cli.model.checkpoints import load_local
+    from lebench_cli.model.formats import load_local
     from lebench_cli.model.conversion import export_transformers
 
     export_transformers(load_local(save_fairseq_checkpoint(folder / "fairseq" / "checkpoint_best.pt", family,
@@ -133,7 +133,7 @@ def save_transformers_checkpoint(folder: Path, family: str, seed: int = 0) -> Pa
 
 def save_speechbrain_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     """A tiny model of `family` as a SpeechBrain folder (wav2vec2.ckpt and its hyperparams)."""
-    from lebench_cli.model.checkpoints import load_local
+    from lebench_cli.model.formats import load_local
     from lebench_cli.model.conversion import export_speechbrain
 
     export_speechbrain(load_local(save_fairseq_checkpoint(folder / "fairseq" / "checkpoint_best.pt", family,

@@ -44,11 +44,11 @@ ZYGOTE = textwrap.dedent(r'''
     import ctypes, io, json, os, resource, signal, sys, time
     import torch  # noqa: F401  imported once, before any thread exists: forking is safe
     from lebench_cli.audio import loading as audio  # noqa: F401
-    from lebench_cli.model import checkpoints, encoder, models  # noqa: F401
+    from lebench_cli.model import conversion, encoder, formats, models  # noqa: F401
     from lebench_cli import cli, storage  # noqa: F401
     from lebench_cli.pipeline import extract  # noqa: F401
     from lebench_cli.reading import store as reader  # noqa: F401
-    checkpoints.import_fairseq_wav2vec2()
+    conversion.import_fairseq_wav2vec2()
 
     def drop_dac_override():
         """Root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes apply again,
