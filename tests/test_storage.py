@@ -312,9 +312,9 @@ def test_a_lock_taken_a_moment_ago_names_its_holder(tmp_path):
     fd = os.open(path, os.O_RDWR)
     try:
         threading.Timer(0.05, lambda: os.pwrite(fd, b"4242\n", 0)).start()
-        assert storage._lock_holder(fd) == "4242"
+        assert storage.lock_holder(fd) == "4242"
         os.ftruncate(fd, 0)
-        assert storage._lock_holder(fd, patience=0.05) == "unknown"
+        assert storage.lock_holder(fd, patience=0.05) == "unknown"
     finally:
         os.close(fd)
 

@@ -206,9 +206,9 @@ class Extraction(Sink):
         from .time_limit import InProgress
 
         source, samples = item.source, item.statistics.samples
-        self._background.put("begin_utterance", source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
-                             frame_count(samples), flags=joined_flags(CHUNKED_FLAG if len(windows) > 1 else "",
-                                                                      item.flags), **_fingerprint_fields(item))
+        flags = joined_flags(CHUNKED_FLAG if len(windows) > 1 else "", item.flags)
+        self._background.begin_utterance(source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
+                                         frame_count(samples), flags=flags, **_fingerprint_fields(item))
         self.streaming = InProgress(source.utt_id, str(source.path), time.monotonic(), len(windows))
 
     def append(self, item: _Item, windows: list, states: dict, non_finite: dict):
@@ -216,14 +216,14 @@ class Extraction(Sink):
         self.streaming.windows_done += len(windows)
 
     def abort(self, item: _Item, reason):
-        self._background.put("abort_utterance")
+        self._background.abort_utterance()
         if reason is not None:
             self.streaming = None
             self._fail(self._failures, item, reason)
 
     def end(self, item: _Item, windows: list):
         self.streaming = None
-        self._background.put("end_utterance")
+        self._background.end_utterance()
         self.summary.chunked += int(len(windows) > 1)
         self.summary.truncated += int(TRUNCATED_FLAG in item.flags)
         self.summary.extracted += 1
@@ -264,7 +264,7 @@ class Extraction(Sink):
         if non_finite:  # one window is enough to drop the recording
             raise AudioError(source.path, next(iter(non_finite.values())))
         for index, window in enumerate(windows):
-            background.put("append_frames", {
+            background.append_frames({
                 str(layer): value[index][window.keep_from: window.keep_to] for layer, value in states.items()
             })
 
@@ -281,7 +281,7 @@ class Extraction(Sink):
         flags = item.flags.split(",")
         self.summary.padded += int(SHORT_FLAG in flags)
         self.summary.truncated += int(TRUNCATED_FLAG in flags)
-        background.put("add", utterance)
+        background.add(utterance)
         self.summary.extracted += 1
         self.summary.audio_seconds += utterance.duration
 

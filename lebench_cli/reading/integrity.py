@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import StoreIntegrityError, StoreReadError
 from ..storage.checksums import digest, mismatch_error
-from ..storage.files import _one_line
+from ..storage.files import one_line
 
 VERIFY_VARIABLE = "LEBENCH_VERIFY"  # "0": reads are not checked against their checksums
 # What h5py raises when HDF5 cannot read a damaged file: OSError, and KeyError for an object
@@ -40,7 +40,7 @@ def reading_errors(shard: Path, utt_id: str):
     try:
         yield
     except _HDF5_READ_ERRORS as error:
-        reason = _one_line(error.args[0] if isinstance(error, KeyError) and error.args else error)
+        reason = one_line(error.args[0] if isinstance(error, KeyError) and error.args else error)
         raise StoreReadError(f"read error in {shard} (utterance {utt_id}): {reason}: the shard is damaged "
                              "(lebench verify --repair moves it aside)") from None
 
@@ -54,7 +54,7 @@ def check_indexed_shards(out: Path, shards: list) -> None:
         try:
             lines = index.read_text(encoding="utf-8").splitlines()[1:]
         except (OSError, ValueError) as error:
-            raise StoreReadError(f"read error in {index}: {_one_line(error)}") from None
+            raise StoreReadError(f"read error in {index}: {one_line(error)}") from None
         counts: dict = {}
         for line in lines:
             fields = line.split("\t", 2)

@@ -19,7 +19,7 @@ from .folder import (REMOVING_DIR, check_same_run, check_writable_destination, p
 from .layout import (CNN_LAYER, FORMAT, FORMAT_VERSION, INDEX_HEADER, METADATA_FILE, SAVE_DTYPES, SHARDS_DIR,
                      STORE_FILES, ShardName, ShardTable, StoredSource, committed_shards, open_h5, part_tag,
                      read_shard_table, stored_ids, stored_sources)
-from .locks import STORE_LOCK, PartLock, StoreLock, _lock_holder, lock_key
+from .locks import STORE_LOCK, PartLock, StoreLock, lock_holder, lock_key
 from .utterance import StoredUtterance, WriterOptions, compression_options
 from .writer import ShardWriter, WriterStats
 
@@ -28,6 +28,6 @@ __all__ = [
     "STORE_FILES", "StoredSource", "FailureLog", "PartLock", "ShardName", "ShardTable", "ShardWriter", "StoredUtterance",
     "WriterOptions", "WriterStats", "committed_shards", "compression_options", "fsync_path", "lock_key",
     "open_h5", "part_tag", "prepare_output", "read_failures", "read_shard_table", "remove_store",
-    "require_writable_folder", "stored_ids", "stored_sources", "write_atomic", "_lock_holder",
+    "require_writable_folder", "stored_ids", "stored_sources", "write_atomic", "lock_holder",
     "REMOVING_DIR", "STORE_LOCK", "StoreLock", "writing_part",
 ]

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _FLUSH_BYTES = 64 * 1024**2  # utterances are buffered and written to HDF5 in blocks this large
-_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
+SHARD_ROW_BYTES = 64  # ids, offsets, frames... per utterance, in the shard size estimate
 
 
 @dataclass
-class _Row:
+class ShardRow:
     """One utterance of the open shard (its arrays: in the file, or in ShardWriter._pending)."""
 
     utt_id: str
@@ -27,17 +27,17 @@ class _Row:
 
 
 @dataclass
-class _Stream:
+class UtteranceStream:
     """An utterance being written in pieces."""
 
-    row: _Row
+    row: ShardRow
     size: int
     written: int = 0
     sums: dict = field(default_factory=dict)  # layer name -> float64 sum, for the mean
     hashers: dict = field(default_factory=dict)  # dataset path -> RowsHasher of the rows written
 
 
-class _Pending:
+class PendingArrays:
     """The open shard's rows that are not in the file yet: one buffer per dataset, reused
     from flush to flush. Each utterance is copied in once, converted to the save dtype on
     the way, and each dataset goes to HDF5 in one write (a copy per utterance and another

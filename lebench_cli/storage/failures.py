@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..errors import OutputError
-from .files import _reason
+from .files import os_reason
 from .layout import part_tag
 
 _PART_FILE = re.compile(r"^(?:index|failures)-(\d+)of(\d+)\.")
@@ -22,7 +22,7 @@ class FailureLog:
         try:
             self._file = open(self.path, "w", encoding="utf-8")  # a new run starts it afresh
         except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {_reason(error)}") from error
+            raise OutputError(f"cannot write {self.path}: {os_reason(error)}") from error
 
     def record(self, utt_id: str, path, reason: str) -> None:
         entry = {"id": utt_id, "path": str(path), "reason": reason}
@@ -30,7 +30,7 @@ class FailureLog:
             self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._file.flush()
         except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {_reason(error)}") from error
+            raise OutputError(f"cannot write {self.path}: {os_reason(error)}") from error
         self.count += 1
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # What h5py raises when HDF5 cannot write: OSError from the call that failed, RuntimeError
 # from HDF5's own flushes (closing a file, releasing an object).
-_WRITE_ERRORS = (OSError, RuntimeError)
+WRITE_ERRORS = (OSError, RuntimeError)
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
 
 
@@ -36,7 +36,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _reason(error: Exception) -> str:
+def os_reason(error: Exception) -> str:
     """The OS's words for a failed file operation ("No space left on device"), whether it
     comes from Python, or from h5py, whose text is HDF5's whole error record on many lines."""
     code = _errno_of(error)
@@ -46,7 +46,7 @@ def _reason(error: Exception) -> str:
             reason += " (a file size limit, see ulimit -f; a smaller --shard-size stays under it)"
         return reason
     text = getattr(error, "strerror", None) or str(error)
-    return _one_line(text.splitlines()[0] if text.strip() else type(error).__name__)
+    return one_line(text.splitlines()[0] if text.strip() else type(error).__name__)
 
 
 def _errno_of(error: Exception):
@@ -57,9 +57,11 @@ def _errno_of(error: Exception):
     return int(match[1]) if match else None
 
 
-def _is_disk_full(error: Exception) -> bool:
+def is_disk_full(error: Exception) -> bool:
+    """Whether a failed write ran out of space or quota."""
     return _errno_of(error) in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _one_line(text) -> str:
+def one_line(text) -> str:
+    """Text (an error's, often on many lines) on one line, at most 300 characters."""
     return " ".join(str(text).split())[:300]

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputError
-from .files import _reason, fsync_path, write_atomic
-from .identity import _MISSING, canonical as _canonical, first_difference, show as _show
+from .files import fsync_path, os_reason, write_atomic
+from .identity import canonical as _canonical, first_difference, key_difference
 from .layout import METADATA_FILE, SHARDS_DIR, STORE_FILES, committed_shards, read_shard_table
 from .locks import PartLock, StoreLock, every_part_locked
 
@@ -61,7 +61,7 @@ def prepare_output(out: Path, metadata: dict, overwrite: bool) -> None:
         try:
             write_atomic(out / METADATA_FILE, text)
         except OSError as error:
-            raise OutputError(f"cannot write {out / METADATA_FILE}: {_reason(error)}") from error
+            raise OutputError(f"cannot write {out / METADATA_FILE}: {os_reason(error)}") from error
 
 
 def remove_store(out: Path) -> None:
@@ -79,17 +79,17 @@ def remove_store(out: Path) -> None:
             (trash / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
             fsync_path(out)
         except OSError as error:
-            raise OutputError(f"cannot create {trash}: {_reason(error)}") from error
+            raise OutputError(f"cannot create {trash}: {os_reason(error)}") from error
         for pattern in STORE_FILES:
             for path in sorted(out.glob(pattern)):
                 try:
                     os.replace(path, trash / path.relative_to(out))
                 except OSError as error:
-                    raise OutputError(f"cannot remove {path}: {_reason(error)}") from error
+                    raise OutputError(f"cannot remove {path}: {os_reason(error)}") from error
         try:
             shutil.rmtree(trash)
         except OSError as error:
-            raise OutputError(f"cannot remove {trash}: {_reason(error)}") from error
+            raise OutputError(f"cannot remove {trash}: {os_reason(error)}") from error
 
 
 def _identity_of(metadata: dict) -> dict:
@@ -108,7 +108,7 @@ def require_writable_folder(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
+        raise OutputError(f"cannot write to {out}: {os_reason(error)}") from error
 
 
 def check_writable_destination(out: Path) -> None:
@@ -128,7 +128,7 @@ def check_writable_destination(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OutputError(f"cannot write to {out}: {_reason(error)}") from error
+        raise OutputError(f"cannot write to {out}: {os_reason(error)}") from error
 
 
 def check_same_run(out: Path, identity: dict) -> None:
@@ -150,7 +150,7 @@ def _require_same_run(out: Path, identity: dict) -> None:
     identity = _canonical(identity)
     if stored != identity:
         if stored.get("layers") != identity.get("layers") and _without_layers(stored) == _without_layers(identity):
-            difference = f"layers: {_show(stored.get('layers', _MISSING))} != {_show(identity.get('layers', _MISSING))}"
+            difference = key_difference(stored, identity, "layers")
             raise OutputError(f"{out} holds features of other layers ({difference}): to store more layers, "
                               "extract them into a second output folder, or use --overwrite to replace "
                               "these features")

@@ -41,10 +41,14 @@ def first_difference(stored: dict, new: dict) -> Optional[str]:
     """'key: old != new' for the first key whose values differ, None when equal."""
     stored, new = canonical(stored), canonical(new)
     for key in [*new, *(key for key in stored if key not in new)]:
-        old_value, new_value = stored.get(key, _MISSING), new.get(key, _MISSING)
-        if old_value != new_value:
-            return f"{key}: {show(old_value)} != {show(new_value)}"
+        if stored.get(key, _MISSING) != new.get(key, _MISSING):
+            return key_difference(stored, new, key)
     return None
+
+
+def key_difference(stored: dict, new: dict, key: str) -> str:
+    """'key: old != new', "(none)" standing for the value of a key that one of them lacks."""
+    return f"{key}: {show(stored.get(key, _MISSING))} != {show(new.get(key, _MISSING))}"
 
 
 def show(value) -> str:

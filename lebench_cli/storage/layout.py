@@ -15,7 +15,7 @@ from ..errors import InputError, StoreIntegrityError, StoreReadError
 from ..frames import CNN
 from .checksums import (COMPUTE_ATTR, COVERS_ATTR, IDENTITY_ATTR, KINDS, SUPERSEDES_ATTR, TABLES_ATTR,
                         checksum_key, tables_digest)
-from .files import _WRITE_ERRORS, _one_line, _reason
+from .files import WRITE_ERRORS, one_line, os_reason
 from .identity import first_difference, parse_identity
 
 FORMAT = "lebench-shard"
@@ -37,7 +37,7 @@ STORE_FILES = (
 
 _SHARD_NAME = re.compile(r"^part-(\d+)of(\d+)-(\d+)\.h5$")
 # What reading a damaged shard raises: h5py's errors, and missing or malformed datasets.
-_SHARD_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+SHARD_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 
 
 @dataclass(frozen=True, order=True)
@@ -103,7 +103,7 @@ def read_shard_table(path: Path, identity: Optional[dict] = None) -> ShardTable:
     try:
         with open_h5(path) as shard:
             table = _read_table(shard, path)
-    except _SHARD_READ_ERRORS as error:
+    except SHARD_READ_ERRORS as error:
         raise _unreadable_shard(path, error) from None
     if identity is not None:
         require_identity(path, table.identity, identity)
@@ -196,7 +196,7 @@ def require_identity(path: Path, shard_identity: Optional[dict], identity: dict)
 def _unreadable_shard(path: Path, error: Exception) -> InputError:
     # Committed shards are complete by construction: one that does not open was damaged
     # after the fact (a partial copy, a failing disk), and only the user can decide its fate.
-    reason = _reason(error) if isinstance(error, _WRITE_ERRORS) else _one_line(error)
+    reason = os_reason(error) if isinstance(error, WRITE_ERRORS) else one_line(error)
     return StoreReadError(f"{path} is not a readable lebench shard ({reason}): "
                       "move it out of the folder, then rerun to extract its utterances again")
 
@@ -299,19 +299,22 @@ def require_single(utt_id: str, first: Path, second: Path) -> None:
         raise StoreIntegrityError(f"{utt_id} is stored twice ({first} and {second}): remove one of these shards")
 
 
-def _ids_of(path: Path, identity: Optional[dict] = None) -> list:
+def shard_ids(path: Path, identity: Optional[dict] = None) -> list:
+    """The ids a committed shard holds, in its order."""
     return read_shard_table(path, identity).ids
 
 
-def _index_lines(shard: Path, table: ShardTable) -> list:
+def index_lines(shard: Path, table: ShardTable) -> list:
+    """index-KofN.tsv's lines for a shard's utterances (`shard`: its path relative to OUT)."""
     return [
-        _index_line(utt_id, shard, position, table.frames[position], table.durations[position],
-                    table.flags[position], table.sources[position])
+        index_line(utt_id, shard, position, table.frames[position], table.durations[position],
+                   table.flags[position], table.sources[position])
         for position, utt_id in enumerate(table.ids)
     ]
 
 
-def _index_line(utt_id, shard, position, frames, duration, flags, source) -> str:
+def index_line(utt_id, shard, position, frames, duration, flags, source) -> str:
+    """One line of index-KofN.tsv, its fields in INDEX_HEADER's order, tabs and newlines escaped."""
     fields = (utt_id, shard.as_posix(), position, int(frames), repr(float(duration)), flags,
               source)
     return "\t".join(_tsv_field(value) for value in fields) + "\n"

@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import OutputError
-from .files import _reason
+from .files import os_reason
 from .layout import part_tag
 
 _HELD_LOCKS: set = set()
@@ -38,7 +38,7 @@ class PartLock:
         try:
             _flock(fd, self.path, self.out, fcntl.LOCK_EX)
         except BlockingIOError:
-            holder = _lock_holder(fd)
+            holder = lock_holder(fd)
             os.close(fd)
             raise OutputError(f"another lebench extract is writing part {self.part}/"
                               f"{self.num_parts} of {self.out} (pid {holder})") from None
@@ -91,7 +91,7 @@ def _locking_advice(out: Path) -> str:
             "write the output to a filesystem with locks (local disk, NFSv4, Lustre with -o flock, GPFS)")
 
 
-def _lock_holder(fd: int, patience: float = 1.0) -> str:
+def lock_holder(fd: int, patience: float = 1.0) -> str:
     """The pid in a lock file; its holder writes it just after taking the lock, so a
     run that started at the same moment may find it empty for a moment."""
     deadline = time.monotonic() + patience
@@ -104,6 +104,11 @@ def _lock_holder(fd: int, patience: float = 1.0) -> str:
 
 def lock_key(out: Path, part: int, num_parts: int) -> tuple:
     return (str(Path(out).resolve()), part, num_parts)
+
+
+def holds_part_lock(out: Path, part: int, num_parts: int) -> bool:
+    """Whether this process holds PartLock(out, part, num_parts): what writing the part needs."""
+    return lock_key(out, part, num_parts) in _HELD_LOCKS
 
 
 STORE_LOCK = ".lock-store"
@@ -211,7 +216,7 @@ class ExportLock:
             try:
                 self.destination.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise OutputError(f"cannot create {self.destination}: {_reason(error)}") from error
+                raise OutputError(f"cannot create {self.destination}: {os_reason(error)}") from error
             fd = _open_lock_file(self.path)
             try:
                 _flock(fd, self.path, self.destination, fcntl.LOCK_EX)
@@ -238,7 +243,7 @@ class ExportLock:
         try:
             _flock(fd, self.path, self.destination, fcntl.LOCK_SH)
         except BlockingIOError:
-            holder = _lock_holder(fd)
+            holder = lock_holder(fd)
             os.close(fd)
             raise OutputError(f"a lebench export (pid {holder}) is writing into {self.destination}: "
                               "verify it when that export ends") from None
@@ -252,7 +257,7 @@ class ExportLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return OutputError(f"another lebench export (pid {_lock_holder(fd)}) is writing into "
+            return OutputError(f"another lebench export (pid {lock_holder(fd)}) is writing into "
                                f"{self.destination}: rerun when it ends")
         fcntl.flock(fd, fcntl.LOCK_UN)
         return OutputError(f"a lebench verify is reading {self.destination}: rerun when it ends")
@@ -291,7 +296,7 @@ def _open_lock_file(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise OutputError(f"cannot create {path}: {_reason(error)}") from error
+        raise OutputError(f"cannot create {path}: {os_reason(error)}") from error
 
 
 def _write_holder(fd: int) -> None:
@@ -322,7 +327,7 @@ def live_part(out: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
         except BlockingIOError:
-            return part, num_parts, _lock_holder(fd)
+            return part, num_parts, lock_holder(fd)
         except OSError:
             continue
         finally:
@@ -354,8 +359,8 @@ def _flock(fd: int, path: Path, out: Path, mode: int) -> None:
         raise
     except OSError as error:
         if error.errno in _NO_LOCKS:
-            raise OutputError(f"cannot lock {path}: {_reason(error)}: {_locking_advice(out)}") from error
-        raise OutputError(f"cannot lock {path}: {_reason(error)} "
+            raise OutputError(f"cannot lock {path}: {os_reason(error)}: {_locking_advice(out)}") from error
+        raise OutputError(f"cannot lock {path}: {os_reason(error)} "
                           "(the filesystem must support flock)") from error
 
 
@@ -365,6 +370,6 @@ def _lock_holder_of(path: Path) -> str:
     except OSError:
         return "unknown"
     try:
-        return _lock_holder(fd)
+        return lock_holder(fd)
     finally:
         os.close(fd)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from ..errors import OutputError
-from .files import _reason, write_atomic
+from .files import os_reason, write_atomic
 
 PREFIX = "relocated-"
 
@@ -51,7 +51,7 @@ def record_relocations(out: Path, tag: str, moved: list) -> None:
     try:
         write_atomic(path, text)
     except OSError as error:
-        raise OutputError(f"cannot write {path}: {_reason(error)}") from error
+        raise OutputError(f"cannot write {path}: {os_reason(error)}") from error
 
 
 def _entries(path: Path) -> dict:

@@ -8,13 +8,13 @@ import time
 import numpy as np
 
 from ..errors import OutputError
-from .buffers import _ROW_BYTES, _Row, _Stream
+from .buffers import SHARD_ROW_BYTES, ShardRow, UtteranceStream
 from .checksums import RowsHasher, digest
-from .files import _WRITE_ERRORS
-from .utterance import _layer_value
+from .files import WRITE_ERRORS
+from .utterance import layer_value
 
 
-class _StreamedUtterances:
+class StreamedUtterances:
     """ShardWriter's methods for an utterance whose frames arrive in pieces (see writer.py for
     the attributes they share)."""
 
@@ -26,16 +26,16 @@ class _StreamedUtterances:
             raise OutputError(f"utterance {utt_id} is already stored in {self.out}")
         if frames < 1:
             raise ValueError(f"{utt_id}: no frames to store")
-        size = _ROW_BYTES + len(utt_id) + len(source) + len(flags) + frames * self._frame_bytes()
+        size = SHARD_ROW_BYTES + len(utt_id) + len(source) + len(flags) + frames * self._frame_bytes()
         if self._rows and self._size + size > self.options.shard_size_bytes:
             self.commit()
         self._flush()
         if self._file is None:
             self._open_shard()
         offset = self._next_offset()
-        row = _Row(utt_id, str(source), float(duration), int(frames), flags, offset, source_size, source_mtime_ns,
-                   source_xxh3)
-        self._stream = _Stream(row, size)
+        row = ShardRow(utt_id, str(source), float(duration), int(frames), flags, offset, source_size,
+                       source_mtime_ns, source_xxh3)
+        self._stream = UtteranceStream(row, size)
 
     def append_frames(self, states: dict) -> None:
         """The next frames of the open utterance: layer -> [n, width], n equal for all layers."""
@@ -45,7 +45,7 @@ class _StreamedUtterances:
         row = stream.row
         count, pieces = None, {}
         for name in self._layers:  # every width is known before a first matrix is made
-            piece = _layer_value(states, name)
+            piece = layer_value(states, name)
             piece = None if piece is None else np.asarray(piece)
             if piece is None or piece.ndim != 2 or (count is not None and len(piece) != count):
                 raise ValueError(f"{row.utt_id}: bad piece for layer {name}")
@@ -64,7 +64,7 @@ class _StreamedUtterances:
                     stream.hashers.setdefault(key, RowsHasher()).update(converted)
                 if self.options.store_mean:
                     stream.sums[name] = stream.sums.get(name, 0.0) + piece.sum(axis=0, dtype=np.float64)
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
         stream.written += count or 0
 
@@ -84,7 +84,7 @@ class _StreamedUtterances:
                     converted = self._converted(row.utt_id, key, mean)
                     self._write_block(key, len(self._rows), converted)
                     row.checksums[key] = digest(converted)
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
         row.checksums.update((key, hasher.intdigest()) for key, hasher in stream.hashers.items())
         self._rows.append(row)

@@ -16,7 +16,7 @@ from .layout import METADATA_FILE
 
 
 def write_tables(file: h5py.File, rows: list, layers: list, options, identity: dict) -> None:
-    """The per-utterance tables of `rows` (buffers._Row), each layer matrix's checksums, and the
+    """The per-utterance tables of `rows` (buffers.ShardRow), each layer matrix's checksums, and the
     checksum over them all."""
     strings = h5py.string_dtype()
     tables = {

@@ -21,10 +21,10 @@ from typing import Optional
 
 from ..errors import OutputError, StoreReadError
 from .checksums import digest, mismatch_error
-from .files import _one_line, _reason, fsync_path, write_atomic
-from .layout import (INDEX_HEADER, _index_lines, committed_shards, open_h5, part_tag,
+from .files import fsync_path, one_line, os_reason, write_atomic
+from .layout import (INDEX_HEADER, committed_shards, index_lines, open_h5, part_tag,
                      read_shard_table, superseded_ids)
-from .locks import _HELD_LOCKS, lock_key
+from .locks import holds_part_lock
 from .utterance import StoredUtterance, WriterOptions
 from .writer import ShardWriter
 
@@ -36,7 +36,7 @@ def remove_superseded(out: Path, options: WriterOptions) -> int:
     before the first is renamed over: a damaged row is refused (StoreIntegrityError) with
     nothing renamed. The caller holds the part's PartLock."""
     out = Path(out)
-    if lock_key(out, options.part, options.num_parts) not in _HELD_LOCKS:
+    if not holds_part_lock(out, options.part, options.num_parts):
         raise RuntimeError(f"hold PartLock({out}, {options.part}, {options.num_parts}) while updating")
     shards = _part_shards(out, options)
     older = superseded_ids(shards)
@@ -58,7 +58,7 @@ def remove_superseded(out: Path, options: WriterOptions) -> int:
                 os.replace(tmp, path)
             fsync_path(path.parent)
         except OSError as error:
-            raise OutputError(f"cannot replace {path}: {_reason(error)}") from error
+            raise OutputError(f"cannot replace {path}: {os_reason(error)}") from error
     if older:
         _write_part_index(out, options)
     return sum(len(ids) for ids in older.values())
@@ -128,7 +128,7 @@ def _read_errors(path: Path, utt_id: str):
     try:
         yield
     except (OSError, KeyError, RuntimeError) as error:
-        reason = _one_line(error.args[0] if isinstance(error, KeyError) and error.args else error)
+        reason = one_line(error.args[0] if isinstance(error, KeyError) and error.args else error)
         raise StoreReadError(f"read error in {path} (utterance {utt_id}): {reason}: the shard is damaged "
                              "(lebench verify --repair moves it aside)") from None
 
@@ -175,10 +175,10 @@ def _write_part_index(out: Path, options: WriterOptions) -> None:
     lines = []
     for name, path in committed_shards(out):
         if (name.part, name.num_parts) == mine:
-            lines.extend(_index_lines(path.relative_to(out), read_shard_table(path)))
+            lines.extend(index_lines(path.relative_to(out), read_shard_table(path)))
     index = out / f"index-{part_tag(*mine)}.tsv"
     try:
         write_atomic(index, "".join(["\t".join(INDEX_HEADER) + "\n", *lines]))
     except OSError as error:
-        raise OutputError(f"cannot write {index}: {_reason(error)}") from error
+        raise OutputError(f"cannot write {index}: {os_reason(error)}") from error
 

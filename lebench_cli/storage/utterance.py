@@ -48,8 +48,9 @@ class WriterOptions:
     compute: Optional[dict] = None  # {"dtype", "device"} of the model run, recorded in each shard
 
 
-def _frames_of(utt: StoredUtterance, name: str) -> np.ndarray:
-    states = _layer_value(utt.states, name)
+def frames_of(utt: StoredUtterance, name: str) -> np.ndarray:
+    """The utterance's [frames, width] states of layer `name`, checked against its frame count."""
+    states = layer_value(utt.states, name)
     if states is None:
         raise ValueError(f"{utt.utt_id}: no hidden states for layer {name}")
     states = np.asarray(states)
@@ -59,10 +60,11 @@ def _frames_of(utt: StoredUtterance, name: str) -> np.ndarray:
     return states
 
 
-def _mean_of(utt: StoredUtterance, name: str) -> np.ndarray:
+def mean_of(utt: StoredUtterance, name: str) -> np.ndarray:
+    """The utterance's [width] mean of layer `name`: as given, or the mean of its states."""
     if utt.means is None:
-        return _frames_of(utt, name).mean(axis=0, dtype=np.float64).astype(np.float32)
-    mean = _layer_value(utt.means, name)
+        return frames_of(utt, name).mean(axis=0, dtype=np.float64).astype(np.float32)
+    mean = layer_value(utt.means, name)
     if mean is None:
         raise ValueError(f"{utt.utt_id}: no mean vector for layer {name}")
     mean = np.asarray(mean)
@@ -71,14 +73,15 @@ def _mean_of(utt: StoredUtterance, name: str) -> np.ndarray:
     return mean
 
 
-def _layer_value(values: dict, name: str):
+def layer_value(values: dict, name: str):
     """values[name], or values[int(name)]: the encoder keys numbered layers by int."""
     if name in values:
         return values[name]
     return values.get(int(name)) if name.isdigit() else None
 
 
-def _checked_layers(options: WriterOptions) -> list:
+def checked_layers(options: WriterOptions) -> list:
+    """The layer names to store, each once, after checking the options (InputError if wrong)."""
     if options.save_dtype not in SAVE_DTYPES:
         raise InputError(f"cannot save as {options.save_dtype!r}: use float16 or float32")
     if not (options.store_frames or options.store_mean):

@@ -20,10 +20,10 @@ import numpy as np
 
 from ..errors import InputError, OutputError, StoreIntegrityError, StoreReadError
 from .checksums import digest
-from .files import _one_line
+from .files import one_line
 from .identity import first_difference
-from .layout import (METADATA_FILE, SHARDS_DIR, _SHARD_READ_ERRORS, committed_shards, open_h5, part_tag, read_shard_table,
-                     superseded_ids)
+from .layout import (METADATA_FILE, SHARD_READ_ERRORS, SHARDS_DIR, committed_shards, open_h5, part_tag,
+                     read_shard_table, superseded_ids)
 from .locks import PartLock
 from .placement import CHUNK_OFFSETS
 
@@ -158,8 +158,8 @@ def check_shard(path: Path, out: Path, identity: Optional[dict]) -> ShardCheck:
     try:
         with open_h5(path) as shard:
             _check_blocks(shard, table, blocks, name, check)
-    except _SHARD_READ_ERRORS as error:
-        check.problems.append(Problem(name, f"read error: {_one_line(error)}"))
+    except SHARD_READ_ERRORS as error:
+        check.problems.append(Problem(name, f"read error: {one_line(error)}"))
         check.damaged = True
     return check
 
@@ -176,8 +176,8 @@ def _check_blocks(shard, table, blocks: list, name: str, check: ShardCheck) -> N
             dataset = datasets[layer, kind]
             try:
                 values = dataset[start: start + frames] if kind == "frames" else dataset[row]
-            except _SHARD_READ_ERRORS as error:
-                check.problems.append(Problem(name, f"{kind}: read error: {_one_line(error)}", utt_id, layer))
+            except SHARD_READ_ERRORS as error:
+                check.problems.append(Problem(name, f"{kind}: read error: {one_line(error)}", utt_id, layer))
                 check.damaged = True
                 continue
             expected = table.checksums.get(layer, {}).get(kind)
@@ -223,7 +223,7 @@ def _stored_identity(out: Path, report: VerifyReport) -> Optional[dict]:
                                                       "(rerun the extraction to write it again)"))
         return None
     except (OSError, ValueError, AttributeError) as error:
-        report.problems.append(Problem(METADATA_FILE, f"not lebench metadata ({_one_line(error)})"))
+        report.problems.append(Problem(METADATA_FILE, f"not lebench metadata ({one_line(error)})"))
         return None
     if not isinstance(identity, dict):
         report.problems.append(Problem(METADATA_FILE, "holds no run identity"))
@@ -278,7 +278,7 @@ def _find_missing_shards(out: Path, shards: list, report: VerifyReport) -> None:
         try:
             lines = index.read_text(encoding="utf-8").splitlines()[1:]
         except (OSError, ValueError) as error:
-            report.problems.append(Problem(index.name, f"read error: {_one_line(error)}"))
+            report.problems.append(Problem(index.name, f"read error: {one_line(error)}"))
             continue
         for line in lines:
             fields = line.split("\t", 2)

@@ -17,19 +17,19 @@ from typing import Optional
 import numpy as np
 
 from ..errors import OutputError
-from .buffers import _ROW_BYTES, _Pending, _Row
+from .buffers import SHARD_ROW_BYTES, PendingArrays, ShardRow
 from .checksums import COMPUTE_ATTR, IDENTITY_ATTR, SUPERSEDES_ATTR, digest
-from .files import _WRITE_ERRORS, _is_disk_full, _reason, fsync_path, write_atomic
+from .files import WRITE_ERRORS, fsync_path, is_disk_full, os_reason, write_atomic
 from .identity import identity_text
-from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, _ids_of, _index_line,
-                     _index_lines, committed_shards, open_h5, part_tag, read_shard_table)
-from .streaming import _StreamedUtterances
+from .layout import (FORMAT, FORMAT_VERSION, INDEX_HEADER, SHARDS_DIR, ShardName, committed_shards, index_line,
+                     index_lines, open_h5, part_tag, read_shard_table, shard_ids)
+from .streaming import StreamedUtterances
 from .tables import run_identity, write_tables
-from .locks import _HELD_LOCKS, lock_key
+from .locks import holds_part_lock
 from .placement import aligned, frames_chunk_rows, write_chunk_tables, write_rows
 from .sizing import chunk_rows
-from .utterance import (StoredUtterance, WriterOptions, _checked_layers, _frames_of, _mean_of,
-                        compression_options, range_check)
+from .utterance import (StoredUtterance, WriterOptions, checked_layers, compression_options, frames_of, mean_of,
+                        range_check)
 
 
 
@@ -41,7 +41,7 @@ class WriterStats:
     shards: int = 0
 
 
-class ShardWriter(_StreamedUtterances):
+class ShardWriter(StreamedUtterances):
     """Writes utterances of one part into shards; the caller holds that part's PartLock.
 
     A shard is committed when the next utterance would take it past shard_size_bytes,
@@ -58,15 +58,15 @@ class ShardWriter(_StreamedUtterances):
         self.options = options
         self.stats = WriterStats()
         self._tag = part_tag(options.part, options.num_parts)
-        self._layers = _checked_layers(options)
+        self._layers = checked_layers(options)
         self._compression = compression_options(options.compression)
-        if lock_key(self.out, options.part, options.num_parts) not in _HELD_LOCKS:
+        if not holds_part_lock(self.out, options.part, options.num_parts):
             raise RuntimeError(f"hold PartLock({self.out}, {options.part}, "
                                f"{options.num_parts}) while writing")
         self._shards = self.out / SHARDS_DIR
         self._identity = run_identity(self.out)
         self._widths = {}
-        self._pending = _Pending(np.dtype(options.save_dtype))
+        self._pending = PendingArrays(np.dtype(options.save_dtype))
         self._stream = None
         self._direct_checksums = {}  # of the utterance _write_rows just wrote
         self._start_part()
@@ -78,18 +78,18 @@ class ShardWriter(_StreamedUtterances):
             for leftover in self._shards.glob(f"part-{self._tag}-*.h5.tmp"):
                 leftover.unlink()
         except OSError as error:
-            raise OutputError(f"cannot write to {self._shards}: {_reason(error)}") from error
+            raise OutputError(f"cannot write to {self._shards}: {os_reason(error)}") from error
         self._known, self._index_lines, last_sequence = set(), [], -1
         self._holders, self._replaced = {}, {}  # id -> the file name of this part's shard holding it
         for name, path in committed_shards(self.out):
             given = self._given.get(path)
             if (name.part, name.num_parts) != (self.options.part, self.options.num_parts):
-                self._known.update(given.ids if given is not None else _ids_of(path, self._identity))
+                self._known.update(given.ids if given is not None else shard_ids(path, self._identity))
                 continue
             table = given if given is not None else read_shard_table(path, self._identity)
             self._known.update(table.ids)
             self._holders.update(dict.fromkeys(table.ids, name.file_name))
-            self._index_lines.extend(_index_lines(path.relative_to(self.out), table))
+            self._index_lines.extend(index_lines(path.relative_to(self.out), table))
             last_sequence = name.sequence
         self._next_sequence = last_sequence + 1
         self._given = {}  # read once; the run's own shards come through _record_commit
@@ -99,7 +99,7 @@ class ShardWriter(_StreamedUtterances):
         if utt.utt_id in self._known:
             raise OutputError(f"utterance {utt.utt_id} is already stored in {self.out}")
         arrays = self._arrays_of(utt)
-        size = _ROW_BYTES + len(utt.utt_id) + len(utt.source) + len(utt.flags)
+        size = SHARD_ROW_BYTES + len(utt.utt_id) + len(utt.source) + len(utt.flags)
         size += sum(len(array) * array.shape[1] for array in arrays.values()) * self._pending.itemsize
         if self._rows and self._size + size > self.options.shard_size_bytes:
             self.commit()
@@ -170,7 +170,7 @@ class ShardWriter(_StreamedUtterances):
         try:
             os.replace(self._tmp, self._final)
             fsync_path(self._shards)
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
         rows, final = self._rows, self._final
         self._reset_shard()
@@ -187,7 +187,7 @@ class ShardWriter(_StreamedUtterances):
             write_chunk_tables(self._file, self._layers)
             self._file.close()
             fsync_path(self._tmp)
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
 
     def close(self) -> None:
@@ -216,9 +216,9 @@ class ShardWriter(_StreamedUtterances):
         arrays = {}
         for name in self._layers:
             if self.options.store_frames:
-                arrays[f"layers/{name}/frames"] = _frames_of(utt, name)
+                arrays[f"layers/{name}/frames"] = frames_of(utt, name)
             if self.options.store_mean:
-                arrays[f"layers/{name}/mean"] = _mean_of(utt, name)[None]
+                arrays[f"layers/{name}/mean"] = mean_of(utt, name)[None]
         for key, array in arrays.items():
             if self._widths.setdefault(key, array.shape[1]) != array.shape[1]:
                 raise ValueError(f"{utt.utt_id}: {key} is {array.shape[1]} wide, "
@@ -241,14 +241,15 @@ class ShardWriter(_StreamedUtterances):
         try:
             for key, block in converted.items():
                 self._write_block(key, offset if key.endswith("/frames") else len(self._rows), block)
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
         self._direct_checksums = {key: digest(block) for key, block in converted.items()}
 
     def _append(self, utt: StoredUtterance, size: int) -> None:
         offset = self._next_offset()
-        row = _Row(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
-                   int(utt.source_size), int(utt.source_mtime_ns), utt.source_xxh3, checksums=self._direct_checksums)
+        row = ShardRow(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
+                       int(utt.source_size), int(utt.source_mtime_ns), utt.source_xxh3,
+                       checksums=self._direct_checksums)
         self._direct_checksums = {}  # buffered rows get theirs when flushed
         self._rows.append(row)
         self._known.add(utt.utt_id)
@@ -280,7 +281,7 @@ class ShardWriter(_StreamedUtterances):
                                      "sequence": name.sequence, IDENTITY_ATTR: identity_text(self._identity)})
             if self.options.compute is not None:
                 self._file.attrs[COMPUTE_ATTR] = json.dumps(self.options.compute, sort_keys=True)
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
         self._started = time.monotonic()
 
@@ -304,7 +305,7 @@ class ShardWriter(_StreamedUtterances):
                     self._write_block(key, self._flushed, buffer[: len(todo)], complete)
                     for position, row in enumerate(todo):
                         row.checksums[key] = digest(buffer[position: position + 1])
-        except _WRITE_ERRORS as error:
+        except WRITE_ERRORS as error:
             self._fail(error)
         self._flushed += len(todo)
         self._pending.clear()
@@ -345,8 +346,7 @@ class ShardWriter(_StreamedUtterances):
         self.stats.shards += 1
         shard = final.relative_to(self.out)
         self._index_lines.extend(
-            _index_line(row.utt_id, shard, position, row.frames, row.duration, row.flags,
-                        row.source)
+            index_line(row.utt_id, shard, position, row.frames, row.duration, row.flags, row.source)
             for position, row in enumerate(rows))
         self._write_index()
 
@@ -355,7 +355,7 @@ class ShardWriter(_StreamedUtterances):
         try:
             write_atomic(path, "".join(["\t".join(INDEX_HEADER) + "\n", *self._index_lines]))
         except OSError as error:
-            raise OutputError(f"cannot write {path}: {_reason(error)}") from error
+            raise OutputError(f"cannot write {path}: {os_reason(error)}") from error
 
     def _fail(self, error: Exception):
         """Drops the open shard after a failed write; committed shards stay as they are."""
@@ -363,8 +363,8 @@ class ShardWriter(_StreamedUtterances):
         self._stream = None
         self._known.difference_update(row.utt_id for row in self._rows)
         self._discard_shard()
-        what = "disk full while writing" if _is_disk_full(error) else "cannot write"
-        raise OutputError(f"{what} {shard}: {_reason(error)}") from error
+        what = "disk full while writing" if is_disk_full(error) else "cannot write"
+        raise OutputError(f"{what} {shard}: {os_reason(error)}") from error
 
     def _discard_shard(self) -> None:
         if self._file is not None:
