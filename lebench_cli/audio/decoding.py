@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import AudioError, one_line
 from .loading import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, read_audio
 
-SHORT_FLAG = "padded"
+PADDED_FLAG = "padded"  # shorter than the receptive field, zero-padded to one frame
 TRUNCATED_FLAG = "truncated"  # ended before its header's length, kept with --keep-truncated
 _RESERVE_MARGIN = 64  # samples beyond the header's length: resampling may round up
 _RING_MAX_BYTES = 64 * 1024**2
@@ -57,10 +57,10 @@ def joined_flags(*flags: str) -> str:
 
 def pad_to_one_frame(waveform: np.ndarray, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, str]:
     """(waveform, "") or, shorter than the receptive field, (zero-padded at the end to
-    exactly `min_samples`, SHORT_FLAG): such a waveform gives one frame instead of none."""
+    exactly `min_samples`, PADDED_FLAG): such a waveform gives one frame instead of none."""
     if len(waveform) >= min_samples:
         return waveform, ""
-    return np.pad(waveform, (0, min_samples - len(waveform))), SHORT_FLAG
+    return np.pad(waveform, (0, min_samples - len(waveform))), PADDED_FLAG
 
 
 @dataclass(frozen=True)

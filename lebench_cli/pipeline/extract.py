@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..audio.decoding import SHORT_FLAG, TRUNCATED_FLAG, joined_flags
+from ..audio.decoding import PADDED_FLAG, TRUNCATED_FLAG, joined_flags
 from ..errors import AudioError, InputError
 from ..frames import CNN, SAMPLE_RATE, frame_count
 from .background import BackgroundWriter
@@ -278,7 +278,7 @@ class Extraction(Sink):
             states={str(layer): value for layer, value in states.items()}, **_fingerprint_fields(item),
         )
         flags = item.flags.split(",")
-        self.summary.padded += int(SHORT_FLAG in flags)
+        self.summary.padded += int(PADDED_FLAG in flags)
         self.summary.truncated += int(TRUNCATED_FLAG in flags)
         background.put("add", utterance)
         self.summary.extracted += 1
