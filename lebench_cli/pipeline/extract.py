@@ -37,7 +37,7 @@ def discover_sources(options: ExtractOptions, stdin=None) -> list:
                        root=options.root, id_prefix=options.id_prefix)
     if not sources:
         raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
-    return select_part(sources, options.shard)
+    return select_part(sources, options.part)
 
 
 def _fingerprint_all(items: list) -> None:
@@ -69,7 +69,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
         identity = build_identity(options, sha256_file(checkpoint.weights_path), canonical_layers(layers))
         check_same_run(output, identity)
         stored = stored_sources(output, identity)
-    resume = plan_resume(sources, stored, update=options.update, part=options.shard)
+    resume = plan_resume(sources, stored, update=options.update, part=options.part)
     todo = [_Item(s) for s in resume.todo]
     readable = [item for item in todo if _probe(item) is None]
     unreadable = len(todo) - len(readable)
@@ -117,7 +117,7 @@ class Extraction(Sink):
 
     def run(self) -> ExtractSummary:
         started = time.monotonic()
-        self.time_limit = TimeLimitStops(self, self.options.shard, self.task_started or started)
+        self.time_limit = TimeLimitStops(self, self.options.part, self.task_started or started)
         with self.time_limit as time_limit:
             return self._run(started, time_limit)
 
@@ -147,7 +147,7 @@ class Extraction(Sink):
         self.summary.device, self.summary.dtype = describe_device(encoder.device), dtype_name(encoder.dtype)
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
-        part, parts = options.shard
+        part, parts = options.part
         writer_options = WriterOptions(
             layers=[str(layer) for layer in layers], store_frames=options.store_frames,
             store_mean=options.pool == "mean", save_dtype=options.save_dtype,
@@ -159,7 +159,7 @@ class Extraction(Sink):
             remove_superseded(output, writer_options)  # what an --update cut short left
             tables = shard_tables(output, metadata["identity"])  # read once: the resume scan, then the writer
             resume = plan_resume(sources, stored_sources(output, metadata["identity"], tables), update=options.update,
-                                 part=options.shard)
+                                 part=options.part)
             if resume.replaced:
                 check_carried(output, writer_options, resume.replaced, tables)  # before anything is written
             record_relocations(output, part_tag(part, parts), resume.relocated)  # the next run does not hash them
