@@ -148,7 +148,7 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
 # ---- write ----------------------------------------------------------------------------------
 
 def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
-    from lebench_cli.pipeline.chunking import frame_count
+    from lebench_cli.frames import frame_count
     from lebench_cli.layers import parse_layers
     from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 

@@ -179,7 +179,7 @@ class Engine:
         """A long recording, read twice a block at a time (its statistics, usually measured
         ahead in a decoding worker, then its windows), its states handed on as they come:
         memory is bounded by the window, not the recording."""
-        from .chunking import normalised_window_batches, plan_windows
+        from .windows import normalised_window_batches, plan_windows
         from ..audio.decoding import recording_statistics
 
         options = self.options

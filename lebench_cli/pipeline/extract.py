@@ -1,6 +1,6 @@
 """`lebench extract`: paths -> waveforms -> batches -> hidden states -> shards.
 
-The stages live in their own modules (inputs, decoding, batching, chunking, encoder,
+The stages live in their own modules (inputs, decoding, batching, windows, encoder,
 readback, storage) and `engine` runs them from probed sources to layer states; this one is
 the engine's sink that stores them: writing on a background thread, and bookkeeping
 (resume, failures, progress)."""
