@@ -39,7 +39,7 @@ def test_pad_batch():
 
 @pytest.mark.parametrize("samples", [400, 16_000 * 30, 16_000 * 30 + 1, 16_000 * 31, 16_000 * 75 + 123, 16_000 * 3_600])
 def test_windows_cover_every_frame_once(samples):
-    windows = plan_windows(samples, chunk_seconds=30, overlap_seconds=5)
+    windows = plan_windows(samples, window_seconds=30, overlap_seconds=5)
     covered = []
     for window in windows:
         assert frame_count(window.end_sample - window.start_sample) >= window.keep_to

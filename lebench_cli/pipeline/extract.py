@@ -25,7 +25,7 @@ from .run_metadata import build_metadata
 from .summary import DryRunReport, ExtractSummary
 from .time_limit import TimeLimitStops
 
-CHUNKED_FLAG = "chunked"
+CHUNKED_FLAG = "chunked"  # computed in overlapping windows (the stored word: docs/format.md)
 
 
 # ---- planning ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ class ExtractOptions:
     extensions: tuple = ()
     channel: Optional[int] = None
     batch_seconds: Optional[float] = None  # default: 120 on CUDA, 20 on CPU
-    chunk_seconds: float = 30.0
+    chunk_seconds: float = 30.0  # the longest window of a long recording; named as the CLI's --chunk-seconds
     overlap_seconds: float = 5.0
     device: Optional[str] = None
     dtype: Optional[str] = None
