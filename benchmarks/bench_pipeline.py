@@ -93,7 +93,7 @@ def corpus_items(folder: Path) -> list:
 
 # ---- decode ---------------------------------------------------------------------------------
 
-def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict:
+def stage_decode(items: list, workers: int, window_seconds: float = 30.0) -> dict:
     """The files through lebench's decoding stage, the way extract reads them: recordings
     longer than a window first (a statistics pass, in the workers where this lebench does it
     there, then the windows pass on this thread), then the others decoded whole."""
@@ -112,13 +112,13 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
     def read(item) -> int:
         return sum(len(block) for block in stream_audio(item.source.path))
 
-    short = [item for item in items if item.seconds <= chunk_seconds]
-    long_files = [item for item in items if item.seconds > chunk_seconds]
+    short = [item for item in items if item.seconds <= window_seconds]
+    long_files = [item for item in items if item.seconds > window_seconds]
     ahead = max(4, 4 * workers)
     started, cpu = time.perf_counter(), time.process_time()
     samples = 0
     if "streamed_over" in inspect.signature(decoded_stream).parameters:
-        stream = decoded_stream(long_files + short, workers, None, ahead, streamed_over=chunk_seconds)
+        stream = decoded_stream(long_files + short, workers, None, ahead, streamed_over=window_seconds)
     else:  # before: both passes over a long recording on the main thread
         for item in long_files:
             read(item)
@@ -128,7 +128,7 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
     for item, (value, reason) in stream:
         if reason is not None:
             raise SystemExit(f"error: {item.source.path}: {reason}")
-        if item.seconds > chunk_seconds:
+        if item.seconds > window_seconds:
             samples += read(item)
             continue
         if short_started is None:
@@ -148,7 +148,7 @@ def stage_decode(items: list, workers: int, chunk_seconds: float = 30.0) -> dict
 # ---- write ----------------------------------------------------------------------------------
 
 def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
-    from lebench_cli.pipeline.chunking import frame_count
+    from lebench_cli.frames import frame_count
     from lebench_cli.layers import parse_layers
     from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 

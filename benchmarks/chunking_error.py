@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from lebench_cli.audio.loading import load_audio
-    from lebench_cli.pipeline.chunking import plan_windows
+    from lebench_cli.pipeline.windows import plan_windows
     from lebench_cli.model.encoder import Encoder
     from lebench_cli.pipeline.options import ExtractOptions
     from lebench_cli.pipeline.extract import run_extract

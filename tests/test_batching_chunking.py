@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lebench_cli.pipeline.batching import length_batches, pad_batch
-from lebench_cli.pipeline.chunking import frame_count, plan_windows
+from lebench_cli.pipeline.windows import frame_count, plan_windows
 
 
 def test_batches_respect_the_padded_seconds_cap():
@@ -39,7 +39,7 @@ def test_pad_batch():
 
 @pytest.mark.parametrize("samples", [400, 16_000 * 30, 16_000 * 30 + 1, 16_000 * 31, 16_000 * 75 + 123, 16_000 * 3_600])
 def test_windows_cover_every_frame_once(samples):
-    windows = plan_windows(samples, chunk_seconds=30, overlap_seconds=5)
+    windows = plan_windows(samples, window_seconds=30, overlap_seconds=5)
     covered = []
     for window in windows:
         assert frame_count(window.end_sample - window.start_sample) >= window.keep_to
@@ -61,7 +61,7 @@ def test_windows_cover_every_frame_once(samples):
 def test_window_batches_of_a_file_shorter_than_measured_fail_as_changed(tmp_path):
     import soundfile as sf
 
-    from lebench_cli.pipeline.chunking import normalised_window_batches, plan_windows
+    from lebench_cli.pipeline.windows import normalised_window_batches, plan_windows
     from lebench_cli.errors import AudioError
 
     path = tmp_path / "short.wav"

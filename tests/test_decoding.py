@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from lebench_cli.audio.loading import MIN_SAMPLES, SAMPLE_RATE, SHORT_FLAG
+from lebench_cli.audio.loading import MIN_SAMPLES, PADDED_FLAG, SAMPLE_RATE
 from lebench_cli.audio import decoding
 from lebench_cli.audio.decoding import SampleRing, decoded_stream, ring_capacity
 
@@ -85,7 +85,7 @@ def test_workers_hand_back_the_same_samples_through_the_ring_or_the_pipe(tmp_pat
         waveform, flags, samples = value
         assert reason is None and samples == len(item.samples)
         if samples < MIN_SAMPLES:
-            assert flags == SHORT_FLAG and len(waveform) == MIN_SAMPLES
+            assert flags == PADDED_FLAG and len(waveform) == MIN_SAMPLES
             np.testing.assert_array_equal(waveform[samples:], 0)
         np.testing.assert_array_equal(waveform[:samples], item.samples)
     assert len(taken) == through_ring

@@ -271,4 +271,4 @@ def test_lebench_ray_builds_the_options_lebench_extract_builds(checkpoints, tmp_
     seen = {}
     monkeypatch.setattr(lebench_cli.pipeline.extract, "plan_extract", lambda options, stdin=None: seen.setdefault("o", options))
     CliRunner().invoke(main, [*args, "--shard", "2/3", "--dry-run"])
-    assert extract_options(parse_extract_args(tuple(args), "ray"), shard=(2, 3)) == seen["o"]
+    assert extract_options(parse_extract_args(tuple(args), "ray"), part=(2, 3)) == seen["o"]

@@ -19,7 +19,7 @@ from ..frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
 
 MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame
-SHORT_FLAG = "padded"
+PADDED_FLAG = "padded"
 NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape) with its default eps
 RATE_RANGE = (1_000, 768_000)  # Hz: what a header outside says is damage, not a recording
 MAX_CHANNELS = 256
@@ -112,10 +112,10 @@ def resample(waveform: np.ndarray, rate: int) -> np.ndarray:
 
 def pad_to_one_frame(waveform: np.ndarray, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, str]:
     """(waveform, "") or, shorter than the receptive field, (zero-padded at the end to
-    exactly `min_samples`, SHORT_FLAG): such a waveform gives one frame instead of none."""
+    exactly `min_samples`, PADDED_FLAG): such a waveform gives one frame instead of none."""
     if len(waveform) >= min_samples:
         return waveform, ""
-    return np.pad(waveform, (0, min_samples - len(waveform))), SHORT_FLAG
+    return np.pad(waveform, (0, min_samples - len(waveform))), PADDED_FLAG
 
 
 @dataclass

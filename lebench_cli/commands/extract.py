@@ -75,8 +75,8 @@ def extract(inputs, output, model, layers, pool, store_frames, extensions, chann
     from ..pipeline.memory import return_large_blocks_to_the_os
     from ..pipeline.parts import parse_part
 
-    shard = _part_from_environment() if part == "auto" else parse_part(part)
-    options = extract_options(click.get_current_context().params, shard, overwrite=overwrite).validate()
+    this_part = _part_from_environment() if part == "auto" else parse_part(part)
+    options = extract_options(click.get_current_context().params, this_part, overwrite=overwrite).validate()
     stdin = sys.stdin if "-" in inputs else None
     if manifest is not None:
         if not dry_run:
@@ -134,8 +134,8 @@ def _part_from_environment() -> tuple:
     return k, n
 
 
-def extract_options(params: dict, shard: tuple, overwrite: bool = False):
-    """ExtractOptions for the parsed extract parameters, as part `shard` (k, n): what the
+def extract_options(params: dict, part: tuple, overwrite: bool = False):
+    """ExtractOptions for the parsed extract parameters, as part `part` (k, n): what the
     extract command itself runs, and what `lebench ray` hands each part."""
     from ..pipeline.options import ExtractOptions
     from ..pipeline.sizes import parse_size
@@ -149,7 +149,7 @@ def extract_options(params: dict, shard: tuple, overwrite: bool = False):
         overlap_seconds=params["overlap_seconds"], device=params["device"], dtype=params["dtype"],
         save_dtype=params["save_dtype"], shard_size=parse_size(params["shard_size"]),
         compression=None if params["compression"] == "none" else params["compression"],
-        commit_seconds=params["commit_seconds"], workers=params["workers"], shard=shard,
+        commit_seconds=params["commit_seconds"], workers=params["workers"], shard=part,
         overwrite=overwrite, update=params["update"], strict=params["strict"],
         keep_truncated=params["keep_truncated"], trust_checkpoint=params["trust_checkpoint"],
         root=params["root"], id_prefix=params["id_prefix"],

@@ -40,7 +40,7 @@ def ray(parts, address, gpus_per_part, cpus_per_part, max_retries, no_check, ext
     environment = {} if no_check else check_model_and_layers(params["model"], params["layers"],
                                                              params["trust_checkpoint"])
     quiet = params["quiet"]
-    options = extract_options(params, shard=(1, 1))
+    options = extract_options(params, part=(1, 1))
     ray_options = RayOptions(parts=parts, address=address, gpus_per_part=gpus_per_part,
                              cpus_per_part=cpus_per_part, max_retries=max_retries, environment=environment)
     report = None if quiet else (lambda result: click.echo(result.line(), err=True))

@@ -119,14 +119,14 @@ class Engine:
         # One decoding stream: the workers measure the long recordings (their first
         # pass) ahead of the windows read here, and decode the others whole.
         decoded = self._decoded_items(items)
-        chunk_samples = self.options.chunk_seconds * SAMPLE_RATE
+        window_samples = self.options.chunk_seconds * SAMPLE_RATE
         for group in length_batches(decoded, lambda item: item.samples, self.options.batch_seconds):
             for item in group:
-                if item.samples > chunk_samples:  # measured, or longer than its header or manifest said
+                if item.samples > window_samples:  # measured, or longer than its header or manifest said
                     item.waveform = None
                     self._encode_windows(item)
                     self.sink.done(item)
-            short = [item for item in group if item.samples <= chunk_samples]
+            short = [item for item in group if item.samples <= window_samples]
             if short:
                 self._encode_batch(short)
             yield
@@ -179,7 +179,7 @@ class Engine:
         """A long recording, read twice a block at a time (its statistics, usually measured
         ahead in a decoding worker, then its windows), its states handed on as they come:
         memory is bounded by the window, not the recording."""
-        from .chunking import normalised_window_batches, plan_windows
+        from .windows import normalised_window_batches, plan_windows
         from ..audio.decoding import recording_statistics
 
         options = self.options

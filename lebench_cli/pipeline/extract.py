@@ -1,6 +1,6 @@
 """`lebench extract`: paths -> waveforms -> batches -> hidden states -> shards.
 
-The stages live in their own modules (inputs, decoding, batching, chunking, encoder,
+The stages live in their own modules (inputs, decoding, batching, windows, encoder,
 readback, storage) and `engine` runs them from probed sources to layer states; this one is
 the engine's sink that stores them: writing on a background thread, and bookkeeping
 (resume, failures, progress)."""
@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..audio.decoding import TRUNCATED_FLAG, joined_flags
-from ..audio.loading import SHORT_FLAG
+from ..audio.loading import PADDED_FLAG
 from ..errors import AudioError, InputError
 from ..frames import CNN, SAMPLE_RATE, frame_count
 from .background import BackgroundWriter
@@ -26,7 +26,7 @@ from .run_metadata import build_metadata
 from .summary import DryRunReport, ExtractSummary
 from .time_limit import TimeLimitStops
 
-CHUNKED_FLAG = "chunked"
+CHUNKED_FLAG = "chunked"  # computed in overlapping windows (the stored word: docs/format.md)
 
 
 # ---- planning ---------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def discover_sources(options: ExtractOptions, stdin=None) -> list:
                        root=options.root, id_prefix=options.id_prefix)
     if not sources:
         raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
-    return select_part(sources, options.shard)
+    return select_part(sources, options.part)
 
 
 def _fingerprint_all(items: list) -> None:
@@ -70,7 +70,7 @@ def plan_extract(options: ExtractOptions, stdin=None) -> DryRunReport:
         identity = build_identity(options, sha256_file(checkpoint.weights_path), canonical_layers(layers))
         check_same_run(output, identity)
         stored = stored_sources(output, identity)
-    resume = plan_resume(sources, stored, update=options.update, part=options.shard)
+    resume = plan_resume(sources, stored, update=options.update, part=options.part)
     todo = [_Item(s) for s in resume.todo]
     readable = [item for item in todo if _probe(item) is None]
     unreadable = len(todo) - len(readable)
@@ -118,7 +118,7 @@ class Extraction(Sink):
 
     def run(self) -> ExtractSummary:
         started = time.monotonic()
-        self.time_limit = TimeLimitStops(self, self.options.shard, self.task_started or started)
+        self.time_limit = TimeLimitStops(self, self.options.part, self.task_started or started)
         with self.time_limit as time_limit:
             return self._run(started, time_limit)
 
@@ -148,7 +148,7 @@ class Extraction(Sink):
         self.summary.device, self.summary.dtype = describe_device(encoder.device), dtype_name(encoder.dtype)
         self.encoder, self.checkpoint, self.layers = encoder, checkpoint, layers
         metadata = build_metadata(options, checkpoint, sha256_file(checkpoint.weights_path), layers, encoder)
-        part, parts = options.shard
+        part, parts = options.part
         writer_options = WriterOptions(
             layers=[str(layer) for layer in layers], store_frames=options.store_frames,
             store_mean=options.pool == "mean", save_dtype=options.save_dtype,
@@ -160,7 +160,7 @@ class Extraction(Sink):
             remove_superseded(output, writer_options)  # what an --update cut short left
             tables = shard_tables(output, metadata["identity"])  # read once: the resume scan, then the writer
             resume = plan_resume(sources, stored_sources(output, metadata["identity"], tables), update=options.update,
-                                 part=options.shard)
+                                 part=options.part)
             if resume.replaced:
                 check_carried(output, writer_options, resume.replaced, tables)  # before anything is written
             record_relocations(output, part_tag(part, parts), resume.relocated)  # the next run does not hash them
@@ -279,7 +279,7 @@ class Extraction(Sink):
             states={str(layer): value for layer, value in states.items()}, **_fingerprint_fields(item),
         )
         flags = item.flags.split(",")
-        self.summary.padded += int(SHORT_FLAG in flags)
+        self.summary.padded += int(PADDED_FLAG in flags)
         self.summary.truncated += int(TRUNCATED_FLAG in flags)
         background.add(utterance)
         self.summary.extracted += 1

@@ -22,7 +22,7 @@ class ExtractOptions:
     extensions: tuple = ()
     channel: Optional[int] = None
     batch_seconds: Optional[float] = None  # default: 120 on CUDA, 20 on CPU
-    chunk_seconds: float = 30.0
+    chunk_seconds: float = 30.0  # the longest window of a long recording; named as the CLI's --chunk-seconds
     overlap_seconds: float = 5.0
     device: Optional[str] = None
     dtype: Optional[str] = None
@@ -31,7 +31,7 @@ class ExtractOptions:
     compression: Optional[str] = None
     commit_seconds: float = 300.0
     workers: Optional[int] = None  # default: see default_workers
-    shard: tuple = (1, 1)
+    shard: tuple = (1, 1)  # this run's part (k, n) of the job; named as the CLI's --shard K/N
     overwrite: bool = False
     update: bool = False  # extract again the stored ids whose source changed, replacing their features
     strict: bool = False
@@ -46,10 +46,15 @@ class ExtractOptions:
         if self.overlap_seconds * 2 >= self.chunk_seconds:
             raise InputError(f"{flag('overlap_seconds')} {self.overlap_seconds:g} must be under half of "
                              f"{flag('chunk_seconds')} {self.chunk_seconds:g}")
-        if self.overwrite and tuple(self.shard) != (1, 1):
+        if self.overwrite and self.part != (1, 1):
             raise InputError(f"{flag('overwrite')} cannot be combined with {flag('shard')}: each part would delete "
                              "the others' features; empty OUTPUT before launching the job array")
         return self
+
+    @property
+    def part(self) -> tuple:
+        """(k, n): the part of the job this run does (the `shard` field)."""
+        return tuple(self.shard)
 
     def resolved(self) -> "ExtractOptions":
         import torch

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..audio.loading import SHORT_FLAG
+from ..audio.loading import PADDED_FLAG
 from ..frames import FRAME_SECONDS, SAMPLE_RATE
 from .options import ExtractOptions
 
@@ -55,7 +55,7 @@ def build_metadata(options: ExtractOptions, checkpoint, sha256: str, layers: lis
         "sample_rate": SAMPLE_RATE,
         "frame_shift_seconds": FRAME_SECONDS,
         "receptive_field_samples": encoder.min_samples,
-        "short_files": f"fewer than {encoder.min_samples} samples: zero-padded to one frame, flag '{SHORT_FLAG}'",
+        "short_files": f"fewer than {encoder.min_samples} samples: zero-padded to one frame, flag '{PADDED_FLAG}'",
         "compute_dtype": options.dtype,
         "save_dtype": options.save_dtype,
         "options": _jsonable(asdict(options)),

@@ -15,7 +15,7 @@ class ExtractSummary:
     failed: int = 0
     updated: int = 0  # stored ids extracted again (--update), their old features removed
     padded: int = 0
-    chunked: int = 0
+    chunked: int = 0  # long recordings run in windows (flagged "chunked", the stored and printed word)
     truncated: int = 0  # stored as far as they go, with --keep-truncated
     recomputed_float32: int = 0
     audio_seconds: float = 0.0

@@ -103,8 +103,8 @@ class TimeLimitStops:
     `under_lock(out)` is the part's work: the recordings given up on are failed first, and a
     stop is recorded on the way out (a TimeLimitError when the part must not be requeued)."""
 
-    def __init__(self, extraction, shard: tuple, started: float):
-        self.extraction, self.shard, self.started = extraction, shard, started
+    def __init__(self, extraction, part: tuple, started: float):
+        self.extraction, self.part, self.started = extraction, part, started
         self.record = None
 
     def __enter__(self) -> "TimeLimitStops":
@@ -112,15 +112,15 @@ class TimeLimitStops:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is KeyboardInterrupt and stopped_by_time_limit() and self.record is None:
-            raise stopped_before_work(self.started, f"part {self._part()} started its work") from None
+            raise stopped_before_work(self.started, f"part {self._k_of_n()} started its work") from None
         return False
 
     def under_lock(self, out: Path) -> "_PartWork":
-        self.record = InterruptionRecord(out, part_tag(*self.shard))
+        self.record = InterruptionRecord(out, part_tag(*self.part))
         return _PartWork(self)
 
-    def _part(self) -> str:
-        return "{}/{}".format(*self.shard)
+    def _k_of_n(self) -> str:
+        return "{}/{}".format(*self.part)
 
 
 class _PartWork:
@@ -146,7 +146,7 @@ class _PartWork:
         if exc_type is KeyboardInterrupt and stopped_by_time_limit():
             stops = self.stops
             error = stops.record.note_stop(stops.extraction.streaming, stops.extraction.summary.extracted,
-                                           time.monotonic() - stops.started, stops._part())
+                                           time.monotonic() - stops.started, stops._k_of_n())
             if error is not None:
                 raise TimeLimitError(error) from None
         return False

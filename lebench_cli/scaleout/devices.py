@@ -75,7 +75,7 @@ class DeviceRun:
         from ..pipeline.stop_signals import stopped_by_time_limit
 
         started = time.monotonic()
-        k, n = self.options.shard
+        k, n = self.options.part
         count = len(self.devices)
         workers = [_Worker(j, device, (k - 1) * count + j + 1, n * count) for j, device in enumerate(self.devices)]
         self._listening = False  # True once the workers' signal handling is in place
@@ -331,7 +331,7 @@ def _stopped(index: int, summary: ExtractSummary, extraction, options: ExtractOp
     from ..pipeline.stop_signals import stopped_by_time_limit
 
     if stopped_by_time_limit() and (extraction is None or extraction.time_limit is None):
-        error = stopped_before_work(task_started, "part {}/{} started its work".format(*options.shard))
+        error = stopped_before_work(task_started, "part {}/{} started its work".format(*options.part))
         return ("error", index, asdict(summary), str(error))
     return ("interrupted", index, asdict(summary))
 

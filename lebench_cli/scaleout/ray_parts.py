@@ -184,7 +184,7 @@ def run_part(options: ExtractOptions, marker_name: str, token: str, workdir: str
     from ..pipeline.extract import Extraction
     from ..pipeline.memory import return_large_blocks_to_the_os
 
-    part, parts = options.shard
+    part, parts = options.part
     node = socket.gethostname()
     previous = os.getcwd()
     try:

@@ -239,7 +239,7 @@ class ExportLock:
         except FileNotFoundError:
             fd = _open_lock_file(self.path)
         except OSError as error:
-            raise OutputError(f"cannot open {self.path}: {_reason(error)}") from error
+            raise OutputError(f"cannot open {self.path}: {os_reason(error)}") from error
         try:
             _flock(fd, self.path, self.destination, fcntl.LOCK_SH)
         except BlockingIOError:

@@ -1,4 +1,4 @@
-"""Long recordings as overlapping windows whose kept frames add up to the unchunked ones.
+"""Long recordings as overlapping windows whose kept frames add up to those of the whole recording.
 
 Windows start on frame boundaries (multiples of 320 samples), so window frames line up with
 the frames of the whole recording. Each frame is taken from the window where it sits
@@ -26,14 +26,14 @@ class Window:
         return self.keep_to - self.keep_from
 
 
-def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sample_rate: int = SAMPLE_RATE) -> list[Window]:
-    """Windows covering a recording of `samples`; one window when it fits in one chunk.
+def plan_windows(samples: int, window_seconds: float, overlap_seconds: float, sample_rate: int = SAMPLE_RATE) -> list[Window]:
+    """Windows covering a recording of `samples`; one window when it fits in one.
 
     As few windows as cover the recording with at least `overlap_seconds` between
-    neighbours, all of one length (at most `chunk_seconds`), spread evenly: the overlap is
+    neighbours, all of one length (at most `window_seconds`), spread evenly: the overlap is
     all the extra computation, with no tail window mostly re-running the one before."""
     total = frame_count(samples)
-    window_samples = int(round(chunk_seconds * sample_rate))
+    window_samples = int(round(window_seconds * sample_rate))
     if samples <= window_samples or total == 0:
         return [Window(0, samples, 0, total, 0)]
     most_frames = frame_count(window_samples)
@@ -54,7 +54,7 @@ def plan_windows(samples: int, chunk_seconds: float, overlap_seconds: float, sam
     return windows
 
 
-def normalised_window_batches(path, channel, windows: list, batch_seconds: float, chunk_seconds: float,
+def normalised_window_batches(path, channel, windows: list, batch_seconds: float, window_seconds: float,
                               mean: float, std: float):
     """(windows, waveforms) for a long recording's `windows`, as many at a time as
     `batch_seconds` holds, each waveform normalised with the whole recording's mean and std.
@@ -66,7 +66,7 @@ def normalised_window_batches(path, channel, windows: list, batch_seconds: float
     from ..audio.loading import stream_audio
     from ..errors import AudioError
 
-    per_batch = max(1, int(batch_seconds // chunk_seconds))
+    per_batch = max(1, int(batch_seconds // window_seconds))
     blocks = stream_audio(path, channel=channel, keep_truncated=True)  # the first pass failed it, or kept it
     buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
     for first in range(0, len(windows), per_batch):
