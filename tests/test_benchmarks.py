@@ -61,8 +61,8 @@ def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
 
 def test_bench_read_check_cost_reports_wall_and_cpu_seconds(tmp_path):
     completed = subprocess.run(
-        [sys.executable, REPO / "benchmarks" / "bench_read.py", "--quick", "--formats", "lebench", "--check-cost",
-         "--work", tmp_path / "work"], capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "benchmarks.bench_read", "--quick", "--formats", "lebench", "--check-cost",
+         "--work", tmp_path / "work"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
     header, *rows = completed.stdout.splitlines()
     assert header.split() == ["layers", "checked", "s", "unchecked", "s", "check", "cost", "checked", "cpu", "s",
