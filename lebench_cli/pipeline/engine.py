@@ -222,7 +222,10 @@ class Engine:
         import torch
 
         from .batching import pad_batch, padded_shape
+        from .stop_signals import stop_if_requested
         from ..model.readback import Readback
+
+        stop_if_requested()  # a stop whose KeyboardInterrupt Python dropped (see there)
 
         on_gpu = self.encoder.device.type == "cuda"
         # Padded straight into page-locked memory on a GPU: the host-to-device copy then runs

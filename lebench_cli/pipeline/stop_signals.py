@@ -44,10 +44,10 @@ class StopSignals:
             if self.decided:
                 return
             note_stop_signal(signum)
-            self.interrupted = True
+            self.interrupted = _stop["requested"] = True
             raise KeyboardInterrupt
 
-        self.interrupted = self.decided = False
+        self.interrupted = self.decided = _stop["requested"] = False
         # A signal ignored from the start (a background job's SIGINT, nohup) stays ignored.
         self.previous = {name: signal.getsignal(getattr(signal, name)) for name in SIGNALS}
         for name, handler in self.previous.items():
@@ -60,6 +60,7 @@ class StopSignals:
         ignore_stop_signals()
 
     def __exit__(self, exc_type, *exc):
+        _stop["requested"] = False  # the run is over: a later run in this process starts afresh
         if self.decided or self.interrupted or exc_type is KeyboardInterrupt:
             ignore_stop_signals()
         else:
@@ -95,5 +96,15 @@ def stop_on_first_signal() -> None:
 
 
 def stop_requested() -> bool:
-    """Whether `stop_on_first_signal`'s handler ran in this process."""
+    """Whether a stop signal's handler (`stop_on_first_signal`'s, or StopSignals' during its
+    run) raised KeyboardInterrupt in this process."""
     return _stop["requested"]
+
+
+def stop_if_requested() -> None:
+    """Raises the KeyboardInterrupt of a stop signal again. Python drops an exception raised
+    in a weakref callback or a `__del__` ("Exception ignored in ..."): a signal that landed
+    there would otherwise be lost and the run would go on as if never stopped. The engine
+    asks before each batch."""
+    if _stop["requested"]:
+        raise KeyboardInterrupt
