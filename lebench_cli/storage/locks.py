@@ -35,16 +35,9 @@ class PartLock:
 
     def acquire(self) -> None:
         fd = _open_lock_file(self.path)
-        try:
-            _flock(fd, self.path, self.out, fcntl.LOCK_EX)
-        except BlockingIOError:
-            holder = lock_holder(fd)
-            os.close(fd)
-            raise OutputError(f"another lebench extract is writing part {self.part}/"
-                              f"{self.num_parts} of {self.out} (pid {holder})") from None
-        except OutputError:
-            os.close(fd)
-            raise
+        _flock_or_refuse(fd, self.path, self.out, fcntl.LOCK_EX, lambda fd: OutputError(
+            f"another lebench extract is writing part {self.part}/{self.num_parts} of {self.out} "
+            f"(pid {lock_holder(fd)})"))
         _write_holder(fd)
         self._fd = fd
         _HELD_LOCKS.add(self._key())
@@ -129,14 +122,8 @@ class StoreLock:
 
     def acquire(self) -> None:
         fd = _open_lock_file(self.path)
-        try:
-            _flock(fd, self.path, self.out, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
-        except BlockingIOError:
-            os.close(fd)
-            raise self._refusal() from None
-        except OutputError:
-            os.close(fd)
-            raise
+        _flock_or_refuse(fd, self.path, self.out, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH,
+                         lambda fd: self._refusal())
         if self.exclusive:  # the sole holder: its pid tells a refused writer who replaces OUT
             _write_holder(fd)
         self._fd = fd
@@ -218,15 +205,7 @@ class ExportLock:
             except OSError as error:
                 raise OutputError(f"cannot create {self.destination}: {os_reason(error)}") from error
             fd = _open_lock_file(self.path)
-            try:
-                _flock(fd, self.path, self.destination, fcntl.LOCK_EX)
-            except BlockingIOError:
-                refusal = self._refusal(fd)
-                os.close(fd)
-                raise refusal from None
-            except OutputError:
-                os.close(fd)
-                raise
+            _flock_or_refuse(fd, self.path, self.destination, fcntl.LOCK_EX, self._refusal)
             if _same_file(fd, self.path):
                 _write_holder(fd)
                 self._fd = fd
@@ -240,16 +219,9 @@ class ExportLock:
             fd = _open_lock_file(self.path)
         except OSError as error:
             raise OutputError(f"cannot open {self.path}: {os_reason(error)}") from error
-        try:
-            _flock(fd, self.path, self.destination, fcntl.LOCK_SH)
-        except BlockingIOError:
-            holder = lock_holder(fd)
-            os.close(fd)
-            raise OutputError(f"a lebench export (pid {holder}) is writing into {self.destination}: "
-                              "verify it when that export ends") from None
-        except OutputError:
-            os.close(fd)
-            raise
+        _flock_or_refuse(fd, self.path, self.destination, fcntl.LOCK_SH, lambda fd: OutputError(
+            f"a lebench export (pid {lock_holder(fd)}) is writing into {self.destination}: "
+            "verify it when that export ends"))
         self._fd = fd
 
     def _refusal(self, fd: int) -> OutputError:
@@ -362,6 +334,20 @@ def _flock(fd: int, path: Path, out: Path, mode: int) -> None:
             raise OutputError(f"cannot lock {path}: {os_reason(error)}: {_locking_advice(out)}") from error
         raise OutputError(f"cannot lock {path}: {os_reason(error)} "
                           "(the filesystem must support flock)") from error
+
+
+def _flock_or_refuse(fd: int, path: Path, out: Path, mode: int, refusal) -> None:
+    """_flock; on failure fd is closed: while another holds the lock, after `refusal(fd)` (which
+    may read the holder's pid from it) made the OutputError raised."""
+    try:
+        _flock(fd, path, out, mode)
+    except BlockingIOError:
+        error = refusal(fd)
+        os.close(fd)
+        raise error from None
+    except OutputError:
+        os.close(fd)
+        raise
 
 
 def _lock_holder_of(path: Path) -> str:
