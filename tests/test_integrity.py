@@ -15,7 +15,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import soundfile as sf
 from click.testing import CliRunner
 
 from lebench_cli.cli import main
@@ -23,7 +22,7 @@ from lebench_cli.errors import StoreIntegrityError, StoreReadError
 from lebench_cli.reading.store import open_features
 from lebench_cli.testing.checkpoints import save_fairseq_checkpoint
 
-IDS = [f"u{i}" for i in range(6)]
+from support.small_runs import IDS, extract, write_noise_corpus
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +34,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    for number, utt_id in enumerate(IDS):
-        samples = int(16000 * (0.5 + 0.2 * number))
-        sf.write(root / f"{utt_id}.wav", (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000)
-    return root
-
-
-def extract(corpus, out, model, *extra):
-    return CliRunner().invoke(main, ["extract", str(corpus), "-o", str(out), "--model", str(model), "--device",
-                                     "cpu", "--workers", "0", "-q", "--layers", "all", "--shard-size", "30KB",
-                                     *map(str, extra)])
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

@@ -20,27 +20,12 @@ from lebench_cli.errors import InputError
 from lebench_cli.reading.store import open_features
 from lebench_cli.testing.checkpoints import save_fairseq_checkpoint
 
-IDS = [f"u{i}" for i in range(6)]
+from support.small_runs import extract, write_noise_corpus as write_corpus
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return save_fairseq_checkpoint(tmp_path_factory.mktemp("models") / "base" / "checkpoint_best.pt", "base")
-
-
-def write_corpus(root: Path, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for number, utt_id in enumerate(IDS):
-        samples = int(16000 * (0.5 + 0.2 * number))
-        sf.write(root / f"{utt_id}.wav", (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000)
-    return root
-
-
-def extract(corpus, out, model, *extra):
-    return CliRunner().invoke(main, ["extract", str(corpus), "-o", str(out), "--model", str(model), "--device",
-                                     "cpu", "--workers", "0", "-q", "--layers", "all", "--shard-size", "30KB",
-                                     *map(str, extra)])
 
 
 @pytest.fixture(scope="module")
