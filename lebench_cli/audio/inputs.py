@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Sequence, TextIO
 
 from ..errors import InputError
 from ..names import canonical_id, printable, with_slashes
+from .sources import AudioSource
 
 # What a folder walk takes by default: the formats speech is stored in that libsndfile
 # decodes. Not the other types it reads (.mat, .htk, .sd2, .xi, .voc, ...): beside a corpus
@@ -22,19 +23,6 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (
 )
 
 STDIN = "-"
-
-
-@dataclass(frozen=True)
-class AudioSource:
-    """One utterance to extract: the id its features are stored under, and the file to decode.
-
-    `num_samples` is the count a .tsv manifest gives (fairseq writes frames at the file's
-    own rate), else None.
-    """
-
-    utt_id: str
-    path: str
-    num_samples: int | None = None
 
 
 def discover(
@@ -68,7 +56,7 @@ def discover(
     if root is not None:
         sources = [_relative_to_root(source, root) for source in sources]
     names = [id_prefix + source.utt_id for source in sources]
-    sources = [AudioSource(canonical_id(name), s.path, s.num_samples) for name, s in zip(names, sources)]
+    sources = [replace(s, utt_id=canonical_id(name)) for name, s in zip(names, sources)]
     _check_unique(sources, names)
     return sources
 
@@ -89,7 +77,7 @@ def _relative_to_root(source: AudioSource, root: str) -> AudioSource:
     relative = os.path.relpath(os.path.abspath(source.path), os.path.abspath(root))
     if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
         raise InputError(f"{printable(source.path)} is outside --root {printable(root)}")
-    return AudioSource(os.path.splitext(with_slashes(relative))[0], source.path, source.num_samples)
+    return replace(source, utt_id=os.path.splitext(with_slashes(relative))[0])
 
 
 def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSource]:
