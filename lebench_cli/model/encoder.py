@@ -23,6 +23,7 @@ from ..frames import CNN
 from .checkpoint import Checkpoint
 from .conversion import import_fairseq_wav2vec2, parse_conv_layers
 from .conversion import is_pretraining_only
+from .cpu_precision import grouped_conv_context
 
 Layer = Union[int, str]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -120,6 +121,8 @@ class Encoder:
         self.cnn_width = self.conv_layers[-1][0]
         self.layer_norm_first = bool(checkpoint.model_config.get("layer_norm_first", False))
         self.group_norm = checkpoint.model_config.get("extractor_mode", "default") == "default"
+        positional = next(m for m in self.model.encoder.pos_conv.modules() if isinstance(m, torch.nn.Conv1d))
+        self._positional_context = grouped_conv_context(positional, self.device, self.dtype)
 
     @property
     def layer_names(self) -> list:
@@ -227,7 +230,8 @@ class Encoder:
         padding_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= frames[:, None]
         # One utterance alone is zero-padded by the positional conv itself: zeros here too.
         x = x.masked_fill(padding_mask[:, :, None], 0.0)
-        x = x + encoder.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        with self._positional_context():
+            x = x + encoder.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = encoder.layer_norm(x)
         states = {0: x} if 0 in layers else {}
