@@ -163,12 +163,12 @@ def test_lengths_are_planned_by_what_the_bytes_can_back(tmp_path):
 def test_a_decoder_exception_fails_its_file_only(checkpoints, tmp_path, monkeypatch):
     real = decoding.read_audio
 
-    def failing(path, **kwargs):
-        if Path(path).stem == "oom":
+    def failing(source, **kwargs):  # decode() reads its AudioSource
+        if Path(source.path).stem == "oom":
             raise MemoryError("Unable to allocate 9.00 TiB for an array with shape (2473901162496,)")
-        if Path(path).stem == "odd":
+        if Path(source.path).stem == "odd":
             raise ValueError("a surprise\non two lines")
-        return real(path, **kwargs)
+        return real(source, **kwargs)
 
     monkeypatch.setattr(decoding, "read_audio", failing)
     for name in ("oom", "odd", "good"):

@@ -17,7 +17,8 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from ..errors import AudioError, one_line
-from .loading import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, pad_to_one_frame, read_audio
+from .loading import MIN_SAMPLES, NORMALIZE_EPS, SAMPLE_RATE, pad_to_one_frame, read_audio, read_segments
+from .segments import recording_groups
 
 TRUNCATED_FLAG = "truncated"  # ended before its header's length, kept with --keep-truncated
 _RESERVE_MARGIN = 64  # samples beyond the header's length: resampling may round up
@@ -32,11 +33,24 @@ def decode(source, channel: Optional[int] = None, keep_truncated: bool = False):
     one frame and flagged; a truncated one kept (`keep_truncated`) is flagged too. Whatever
     goes wrong while decoding, running out of memory included, fails this file only."""
     try:
-        waveform, truncated = read_audio(source.path, channel=channel, keep_truncated=keep_truncated)
+        return _decoded(read_audio(source, channel=channel, keep_truncated=keep_truncated))
     except AudioError as error:
         return None, error.reason
     except Exception as error:  # noqa: BLE001 - a decoder's surprise is this file's failure, not the run's
         return None, unexpected_failure(error)
+
+
+def decode_segments(sources: list, channel: Optional[int] = None, keep_truncated: bool = False) -> list:
+    """decode() of each of `sources`, segments of one recording, which is opened once."""
+    try:
+        results = read_segments(sources, channel=channel, keep_truncated=keep_truncated)
+    except Exception as error:  # noqa: BLE001 - as in decode(): these segments' failure
+        return [(None, unexpected_failure(error))] * len(sources)
+    return [(None, result.reason) if isinstance(result, AudioError) else _decoded(result) for result in results]
+
+
+def _decoded(read: tuple):
+    waveform, truncated = read
     samples = len(waveform)
     waveform, flags = pad_to_one_frame(waveform)
     return (waveform, joined_flags(flags, TRUNCATED_FLAG if truncated else ""), samples), None
@@ -73,7 +87,7 @@ def recording_statistics(source, channel: Optional[int], normalize: bool, keep_t
     count, total, squares = 0, 0.0, 0.0
     report = audio.DecodeReport()
     try:
-        for block in audio.stream_audio(source.path, channel=channel, keep_truncated=keep_truncated, report=report):
+        for block in audio.stream_audio(source, channel=channel, keep_truncated=keep_truncated, report=report):
             count += len(block)
             if normalize:
                 block = block.astype(np.float64)
@@ -215,20 +229,30 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
     RecordingStatistics (`normalize`: the checkpoint's), the pass over the whole recording
     that must come before its first window; the windows are then read by the caller.
 
+    Segments of one recording (not streamed) are decoded together, in one opening of it
+    (segments.recording_groups: where the first of them comes, at most GROUP_SECONDS each).
+
     A worker that dies (a decoder crash, the OOM killer, kill -9) breaks the pool and every
     file in flight with it: those files are decoded again one at a time in a fresh pool, so
     that the one that kills its worker again is failed alone and the run goes on."""
     def streamed(item) -> bool:
         return item.seconds > streamed_over
 
+    # A streamed item stands alone: its source is not offered for grouping.
+    tasks = recording_groups(list(items), source_of=lambda item: None if streamed(item) else item.source,
+                             seconds_of=lambda item: item.seconds)
     if workers <= 0:
-        for item in items:
+        for task in tasks:
+            if len(task) > 1:
+                yield from zip(task, decode_segments([item.source for item in task], channel, keep_truncated))
+                continue
+            item = task[0]
             yield item, (recording_statistics(item.source, channel, normalize, keep_truncated) if streamed(item)
                          else decode(item.source, channel, keep_truncated))
         return
-    items = list(items)
-    if not items:
+    if not tasks:
         return
+    items = [item for task in tasks for item in task]
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -265,10 +289,12 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
         capacity = ring_capacity((ahead + 1) * largest_room) if with_ring and largest_room else 0
         return pool, (SampleRing(capacity) if capacity >= SAMPLE_RATE else None)
 
-    def submit(item, alone: bool) -> None:
-        start = None
+    def submit(task, alone: bool) -> None:
+        item, start = task[0], None
         try:
-            if streamed(item):
+            if len(task) > 1:  # through the result pipe, not the ring
+                future = pool.submit(decode_segments, [member.source for member in task], channel, keep_truncated)
+            elif streamed(item):
                 future = pool.submit(recording_statistics, item.source, channel, normalize, keep_truncated)
             else:
                 room = _room(item.seconds)
@@ -279,7 +305,7 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
             future = Future()
             future.set_exception(BrokenProcessPool("the pool broke before this file was sent"))
             alone = False  # never sent: it cannot be to blame
-        pending.append((item, future, alone, start))
+        pending.append((task, future, alone, start))
 
     def received(result, start):
         if start is not None:
@@ -291,20 +317,20 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
         return result
 
     pool, ring = start_pool(with_ring=True)
-    iterator = iter(items)
-    pending: deque = deque()  # (item, future, alone, ring start)
-    suspects: deque = deque()  # in flight when a worker died
+    iterator = iter(tasks)
+    pending: deque = deque()  # (task, future, alone, ring start)
+    suspects: deque = deque()  # tasks in flight when a worker died
     try:
         while True:
             if suspects:
                 if not pending:
                     submit(suspects.popleft(), alone=True)
             else:
-                while len(pending) < ahead and (item := next(iterator, None)) is not None:
-                    submit(item, alone=False)
+                while len(pending) < ahead and (task := next(iterator, None)) is not None:
+                    submit(task, alone=False)
             if not pending:
                 return
-            item, future, alone, start = pending.popleft()
+            task, future, alone, start = pending.popleft()
             try:
                 result = future.result()
             except BrokenProcessPool:
@@ -316,17 +342,22 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
                 # when /dev/shm fills up).
                 pool, ring = start_pool(with_ring=False)
                 if alone:
-                    yield item, (None, "the decoding process died while reading it")
+                    for item in task:
+                        yield item, (None, "the decoding process died while reading it")
                 else:
-                    suspects.extendleft(reversed([item] + [entry[0] for entry in pending]))
+                    suspects.extendleft(reversed([task] + [entry[0] for entry in pending]))
                 pending.clear()
                 continue
             except Exception as error:  # noqa: BLE001 - e.g. a result too big to send back: this file's failure
                 if start is not None:
                     ring.release(start)
-                yield item, (None, unexpected_failure(error))
+                for item in task:
+                    yield item, (None, unexpected_failure(error))
                 continue
-            yield item, received(result, start)
+            if len(task) > 1:
+                yield from zip(task, result)
+            else:
+                yield task[0], received(result, start)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if ring is not None:

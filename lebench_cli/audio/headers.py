@@ -8,6 +8,7 @@ apart from a whole one (docs/extract.md, "Damaged and lying files")."""
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from typing import Optional
 
 _CHUNK_WALK_LIMIT = 4096  # chunks before the data chunk: more is not a header, it is damage
@@ -17,15 +18,32 @@ _MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")
 _OGG_TAIL_BYTES = 27 + 255 + 255 * 255  # the largest Ogg page
 
 
+@contextmanager
+def _reading(audio):
+    """A path is opened and closed; an open file object (an origin's bytes: audio/origins.py)
+    is read and left open where it was: libsndfile reads it too, from its own position."""
+    if hasattr(audio, "read"):
+        position = audio.tell()
+        audio.seek(0)
+        try:
+            yield audio
+        finally:
+            audio.seek(position)
+    else:
+        with open(audio, "rb") as file:
+            yield file
+
+
 def declared_data_bytes(path, container: str) -> Optional[int]:
     """The data chunk's length in bytes as the header of an uncompressed `container`
     (libsndfile's major format name) declares it; None when the container is not one of
-    these, or its header says the length is unknown (a stream written without seeking back)."""
+    these, or its header says the length is unknown (a stream written without seeking back).
+    `path` (here and below): a path, or a seekable binary file object."""
     reader = _READERS.get(container)
     if reader is None:
         return None
     try:
-        with open(path, "rb") as file:
+        with _reading(path) as file:
             return reader(file)
     except (OSError, struct.error, ValueError):
         return None
@@ -35,7 +53,7 @@ def mp3_declares_its_length(path) -> bool:
     """Whether the first MPEG frame carries a Xing, Info or VBRI tag: without one, the
     length libsndfile reports is an estimate from the size and the first frame's bitrate."""
     try:
-        with open(path, "rb") as file:
+        with _reading(path) as file:
             head = file.read(10)
             start = 0
             if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first: its size is syncsafe
@@ -51,7 +69,7 @@ def ogg_stream_ends(path) -> bool:
     """Whether an Ogg file's last page is whole and marks the end of its stream: a file
     cut anywhere after its headers fails one or the other."""
     try:
-        with open(path, "rb") as file:
+        with _reading(path) as file:
             size = file.seek(0, 2)
             file.seek(max(0, size - _OGG_TAIL_BYTES))
             tail = file.read()

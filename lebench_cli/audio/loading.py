@@ -1,5 +1,10 @@
 """Decoding and resampling: one audio file -> a float32 16 kHz mono waveform; one shorter than
-the receptive field is padded to one frame by the caller (`pad_to_one_frame`)."""
+the receptive field is padded to one frame by the caller (`pad_to_one_frame`).
+
+Every function here takes a path or an AudioSource: a source's bytes come from its origin
+(audio/origins.py: tar member, table cell, pipe), only its `segment` is decoded (at the
+recording's own rate, then resampled alone, as if it were a file of its own), and its
+`channel`, when it names one, wins over the `channel` argument (--channel)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import errno
 import math
 import os
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,6 +23,8 @@ import soxr
 from ..errors import AudioError, one_line
 from ..frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
+from .origins import byte_size, name_of, open_bytes, origin_of
+from .segments import segment_frames
 
 MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame
 PADDED_FLAG = "padded"
@@ -56,13 +64,23 @@ class AudioInfo:
 
 
 def probe(path) -> AudioInfo:
-    """Read the header of `path` without decoding it. Raises AudioError, whatever goes wrong."""
-    with _open(path) as file:
-        try:
-            frames = min(file.frames, backed_frames(os.path.getsize(path), file.format, file.subtype, file.channels))
-        except Exception as error:  # noqa: BLE001 - a header that surprises us fails its file only
-            raise AudioError(path, f"not a readable audio file ({one_line(error)})") from None
+    """Read the header of `path` (the whole recording of a source) without decoding it.
+    Raises AudioError, whatever goes wrong."""
+    with _open(path) as (file, header):
+        frames = _recording_frames(path, file, header)
         return AudioInfo(file.samplerate, file.channels, frames, frames / file.samplerate)
+
+
+def _recording_frames(path, file, header) -> int:
+    """The header's length, or what the bytes could hold when it claims more."""
+    try:
+        return min(file.frames, backed_frames(_size(header), file.format, file.subtype, file.channels))
+    except Exception as error:  # noqa: BLE001 - a header that surprises us fails its file only
+        raise AudioError(name_of(path), f"not a readable audio file ({one_line(error)})") from None
+
+
+def _size(header) -> int:
+    return byte_size(header) if hasattr(header, "read") else os.path.getsize(header)
 
 
 def backed_frames(size: int, container: str, subtype: str, channels: int) -> int:
@@ -90,15 +108,43 @@ def read_audio(path, channel: int | None = None, keep_truncated: bool = False) -
     Raises AudioError with a one-line reason.
     """
     report = DecodeReport()
-    blocks = list(_decoded_blocks(path, channel, math.inf, keep_truncated, report))
-    rate = report.sample_rate
+    return _finished(path, list(_decoded_blocks(path, channel, math.inf, keep_truncated, report)), report)
+
+
+def read_segments(sources: list, channel: int | None = None, keep_truncated: bool = False) -> list:
+    """read_audio of each source, all segments of one recording (the first source's: same
+    origin), which is opened once: [(waveform, truncated) or an AudioError] in the order of
+    `sources`. Each segment is read alone, by a seek where libsndfile seeks exactly (PCM,
+    FLAC), else by decoding forward from the previous one (sources sorted by start first)."""
+    results: list = [None] * len(sources)
+    order = sorted(range(len(sources)), key=lambda index: _start_of(sources[index]))
+    try:
+        with _open(sources[0]) as opened:
+            for index in order:
+                report = DecodeReport()
+                try:
+                    blocks = list(_span_blocks(opened, sources[index], channel, math.inf, keep_truncated, report))
+                    results[index] = _finished(sources[index], blocks, report)
+                except AudioError as error:
+                    results[index] = error
+    except AudioError as error:  # the recording itself cannot be opened: every segment fails with it
+        return [result if result is not None else error for result in results]
+    return results
+
+
+def _start_of(source) -> float:
+    segment = getattr(source, "segment", None)
+    return segment.start if segment is not None else 0.0
+
+
+def _finished(path, blocks: list, report: "DecodeReport") -> tuple[np.ndarray, bool]:
     waveform = blocks[0] if len(blocks) == 1 else np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     del blocks
-    waveform = resample(waveform, rate)
+    waveform = resample(waveform, report.sample_rate)
     if not len(waveform):
-        raise AudioError(path, "no samples")
+        raise AudioError(name_of(path), "no samples")
     if not np.isfinite(waveform).all():
-        raise AudioError(path, _OVERFLOW)
+        raise AudioError(name_of(path), _OVERFLOW)
     return np.ascontiguousarray(waveform, dtype=np.float32), report.truncated
 
 
@@ -143,12 +189,12 @@ def stream_audio(path, channel: int | None = None, block_seconds: float = 20.0, 
         if resampler is not None:
             waveform = resampler.resample_chunk(waveform, last=last)
         if not np.isfinite(waveform).all():
-            raise AudioError(path, _OVERFLOW)
+            raise AudioError(name_of(path), _OVERFLOW)
         if len(waveform):
             produced += len(waveform)
             yield np.ascontiguousarray(waveform, dtype=np.float32)
     if not produced:
-        raise AudioError(path, "no samples")
+        raise AudioError(name_of(path), "no samples")
 
 
 _OVERFLOW = "samples too large to resample (beyond float32's range)"
@@ -166,48 +212,90 @@ def _last_marked(blocks: Iterator[np.ndarray]) -> Iterator[tuple]:
 
 def _decoded_blocks(path, channel, block_seconds: float, keep_truncated: bool,
                     report: DecodeReport) -> Iterator[np.ndarray]:
-    """The mono float32 waveform of `path` at its own rate, a block of at most
+    """The mono float32 waveform of `path` (its segment) at its own rate, a block of at most
     `block_seconds` at a time, then the truncation check."""
-    with _open(path) as file:
-        _check_channel(path, file.channels, channel)
-        rate, channels = file.samplerate, file.channels
-        report.sample_rate = rate
-        block_frames = max(1, int(min(block_seconds * rate * channels, _BLOCK_VALUES)) // channels)
-        declared = _declared_frames(path, file)
-        cut_ogg = file.format == "OGG" and not ogg_stream_ends(path)
-        decoded = 0
-        while True:
-            try:
-                samples = file.read(block_frames, dtype="float32", always_2d=True)
-            except RuntimeError as error:
-                reason = f"decoding failed ({_libsndfile_message(error)})"
-                if not keep_truncated:
-                    raise AudioError(path, reason) from None
-                salvaged = list(_frames_before_the_error(path, channel, decoded))
-                if not decoded and not sum(map(len, salvaged)):
-                    raise AudioError(path, reason) from None
-                report.truncated = True
-                yield from salvaged
-                return
-            except MemoryError:
-                raise AudioError(path, "decoding failed (out of memory)") from None
-            waveform = _mono(samples) if channel is None else np.ascontiguousarray(samples[:, channel])
-            del samples
-            if not np.isfinite(waveform).all():
-                raise AudioError(path, "contains NaN or infinite samples")
-            decoded += len(waveform)
-            if len(waveform):
-                yield waveform
-            if len(waveform) < block_frames:
-                break
+    with _open(path) as opened:
+        yield from _span_blocks(opened, path, channel, block_seconds, keep_truncated, report)
+
+
+def _span_blocks(opened, source, channel, block_seconds: float, keep_truncated: bool,
+                 report: DecodeReport) -> Iterator[np.ndarray]:
+    """_decoded_blocks of `source` in the recording already open (`opened`, from _open)."""
+    file, header = opened
+    name = name_of(source)
+    channel = _channel_of(source, channel)
+    _check_channel(source, file.channels, channel)
+    rate, channels = file.samplerate, file.channels
+    report.sample_rate = rate
+    block_frames = max(1, int(min(block_seconds * rate * channels, _BLOCK_VALUES)) // channels)
+    declared = _declared_frames(header, file)
+    cut_ogg = file.format == "OGG" and not ogg_stream_ends(header)
+    segment = getattr(source, "segment", None)
+    first, last = 0, math.inf
+    if segment is not None:
+        first, last = segment_frames(name, segment, rate, _recording_frames(source, file, header))
+        _seek(file, first, header)
+    decoded = 0
+    while True:
+        wanted = int(min(block_frames, last - first - decoded))
+        if wanted <= 0:
+            break
+        try:
+            samples = file.read(wanted, dtype="float32", always_2d=True)
+        except RuntimeError as error:
+            reason = f"decoding failed ({_libsndfile_message(error)})"
+            if not keep_truncated:
+                raise AudioError(name, reason) from None
+            salvaged = list(_frames_before_the_error(source, channel, first + decoded, last))
+            if not decoded and not sum(map(len, salvaged)):
+                raise AudioError(name, reason) from None
+            report.truncated = True
+            yield from salvaged
+            return
+        except MemoryError:
+            raise AudioError(name, "decoding failed (out of memory)") from None
+        waveform = _mono(samples) if channel is None else np.ascontiguousarray(samples[:, channel])
+        del samples
+        if not np.isfinite(waveform).all():
+            raise AudioError(name, "contains NaN or infinite samples")
+        decoded += len(waveform)
+        if len(waveform):
+            yield waveform
+        if len(waveform) < wanted:
+            break
     reason = None
-    if declared is not None and decoded < declared:
-        reason = f"truncated: ends at {decoded / rate:.3f} s of the {declared / rate:.3f} s its header declares"
+    end = first + decoded
+    if last != math.inf and end < last:
+        reason = f"truncated: ends at {end / rate:.3f} s, before the segment's end at {last / rate:.3f} s"
+    elif last != math.inf:
+        pass  # the whole segment is there: what lies after it does not matter
+    elif declared is not None and end < declared:
+        reason = f"truncated: ends at {end / rate:.3f} s of the {declared / rate:.3f} s its header declares"
     elif cut_ogg:
-        reason = f"truncated: ends at {decoded / rate:.3f} s, without the last page of its Ogg stream"
+        reason = f"truncated: ends at {end / rate:.3f} s, without the last page of its Ogg stream"
     if reason is not None and not keep_truncated:
-        raise AudioError(path, reason)
+        raise AudioError(name, reason)
     report.truncated = reason is not None
+
+
+def _seek(file: soundfile.SoundFile, frame: int, header) -> None:
+    """Puts the decoder at `frame`: a seek where libsndfile's is exact (uncompressed PCM,
+    FLAC), else decoding forward (from the start when `frame` lies behind), so that a
+    segment's samples are those a decode of the whole recording gives there."""
+    if _uncompressed(file.format, file.subtype) or file.format == "FLAC":
+        file.seek(frame)
+        return
+    if file.tell() > frame:
+        file.seek(0)
+    while file.tell() < frame:
+        skipped = file.read(min(_SALVAGE_FRAMES * 64, frame - file.tell()), dtype="float32", always_2d=True)
+        if not len(skipped):
+            return  # ends before it: the segment then reads as truncated
+
+
+def _channel_of(source, channel):
+    own = getattr(source, "channel", None)
+    return own if own is not None else channel
 
 
 def _declared_frames(path, file) -> int | None:
@@ -227,11 +315,12 @@ def _uncompressed(container: str, subtype: str) -> bool:
     return subtype in _PCM_BYTES and container not in _COMPRESSED_CONTAINERS
 
 
-def _frames_before_the_error(path, channel, skip: int) -> Iterator[np.ndarray]:
-    """What a second pass decodes after frame `skip` and before the decoder error, in small steps."""
+def _frames_before_the_error(path, channel, skip: int, stop: float = math.inf) -> Iterator[np.ndarray]:
+    """What a second pass decodes after frame `skip` (and before `stop`) and before the
+    decoder error, in small steps."""
     position = 0
-    with _open(path) as file:
-        while True:
+    with _open(path) as (file, _):
+        while position < stop:
             try:
                 samples = file.read(_SALVAGE_FRAMES, dtype="float32", always_2d=True)
             except (RuntimeError, MemoryError):
@@ -240,16 +329,33 @@ def _frames_before_the_error(path, channel, skip: int) -> Iterator[np.ndarray]:
             if not np.isfinite(waveform).all():
                 return
             if position + len(waveform) > skip:
-                yield waveform[max(0, skip - position):]
+                yield waveform[max(0, skip - position): max(0, int(min(len(waveform), stop - position)))]
             position += len(waveform)
             if len(waveform) < _SALVAGE_FRAMES:
                 return
 
 
-def _open(path) -> soundfile.SoundFile:
-    _check_file(path)
+@contextmanager
+def _open(audio) -> Iterator[tuple]:
+    """(the SoundFile, what headers.py reads: the path, or the origin's file object)."""
+    if origin_of(audio) is None:
+        path = name_of(audio)
+        with _sound_file(path, os.fsencode(path)) as file:  # as bytes: a name that is not UTF-8 opens too
+            yield file, path
+        return
+    with open_bytes(audio) as raw:
+        if not byte_size(raw):
+            raise AudioError(name_of(audio), "empty file (0 bytes)")
+        with _sound_file(name_of(audio), raw) as file:
+            yield file, raw
+
+
+@contextmanager
+def _sound_file(path, what) -> Iterator[soundfile.SoundFile]:
+    if not hasattr(what, "read"):
+        _check_file(path)
     try:
-        file = soundfile.SoundFile(os.fsencode(path))  # as bytes: a name that is not UTF-8 opens too
+        file = soundfile.SoundFile(what)
     except RuntimeError as error:
         message = _libsndfile_message(error)
         if message.startswith("file does not exist or is not a regular file"):
@@ -266,7 +372,8 @@ def _open(path) -> soundfile.SoundFile:
     if not 1 <= file.channels <= MAX_CHANNELS:
         file.close()
         raise AudioError(path, f"{file.channels} channels: more than {MAX_CHANNELS}")
-    return file
+    with file:
+        yield file
 
 
 _NOT_REGULAR = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -294,10 +401,11 @@ def _open_nonblocking(path, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def _check_channel(path, channels: int, channel: int | None):
+def _check_channel(source, channels: int, channel: int | None):
     if channel is not None and not 0 <= channel < channels:
         plural = "channel" if channels == 1 else "channels"
-        raise AudioError(path, f"has {channels} {plural}, --channel {channel} does not exist")
+        named = "--channel" if getattr(source, "channel", None) is None else "its channel"
+        raise AudioError(name_of(source), f"has {channels} {plural}, {named} {channel} does not exist")
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:

@@ -36,21 +36,30 @@ class Item:
     original_samples: int = 0  # as decoded
     flags: str = ""
     statistics: object = None  # a long recording's RecordingStatistics, measured ahead
-    fingerprint: object = None  # the file's size, mtime and content hash before it was decoded (resume.Fingerprint)
+    fingerprint: object = None  # its recording's size, mtime and content hash before it was decoded (resume.Fingerprint)
     index: int = 0  # its place in the caller's list
 
 
 def probe_item(item: Item) -> Optional[str]:
-    """Fill item.seconds; the failure reason when the file cannot be probed."""
+    """Fill item.seconds; the failure reason when the file cannot be probed. A segment's
+    length comes from its times, without reading its recording (unless it runs to its end)."""
     from ..audio.loading import probe
+    from ..audio.segments import segment_seconds
 
-    if item.source.num_samples is not None:
-        item.seconds = item.source.num_samples / SAMPLE_RATE
+    source = item.source
+    if source.num_samples is not None:
+        item.seconds = source.num_samples / SAMPLE_RATE
+        return None
+    seconds = segment_seconds(source)
+    if seconds is not None:
+        item.seconds = seconds
         return None
     try:
-        item.seconds = probe(item.source.path).duration_seconds
+        item.seconds = probe(source).duration_seconds
     except AudioError as error:
         return error.reason
+    if source.segment is not None:
+        item.seconds = max(0.0, item.seconds - source.segment.start)
     return None
 
 
@@ -195,7 +204,7 @@ class Engine:
         windows = plan_windows(statistics.samples, options.chunk_seconds, options.overlap_seconds)
         self._finish_all()  # the utterances before this one reach the sink first
         self.sink.begin(item, windows)
-        batches = normalised_window_batches(item.source.path, options.channel, windows, options.batch_seconds,
+        batches = normalised_window_batches(item.source, options.channel, windows, options.batch_seconds,
                                             options.chunk_seconds, statistics.mean, statistics.std)
         try:
             for group, waves in batches:

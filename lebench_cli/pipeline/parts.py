@@ -44,17 +44,25 @@ def split_by_duration(seconds: Sequence[float], keys: Sequence[str], parts: int)
 
 
 def samples_16k(source) -> Optional[int]:
-    """The source's length in 16 kHz samples: its manifest's count, else its header's
-    (converted from the file's own rate); None when the header cannot be read."""
+    """The source's length in 16 kHz samples: its manifest's count, a segment's from its
+    times, else its header's (converted from the file's own rate; a segment that runs to the
+    end: from its start); None when the header cannot be read."""
     from ..audio.loading import probe
+    from ..audio.segments import segment_seconds
 
     if source.num_samples is not None:
         return source.num_samples
+    seconds = segment_seconds(source)
+    if seconds is not None:
+        return round(seconds * SAMPLE_RATE)
     try:
-        info = probe(source.path)
+        info = probe(source)
     except AudioError:
         return None
-    return (info.frames * SAMPLE_RATE + info.sample_rate // 2) // info.sample_rate
+    samples = (info.frames * SAMPLE_RATE + info.sample_rate // 2) // info.sample_rate
+    if source.segment is not None:
+        samples = max(0, samples - round(source.segment.start * SAMPLE_RATE))
+    return samples
 
 
 def select_part(sources: list, part: tuple) -> list:

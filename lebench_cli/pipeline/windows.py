@@ -54,20 +54,22 @@ def plan_windows(samples: int, window_seconds: float, overlap_seconds: float, sa
     return windows
 
 
-def normalised_window_batches(path, channel, windows: list, batch_seconds: float, window_seconds: float,
+def normalised_window_batches(source, channel, windows: list, batch_seconds: float, window_seconds: float,
                               mean: float, std: float):
     """(windows, waveforms) for a long recording's `windows`, as many at a time as
     `batch_seconds` holds, each waveform normalised with the whole recording's mean and std.
+    `source`: a path or an AudioSource (its segment, origin and channel: audio/loading.py).
     The file is read a block at a time: memory holds about one batch of windows, not the
     recording. AudioError when it cannot be read, or ends before its last window (it changed
     since it was measured)."""
     import numpy as np
 
     from ..audio.loading import stream_audio
+    from ..audio.origins import name_of
     from ..errors import AudioError
 
     per_batch = max(1, int(batch_seconds // window_seconds))
-    blocks = stream_audio(path, channel=channel, keep_truncated=True)  # the first pass failed it, or kept it
+    blocks = stream_audio(source, channel=channel, keep_truncated=True)  # the first pass failed it, or kept it
     buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
     for first in range(0, len(windows), per_batch):
         group = windows[first: first + per_batch]
@@ -75,7 +77,7 @@ def normalised_window_batches(path, channel, windows: list, batch_seconds: float
             try:
                 buffer = np.concatenate([buffer, next(blocks)])
             except StopIteration:
-                raise AudioError(path, "changed while being read") from None
+                raise AudioError(name_of(source), "changed while being read") from None
         yield group, [(buffer[w.start_sample - buffer_start: w.end_sample - buffer_start] - mean) / std
                       for w in group]
         following = windows[first + per_batch].start_sample if first + per_batch < len(windows) else buffer_start
