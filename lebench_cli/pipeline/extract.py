@@ -46,7 +46,7 @@ def _fingerprint_all(items: list) -> None:
     any is decoded: a change after it shows on the next run."""
     from .resume import fingerprints
 
-    for item, found in zip(items, fingerprints([item.source.path for item in items])):
+    for item, found in zip(items, fingerprints([item.source for item in items])):
         item.fingerprint = found
 
 
@@ -202,12 +202,12 @@ class Extraction(Sink):
         self.summary.recomputed_float32 += 1
 
     def begin(self, item: _Item, windows: list):
-        from .resume import stored_path
+        from .resume import source_key
         from .time_limit import InProgress
 
         source, samples = item.source, item.statistics.samples
         flags = joined_flags(CHUNKED_FLAG if len(windows) > 1 else "", item.flags)
-        self._background.begin_utterance(source.utt_id, stored_path(source.path), samples / SAMPLE_RATE,
+        self._background.begin_utterance(source.utt_id, source_key(source), samples / SAMPLE_RATE,
                                          frame_count(samples), flags=flags, **_fingerprint_fields(item))
         self.streaming = InProgress(source.utt_id, str(source.path), time.monotonic(), len(windows))
 
@@ -269,12 +269,12 @@ class Extraction(Sink):
             })
 
     def _store(self, item: _Item, states: dict, background):
-        from .resume import stored_path
+        from .resume import source_key
         from ..storage import StoredUtterance
 
         frames = len(next(iter(states.values())))
         utterance = StoredUtterance(
-            utt_id=item.source.utt_id, source=stored_path(item.source.path),
+            utt_id=item.source.utt_id, source=source_key(item.source),
             duration=item.original_samples / SAMPLE_RATE, frames=frames, flags=item.flags,
             states={str(layer): value for layer, value in states.items()}, **_fingerprint_fields(item),
         )
@@ -287,8 +287,8 @@ class Extraction(Sink):
 
 
 def _fingerprint_fields(item: _Item) -> dict:
-    """The source file's size, modification time and content hash, for resume to tell files
-    apart and to find them again once copied or moved."""
+    """The source's size, modification time and content hash (its recording's: resume.py),
+    for resume to tell files apart and to find them again once copied or moved."""
     if item.fingerprint is None:
         return {}
     return {"source_size": item.fingerprint.size, "source_mtime_ns": item.fingerprint.mtime_ns,
