@@ -121,7 +121,7 @@ def _window(tar: BinaryIO, member: TarMember, name: str) -> BinaryIO:
 @contextmanager
 def _table_cell(row: TableRow, name: str) -> Iterator[BinaryIO]:
     try:
-        value = _cell(row)
+        value = _cell(row, name)
     except AudioError:
         raise
     except Exception as error:  # noqa: BLE001 - pyarrow's reasons for a damaged table are many
@@ -142,12 +142,12 @@ def _table_cell(row: TableRow, name: str) -> Iterator[BinaryIO]:
     yield io.BytesIO(bytes(value))
 
 
-def _cell(row: TableRow):
+def _cell(row: TableRow, name: str):
     """The Python value of the cell, read from only the batch or row group that holds it."""
     import pyarrow as pa
 
     if row.row < 0:
-        raise AudioError(row.file, f"row {row.row} does not exist")
+        raise AudioError(name, f"{row.file} has no row {row.row}")
     if row.kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -168,8 +168,8 @@ def _cell(row: TableRow):
                     return batch.column(batch.schema.get_field_index(row.column))[row.row - first].as_py()
                 first += batch.num_rows
     else:
-        raise AudioError(row.file, f"unknown table kind {row.kind!r} (expected arrow or parquet)")
-    raise AudioError(row.file, f"has no row {row.row} ({first} rows)")
+        raise AudioError(name, f"{row.file}: unknown table kind {row.kind!r} (expected arrow or parquet)")
+    raise AudioError(name, f"{row.file} has no row {row.row} ({first} rows)")
 
 
 # ---- pipes (Kaldi wav.scp lines ending in '|') ----------------------------------------------
@@ -188,22 +188,23 @@ def pipe_output(pipe: PipeCommand) -> Iterator[BinaryIO]:
     output is an AudioError naming the wav.scp line."""
     output = tempfile.SpooledTemporaryFile(max_size=_PIPE_SPOOL_BYTES)
     errors = tempfile.TemporaryFile()
+    process = None
+    previous = _raise_on_sigterm()  # before the shell starts: a SIGTERM from then on kills it too
     try:
-        process = subprocess.Popen(["bash", "-c", pipe_command(pipe.command)], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
-    except OSError as error:
-        output.close()
-        errors.close()
-        raise AudioError(pipe.where, f"cannot run bash: {(error.strerror or str(error)).lower()}") from None
-    previous = _raise_on_sigterm()
-    try:
+        try:
+            process = subprocess.Popen(["bash", "-c", pipe_command(pipe.command)], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
+        except OSError as error:
+            raise AudioError(pipe.where, f"cannot run bash: {(error.strerror or str(error)).lower()}") from None
         for block in iter(lambda: process.stdout.read(_COPY_BLOCK), b""):
             output.write(block)
         status = process.wait()
     except BaseException as error:
-        _kill_group(process)
+        if process is not None:
+            _kill_group(process)
+            process.stdout.close()
         output.close()
-        process.stdout.close()
+        errors.close()
         _restore_sigterm(previous)
         if isinstance(error, _Terminated):
             os.kill(os.getpid(), signal.SIGTERM)  # now with its default action: the process ends as it would have
