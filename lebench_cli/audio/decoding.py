@@ -358,7 +358,22 @@ def decoded_stream(items: Iterable, workers: int, channel: Optional[int], ahead:
                 yield from zip(task, result)
             else:
                 yield task[0], received(result, start)
+    except BaseException:
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if ring is not None:
             ring.close()
+
+
+def _stop_workers(pool) -> None:
+    """SIGTERM to the workers of a run that stops (Ctrl-C, an error): a worker left running
+    a Kaldi pipe would otherwise wait for its command, and the command outlive the run;
+    SIGTERM makes the worker kill the command's process group first (origins.pipe_output).
+    The executor has no public way to reach its processes before Python 3.14."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
