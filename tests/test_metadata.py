@@ -166,3 +166,18 @@ def test_an_update_rewrite_keeps_the_metadata_of_the_utterances_it_keeps(tmp_pat
     with open_features(tmp_path / "out") as store:
         assert {utt_id: store.info(utt_id)["metadata"] for utt_id in store.ids} == {"a": {"speaker": "A"},
                                                                                     "b": {"speaker": "B2"}}
+
+
+def test_feature_dataset_items_carry_metadata_when_asked_and_collate_keeps_it(tmp_path):
+    from lebench_cli import FeatureDataset
+
+    store_with_metadata(tmp_path, store_mean=True)
+    plain = FeatureDataset(tmp_path, 12)
+    assert len(plain[0]) == 2 and plain.collate([plain[0], plain[1]]).metadata is None
+    dataset = FeatureDataset(tmp_path, 12, metadata=True)
+    utt_id, features, metadata = dataset[2]
+    assert utt_id == "u2" and features.shape[1] == 8 and metadata == METADATA[2]
+    batch = dataset.collate([dataset[0], dataset[1], dataset[2]])
+    assert batch.ids == ["u0", "u1", "u2"] and batch.metadata == METADATA
+    pooled = FeatureDataset(tmp_path, 12, metadata=True, pooled=True)
+    assert pooled.collate([pooled[0]]).metadata == METADATA[:1]
