@@ -181,3 +181,38 @@ def test_dataloader_workers_with_several_layers_the_sampler_and_collate(store):
                               multiprocessing_context="spawn"))
     assert [tuple(batch.features.shape) for batch in batches] == [(10, 3, 8), (10, 3, 8), (4, 3, 8)]
     assert [utt_id for batch in batches for utt_id in batch.ids] == pooled.ids
+
+
+def test_sampler_num_batches_gives_every_epoch_that_many_batches_on_every_rank():
+    lengths = lognormal_frames(300)
+    natural = len(LengthBucketSampler(lengths, max_frames=3000, seed=2))
+    for num_batches in (3, natural + 5):  # fewer than one pass; more: the next pass's reshuffle
+        ranks = [LengthBucketSampler(lengths, max_frames=3000, seed=2, rank=rank, world_size=2,
+                                     num_batches=num_batches) for rank in range(2)]
+        stream = []  # both ranks' batches, epoch after epoch, in stream order
+        for epoch in range(3):
+            per_rank = []
+            for sampler in ranks:
+                sampler.set_epoch(epoch)
+                per_rank.append(list(sampler))
+                assert len(per_rank[-1]) == len(sampler) == num_batches
+            stream += [batch for pair in zip(*per_rank) for batch in pair]
+        assert all(len(batch) * lengths[batch].max() <= 3000 or len(batch) == 1 for batch in stream)
+        # The stream is pass after pass, each pass every item once, in that pass's own order.
+        passes = [LengthBucketSampler(lengths, max_frames=3000, seed=2) for _ in range(8)]
+        expected = []
+        for number, sampler in enumerate(passes):
+            sampler.set_epoch(number)
+            expected += list(sampler)
+        assert len(expected) >= len(stream) and stream == expected[:len(stream)]
+    fresh = LengthBucketSampler(lengths, max_frames=3000, seed=2, num_batches=3)
+    fresh.set_epoch(2)  # the same epoch, whatever came before
+    again = LengthBucketSampler(lengths, max_frames=3000, seed=2, num_batches=3)
+    for epoch in range(3):
+        again.set_epoch(epoch)
+        last = list(again)
+    assert list(fresh) == last
+    with pytest.raises(ValueError, match="num_batches=0: give a whole number of batches >= 1, or None"):
+        LengthBucketSampler(lengths, max_frames=3000, num_batches=0)
+    with pytest.raises(ValueError, match="there are no items"):
+        LengthBucketSampler([], max_frames=3000, num_batches=2)

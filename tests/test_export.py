@@ -98,7 +98,7 @@ def test_kaldi_ark_and_scp_read_back_with_kaldiio(store, tmp_path):
     with open_features(store) as features:
         for layer in (0, 12, "cnn"):
             folder = tmp_path / "kaldi" / f"layer_{layer}"
-            assert sorted(path.name for path in folder.iterdir()) == ["feats.ark", "feats.scp"]
+            assert sorted(path.name for path in folder.iterdir()) == ["feats.ark", "feats.scp", "spk2utt", "utt2spk"]
             scp = kaldiio.load_scp(str(folder / "feats.scp"))
             assert list(scp) == IDS
             from_ark = dict(kaldiio.load_ark(str(folder / "feats.ark")))
@@ -213,7 +213,8 @@ def test_layers_and_ids_that_cannot_be_exported(store, tmp_path):
 
 @pytest.mark.parametrize("utt_id, export_format, message", [
     ("../up", "npy", "utterance id '../up' cannot name a file under {folder}: export to kaldi or lhotse instead"),
-    ("a b", "kaldi", "utterance id 'a b' holds whitespace, which Kaldi tables cannot: export to npy or lhotse instead"),
+    ("a b", "kaldi", "utterance id 'a b' holds whitespace or an unprintable character, which Kaldi tables cannot: "
+                     "export with --kaldi-ids sanitize (ids mapped, see DEST/layer_L/id_map), or to npy or lhotse"),
 ])
 def test_ids_a_format_cannot_hold_are_refused_by_name(tmp_path, utt_id, export_format, message):
     out = tmp_path / "store"

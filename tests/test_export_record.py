@@ -163,8 +163,8 @@ def test_a_kaldi_id_with_whitespace_is_refused_before_anything_is_written(tmp_pa
     write_store(store, ["z y"], seed=3)  # stored last: a check on the way would leave .tmp files
     result = export(store, "--format", "kaldi", "-o", destination)
     assert (result.exit_code, result.output) == (
-        1, "Error: utterance id 'z y' holds whitespace, which Kaldi tables cannot: export to npy or lhotse "
-           "instead\n")
+        1, "Error: utterance id 'z y' holds whitespace or an unprintable character, which Kaldi tables cannot: "
+           "export with --kaldi-ids sanitize (ids mapped, see DEST/layer_L/id_map), or to npy or lhotse\n")
     assert digests(destination) == before
     result = export(store, "--format", "kaldi", "-o", tmp_path / "new")
     assert result.exit_code == 1 and not (tmp_path / "new").exists()

@@ -54,10 +54,10 @@ def test_info_utterances_and_clear_key_errors(tmp_path):
         assert len(features) == 3 and "u2" in features and "u9" not in features
         assert features.info("u2") == {
             "frames": utts[2].frames, "duration": utts[2].duration, "source": "/audio/u2.wav",
-            "flags": "", "shard": "shards/part-1of1-00002.h5", "position": 0}
+            "flags": "", "shard": "shards/part-1of1-00002.h5", "position": 0, "metadata": {}}
         assert list(features.utterances())[0] == {
             "id": "u0", "frames": utts[0].frames, "duration": utts[0].duration,
-            "source": "/audio/u0.wav", "flags": ""}
+            "source": "/audio/u0.wav", "flags": "", "metadata": {}}
         with pytest.raises(KeyError, match=re.escape(f"utterance 'u9' is not in {tmp_path}")):
             features.read("u9", 12)
         with pytest.raises(KeyError, match="layer 6 is not stored in .* .stored: cnn, 0, 12."):
@@ -108,10 +108,11 @@ def test_a_shard_of_20k_utterances_opens_and_reads(tmp_path):
 def test_the_docs_examples_run(tmp_path, monkeypatch):
     utts = random_utterances(6)
     utts[3].utt_id = "spk1/utt001"
+    utts[3].metadata = {"speaker": "spk1", "text": "bonjour", "start": 0.5}
     write(tmp_path / "features", utts, shard_size_bytes=2000)
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text(), re.DOTALL)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     namespaces = []
     for block in blocks:
         namespaces.append({})
@@ -120,9 +121,10 @@ def test_the_docs_examples_run(tmp_path, monkeypatch):
     expected = utts[3].states["12"].astype(np.float16)
     np.testing.assert_array_equal(namespaces[0]["features"], expected)
     assert sorted(namespaces[1]["utterance_means"]) == sorted(utt.utt_id for utt in utts)
-    np.testing.assert_array_equal(namespaces[2]["x"], expected)
+    assert namespaces[2]["metadata"] == {utt.utt_id: utt.metadata for utt in utts}
+    np.testing.assert_array_equal(namespaces[3]["x"], expected)
     stacked = np.stack([utts[3].states[name] for name in ("0", "12")])[:, 25:75]
-    np.testing.assert_array_equal(namespaces[2]["xs"], stacked.astype(np.float16))
+    np.testing.assert_array_equal(namespaces[3]["xs"], stacked.astype(np.float16))
 
 
 def test_a_feature_set_pickles_without_its_handles(tmp_path):

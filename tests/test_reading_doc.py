@@ -47,7 +47,7 @@ def test_the_reading_docs_examples_run_and_train(features, monkeypatch):
     assert reads["last"].shape == (frames, 32) and reads["last"].dtype == np.float16
     assert reads["every"].shape == (4, frames, 32) and reads["some"].shape == (2, frames, 32)
     np.testing.assert_array_equal(reads["every"][3], reads["last"])
-    assert reads["cnn"].shape == (frames, 16)
+    assert reads["cnn"].shape == (frames, 16) and reads["labels"] == {}
     np.testing.assert_array_equal(reads["segment"], reads["every"][:, 25:50])
 
     losses = training["losses"]

@@ -65,7 +65,7 @@ def test_shard_holds_the_documented_datasets(tmp_path):
         assert json.loads(attrs.pop("identity")) == {**IDENTITY, "layers": ["cnn", "12"]}
         assert attrs.pop("tables_xxh3").dtype == np.uint64
         assert attrs.pop("tables_xxh3_covers").split(",") == sorted([
-            "durations", "flags", "frames", "ids", "offsets", "source_mtimes_ns", "source_sizes", "source_xxh3", "sources",
+            "durations", "flags", "frames", "ids", "metadata", "offsets", "source_mtimes_ns", "source_sizes", "source_xxh3", "sources",
             *(f"layers/{name}/{kind}_xxh3" for name in ("12", "cnn") for kind in ("frames", "mean"))])
         assert attrs == {"format": "lebench-shard", "format_version": 2, "part": 1, "num_parts": 1, "sequence": 0}
         assert shard["layers/12/frames_xxh3"].dtype == np.uint64 and shard["layers/12/mean_xxh3"].shape == (2,)

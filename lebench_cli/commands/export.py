@@ -19,17 +19,22 @@ from .common import reports_errors
 @click.option("--stack", is_flag=True, help="npy: one [layers, frames, width] array per utterance.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="Convert to this dtype (default: as stored; kaldi: always float32).")
+@click.option("--kaldi-ids", type=click.Choice(["keep", "sanitize"]), default="keep",
+              help="kaldi: keep ids as they are (refusing those with whitespace), or sanitize them "
+                   "(whitespace -> _, the map in id_map beside feats.scp).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @reports_errors
-def export(store, export_format, output, layers, stack, dtype, quiet):
+def export(store, export_format, output, layers, stack, dtype, kaldi_ids, quiet):
     """Export the features of STORE (an output folder of `lebench extract`) for other tools."""
     from ..errors import InputError
     from ..export import ExportOptions, export_features
 
     if stack and export_format != "npy":
         raise InputError("--stack applies to --format npy only")
+    if kaldi_ids != "keep" and export_format != "kaldi":
+        raise InputError("--kaldi-ids applies to --format kaldi only")
     options = ExportOptions(store=store, format=export_format, destination=output, layers=layers, stack=stack,
-                            dtype=dtype)
+                            dtype=dtype, kaldi_ids=kaldi_ids)
     try:
         summary = export_features(options, progress=not quiet and sys.stderr.isatty())
     except BrokenPipeError:  # the reading end of `-o - | ...` stopped early: its choice

@@ -34,6 +34,7 @@ class ExportOptions:
     layers: Optional[str] = None  # None: every stored layer, cnn included
     stack: bool = False  # npy: one [layers, frames, width] array per utterance
     dtype: Optional[str] = None  # None: the stored dtype (kaldi: always float32)
+    kaldi_ids: str = "keep"  # kaldi: "keep" refuses ids Kaldi cannot hold, "sanitize" maps them (id_map)
 
 
 @dataclass

@@ -1,15 +1,20 @@
 """Kaldi ark/scp through kaldiio: DEST/layer_L/feats.ark and feats.scp, one float32 matrix
-('BFM') per utterance; or, with DEST "-" and one layer, a binary ark on standard output for
-pipes (`lebench export ... -o - | copy-feats ark:- ark,scp:...`).
+('BFM') per utterance, and beside them the data-directory files (utt2spk, spk2utt, text,
+segments, id_map: kaldi_data.py), so that each layer folder is a Kaldi data directory; or,
+with DEST "-" and one layer, a binary ark on standard output for pipes (`lebench export ...
+-o - | copy-feats ark:- ark,scp:...`).
 
-Kaldi has no float16 matrix type, so float16 features are written as float32 (exact). Atomic
-per layer: feats.ark.tmp and feats.scp.tmp are renamed at the end, the old feats.scp removed
-first (no scp ever indexes an ark it was not written with); the scp names the final ark by its
-absolute path. A rerun leaves a layer whose feats.scp exists and whose record matches the
-store as it is, and writes the others again whole."""
+Kaldi has no float16 matrix type, so float16 features are written as float32 (exact). The ark
+holds the utterances in storage order (one pass over the shards); feats.scp and the other
+files are sorted in C-locale byte order, as Kaldi's tools want. Atomic per layer: every file
+is written under NAME.tmp and renamed at the end, the old utt2spk removed first and the new
+one renamed last (no scp ever indexes an ark it was not written with); the scp names the final
+ark by its absolute path. A rerun leaves a layer whose utt2spk exists and whose record matches
+the store as it is, and writes the others again whole."""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -18,6 +23,9 @@ import numpy as np
 
 from ..errors import InputError
 from . import EntryFileMissing, ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require
+from .kaldi_data import ID_MAP, KEEP, DataFiles, c_sorted, check_names, read_id_map
+
+_MARKER = "utt2spk"  # renamed last: a layer folder that has it is whole
 
 
 def check_dependencies() -> None:
@@ -41,8 +49,10 @@ class _NamedAs:
 
 
 def check_ids(store, options, layers: list) -> None:
-    for utt_id in store.ids:
-        _check_key(utt_id)
+    kaldi_ids = getattr(options, "kaldi_ids", KEEP)
+    if kaldi_ids != KEEP and options.destination == "-":
+        raise InputError(f"--kaldi-ids {kaldi_ids} writes id_map beside feats.scp: export to a folder, not -")
+    check_names(store, kaldi_ids)
 
 
 def export(store, layers: list, options, bar, record) -> ExportSummary:
@@ -50,43 +60,64 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
         raise InputError("kaldi matrices are float32 or float64: drop --dtype float16")
     if options.destination == "-":
         return _to_stdout(store, layers[0], bar)
-    return export_per_layer(store, layers, record, "feats.scp", "float32", _write_layers, bar)
+    kaldi_ids = getattr(options, "kaldi_ids", KEEP)
+
+    def write(store, todo: list, destination: Path, bar) -> None:
+        _write_layers(store, todo, destination, bar, kaldi_ids)
+    return export_per_layer(store, layers, record, _MARKER, f"float32;ids={kaldi_ids}", write, bar)
 
 
-def _write_layers(store, layers: list, destination: Path, bar) -> None:
+def _write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str) -> None:
     import kaldiio
 
+    data = DataFiles(list(store.utterances()), kaldi_ids)
+    extra = data.files()
+    names = ["feats.ark", "feats.scp", *extra]
     files, done = {}, False
     try:
         for layer in layers:
             folder = destination / layer_folder(layer)
             folder.mkdir(parents=True, exist_ok=True)
             ark = open(folder / "feats.ark.tmp", "wb")
-            scp = open(folder / "feats.scp.tmp", "w", encoding="utf-8")
-            files[layer] = (_NamedAs(ark, str(folder / "feats.ark")), ark, scp)
+            files[layer] = (_NamedAs(ark, str(folder / "feats.ark")), ark, io.StringIO())
         with bar:
             for utt_id in store.ids:
                 for layer, (named, _, scp) in files.items():
-                    kaldiio.save_ark(named, {utt_id: exported_array(store, utt_id, layer, layers, None)}, scp=scp)
+                    array = exported_array(store, utt_id, layer, layers, None)
+                    kaldiio.save_ark(named, {data.ids[utt_id]: array}, scp=scp)
                 bar.update()
         for layer, (_, ark, scp) in files.items():
-            for file in (ark, scp):
-                file.flush()
-                os.fsync(file.fileno())
-                file.close()
+            ark.flush()
+            os.fsync(ark.fileno())
+            ark.close()
+            folder = destination / layer_folder(layer)
+            lines = scp.getvalue().splitlines(keepends=True)
+            texts = {"feats.scp": "".join(c_sorted(lines)), **extra}
+            for name, text in texts.items():
+                _write_synced(folder / f"{name}.tmp", text)
         for layer in files:
             folder = destination / layer_folder(layer)
-            (folder / "feats.scp").unlink(missing_ok=True)  # first: the layer is not done
-            os.replace(folder / "feats.ark.tmp", folder / "feats.ark")
-            os.replace(folder / "feats.scp.tmp", folder / "feats.scp")  # last: the layer is done
+            (folder / _MARKER).unlink(missing_ok=True)  # first: the layer is not done
+            for stale in ("text", "segments", ID_MAP):
+                if stale not in extra:
+                    (folder / stale).unlink(missing_ok=True)
+            for name in names:
+                if name != _MARKER:
+                    os.replace(folder / f"{name}.tmp", folder / name)
+            os.replace(folder / f"{_MARKER}.tmp", folder / _MARKER)  # last: the layer is done
         done = True
     finally:
-        for _, ark, scp in files.values():
+        for _, ark, _ in files.values():
             ark.close()
-            scp.close()
         if not done:
-            remove_partial(destination / layer_folder(layer) / name for layer in files
-                           for name in ("feats.ark.tmp", "feats.scp.tmp"))
+            remove_partial(destination / layer_folder(layer) / f"{name}.tmp" for layer in files for name in names)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def exported_array(store, utt_id: str, layer, layers: list, dtype) -> np.ndarray:
@@ -103,13 +134,16 @@ def stored_arrays(destination: Path, key: str, other_keys):
         file = open(scp, encoding="utf-8")
     except FileNotFoundError:
         raise EntryFileMissing(f"{key}/feats.scp is missing") from None
+    id_map = destination / key / ID_MAP
+    original = read_id_map(id_map) if id_map.is_file() else {}
     with file:
         for number, line in enumerate(file, 1):
             fields = line.rstrip("\n").split(None, 1)
+            utt_id = original.get(fields[0], fields[0]) if fields else None
             if len(fields) == 2:
-                yield fields[0], lambda where=fields[1]: np.asarray(kaldiio.load_mat(where))
+                yield utt_id, lambda where=fields[1]: np.asarray(kaldiio.load_mat(where))
             elif fields:
-                yield fields[0], lambda number=number: _no_location(scp, number)
+                yield utt_id, lambda number=number: _no_location(scp, number)
 
 
 def _no_location(scp: Path, number: int):
@@ -132,10 +166,3 @@ def _to_stdout(store, layer, bar) -> ExportSummary:
 
 def _matrix(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _check_key(utt_id: str) -> None:
-    # Kaldi tables split a line at the first whitespace: such an id would be read back cut.
-    if not utt_id or any(character.isspace() for character in utt_id):
-        raise InputError(f"utterance id {utt_id!r} holds whitespace, which Kaldi tables cannot: "
-                         "export to npy or lhotse instead")

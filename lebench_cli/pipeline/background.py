@@ -28,9 +28,10 @@ class BackgroundWriter:
         self._put(functools.partial(self.writer.add, utt))
 
     def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "",
-                        source_size: int = -1, source_mtime_ns: int = -1, source_xxh3: str = "") -> None:
+                        source_size: int = -1, source_mtime_ns: int = -1, source_xxh3: str = "",
+                        metadata: Optional[dict] = None) -> None:
         self._put(functools.partial(self.writer.begin_utterance, utt_id, source, duration, frames, flags,
-                                    source_size, source_mtime_ns, source_xxh3))
+                                    source_size, source_mtime_ns, source_xxh3, metadata))
 
     def append_frames(self, states: dict) -> None:
         self._put(functools.partial(self.writer.append_frames, states))

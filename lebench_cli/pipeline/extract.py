@@ -208,7 +208,8 @@ class Extraction(Sink):
         source, samples = item.source, item.statistics.samples
         flags = joined_flags(CHUNKED_FLAG if len(windows) > 1 else "", item.flags)
         self._background.begin_utterance(source.utt_id, source_key(source), samples / SAMPLE_RATE,
-                                         frame_count(samples), flags=flags, **_fingerprint_fields(item))
+                                         frame_count(samples), flags=flags, **_fingerprint_fields(item),
+                                         metadata=utterance_metadata(source, samples / SAMPLE_RATE))
         self.streaming = InProgress(source.utt_id, str(source.path), time.monotonic(), len(windows))
 
     def append(self, item: _Item, windows: list, states: dict, non_finite: dict):
@@ -273,10 +274,12 @@ class Extraction(Sink):
         from ..storage import StoredUtterance
 
         frames = len(next(iter(states.values())))
+        duration = item.original_samples / SAMPLE_RATE
         utterance = StoredUtterance(
             utt_id=item.source.utt_id, source=source_key(item.source),
-            duration=item.original_samples / SAMPLE_RATE, frames=frames, flags=item.flags,
+            duration=duration, frames=frames, flags=item.flags,
             states={str(layer): value for layer, value in states.items()}, **_fingerprint_fields(item),
+            metadata=utterance_metadata(item.source, duration),
         )
         flags = item.flags.split(",")
         self.summary.padded += int(PADDED_FLAG in flags)
@@ -284,6 +287,28 @@ class Extraction(Sink):
         background.add(utterance)
         self.summary.extracted += 1
         self.summary.audio_seconds += utterance.duration
+
+
+def utterance_metadata(source, duration: float) -> dict:
+    """What the store keeps of the source's metadata pairs: those, and for a segment of a
+    recording its "start" and "end" in the recording (seconds; an open end is the start plus
+    the stored duration) and the "recording" (the source's path as stored when it names none)."""
+    from .resume import stored_path
+
+    metadata = {}
+    for name, value in source.metadata:
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (str, int, float)) \
+                or (isinstance(value, float) and not np.isfinite(value)):
+            raise InputError(f"{source.path}: metadata {name!r}={value!r} of {source.utt_id}: "
+                             "names are strings, values strings or finite numbers")
+        metadata[name] = value
+    segment = source.segment
+    if segment is not None:
+        start = float(segment.start)
+        metadata["start"] = start
+        metadata["end"] = float(segment.end) if segment.end is not None else start + duration
+        metadata.setdefault("recording", stored_path(source.path))
+    return metadata
 
 
 def _fingerprint_fields(item: _Item) -> dict:

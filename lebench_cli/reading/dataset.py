@@ -18,13 +18,15 @@ from .store import FeatureSet, open_features
 class _FeatureDatasetMethods:
     """(utterance id, tensor) per utterance, in storage order (or the order of `ids`):
     the frames of one layer [frames, width], of a list of layers or "all" [layers, frames, width];
-    with pooled=True the stored utterance means, [width] or [layers, width].
+    with pooled=True the stored utterance means, [width] or [layers, width]. With metadata=True
+    each item is (id, tensor, metadata dict): the utterance's speaker, text... (store.info).
 
     `collate_fn=dataset.collate` pads items into a FeatureBatch; `LengthBucketSampler(dataset,
     max_frames=...)` groups items of similar length."""
 
     def __init__(self, store, layers: Optional[Layers] = None, pooled: bool = False, dtype: str = "float32",
-                 ids: Optional[Sequence[str]] = None, *, layer: Optional[Layers] = None):
+                 ids: Optional[Sequence[str]] = None, *, layer: Optional[Layers] = None,
+                 metadata: bool = False):
         """store: an output folder or an open FeatureSet. layers: as FeatureSet.read takes them
         (`layer=` is the same, by its earlier name). dtype: what items hold, whatever the stored
         dtype (float16 storage saves disk, not precision in training). ids: the utterances to
@@ -35,6 +37,7 @@ class _FeatureDatasetMethods:
         self.features = store if isinstance(store, FeatureSet) else open_features(store)
         self.layers = layers
         self.pooled = pooled
+        self.metadata = bool(metadata)
         self.dtype = np.dtype(dtype)
         if ids is None:
             self.ids, self.lengths = list(self.features.ids), self.features.frame_counts()
@@ -52,6 +55,8 @@ class _FeatureDatasetMethods:
         import torch
 
         utt_id = self.ids[index]
+        if self.metadata:
+            return utt_id, torch.from_numpy(self._read(utt_id)), self.features.metadata_of(utt_id)
         return utt_id, torch.from_numpy(self._read(utt_id))
 
     def collate(self, items: list) -> FeatureBatch:

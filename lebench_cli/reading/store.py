@@ -20,7 +20,7 @@ from ..frames import FRAME_SECONDS
 from ..layers import canonical_layers
 from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
 from ..storage.checksums import RowsHasher
-from ..storage.layout import superseded_ids
+from ..storage.layout import parse_metadata, superseded_ids
 from ..storage.placement import CHUNK_OFFSETS
 from .integrity import check_indexed_shards, checked_block, compute_settings, reading_errors, verify_default
 from .rows import LayerRows, read_runs
@@ -70,6 +70,7 @@ class FeatureSet:
         self._durations = _joined([table.durations for table in tables], np.float64)
         self._sources = [source for table in tables for source in table.sources]
         self._flags = [flags for table in tables for flags in table.flags]
+        self._metadata = [text for table in tables for text in table.metadata]  # JSON texts, parsed when asked
         self._shard_layers = [table.layers for table in tables]
         self._shard_offsets = [np.asarray(table.offsets, dtype=np.int64) for table in tables]
         self._layer_names = {name for table in tables for name in table.layers}
@@ -85,6 +86,7 @@ class FeatureSet:
         self.ids = [utt_id for utt_id, kept in zip(self.ids, keep) if kept]
         self._sources = [source for source, kept in zip(self._sources, keep) if kept]
         self._flags = [flags for flags, kept in zip(self._flags, keep) if kept]
+        self._metadata = [text for text, kept in zip(self._metadata, keep) if kept]
         self._shard_of, self._row_of = self._shard_of[keep], self._row_of[keep]
         self._frames, self._durations = self._frames[keep], self._durations[keep]
 
@@ -160,6 +162,8 @@ class FeatureSet:
         return self._frame_range(self._position(utt_id), start, end)
 
     def info(self, utt_id: str) -> dict:
+        """{"frames", "duration", "source", "flags", "shard", "position", "metadata"}: metadata
+        is what the corpus gave with the utterance (speaker, text, start, end...), {} if none."""
         index = self._position(utt_id)
         return {
             "frames": int(self._frames[index]),
@@ -168,14 +172,19 @@ class FeatureSet:
             "flags": self._flags[index],
             "shard": self._shard_name(index),
             "position": int(self._row_of[index]),
+            "metadata": self.metadata_of(utt_id),
         }
 
+    def metadata_of(self, utt_id: str) -> dict:
+        """The utterance's metadata (a new dict each call): {} when it has none."""
+        return parse_metadata(self._metadata[self._position(utt_id)])
+
     def utterances(self) -> Iterator[dict]:
-        """One {"id", "frames", "duration" (seconds), "source", "flags"} per utterance."""
+        """One {"id", "frames", "duration" (seconds), "source", "flags", "metadata"} per utterance."""
         for index, utt_id in enumerate(self.ids):
             yield {"id": utt_id, "frames": int(self._frames[index]),
                    "duration": float(self._durations[index]), "source": self._sources[index],
-                   "flags": self._flags[index]}
+                   "flags": self._flags[index], "metadata": parse_metadata(self._metadata[index])}
 
     def frame_counts(self) -> np.ndarray:
         """int64 [utterances]: the frames of each utterance, in the order of `ids`."""

@@ -24,6 +24,7 @@ class ShardRow:
     source_mtime_ns: int = -1
     source_xxh3: str = ""
     checksums: dict = field(default_factory=dict)  # dataset path -> xxh3-64 of its rows, as stored
+    metadata: dict = field(default_factory=dict)  # StoredUtterance.metadata
 
 
 @dataclass

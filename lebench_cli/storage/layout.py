@@ -70,6 +70,7 @@ class ShardTable:
     compute: Optional[dict] = None  # {"dtype", "device"} the states were computed with, if recorded
     checksums: dict = field(default_factory=dict)  # layer name -> {"frames"/"mean": uint64 [utterances]}
     supersedes: tuple = ()  # file names of the part's shards whose copies of its ids it replaces (--update)
+    metadata: list = field(default_factory=list)  # a JSON object text per utterance ("{}": none)
 
 
 def part_tag(part: int, num_parts: int) -> str:
@@ -133,6 +134,7 @@ def _read_table(shard: h5py.File, path: Path) -> ShardTable:
         identity=parse_identity(shard.attrs.get(IDENTITY_ATTR)),
         compute=parse_identity(shard.attrs.get(COMPUTE_ATTR)),
         supersedes=_parse_supersedes(shard.attrs.get(SUPERSEDES_ATTR)),
+        metadata=list(shard["metadata"].asstr()[:]) if "metadata" in shard else ["{}"] * count,
     )
     for name, kinds in layers.items():
         for kind in kinds:
@@ -141,6 +143,12 @@ def _read_table(shard: h5py.File, path: Path) -> ShardTable:
                 table.checksums.setdefault(name, {})[kind] = shard[key][:]
     _check_tables(shard, path, table)
     return table
+
+
+def parse_metadata(text: str) -> dict:
+    """An utterance's `metadata` table entry as a dict ({} for an entry that is not an object)."""
+    loaded = json.loads(text) if text else {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _parse_supersedes(text) -> tuple:
@@ -165,7 +173,8 @@ def _check_tables(shard: h5py.File, path: Path, table: ShardTable) -> None:
             raise StoreIntegrityError(f"{path}: its tables (ids, offsets, frame counts...) do not match their "
                                       "checksum: the shard is damaged (lebench verify --repair moves it aside)")
     count = len(table.ids)
-    lengths = {len(table.offsets), len(table.frames), len(table.durations), len(table.sources), len(table.flags)}
+    lengths = {len(table.offsets), len(table.frames), len(table.durations), len(table.sources), len(table.flags),
+               len(table.metadata)}
     ends = table.offsets + table.frames
     for name, kinds in table.layers.items():
         for kind in kinds:
@@ -317,9 +326,10 @@ def index_line(utt_id, shard, position, frames, duration, flags, source) -> str:
     """One line of index-KofN.tsv, its fields in INDEX_HEADER's order, tabs and newlines escaped."""
     fields = (utt_id, shard.as_posix(), position, int(frames), repr(float(duration)), flags,
               source)
-    return "\t".join(_tsv_field(value) for value in fields) + "\n"
+    return "\t".join(tsv_field(value) for value in fields) + "\n"
 
 
-def _tsv_field(value) -> str:
+def tsv_field(value) -> str:
+    """VALUE as one TSV field: backslash, tab and line breaks escaped (\\, \t, \n, \r)."""
     text = str(value).replace("\\", "\\\\")
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

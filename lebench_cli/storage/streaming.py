@@ -4,6 +4,7 @@ append_frames and end_utterance, so that memory holds one piece, not the recordi
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -19,7 +20,8 @@ class StreamedUtterances:
     the attributes they share)."""
 
     def begin_utterance(self, utt_id: str, source: str, duration: float, frames: int, flags: str = "",
-                        source_size: int = -1, source_mtime_ns: int = -1, source_xxh3: str = "") -> None:
+                        source_size: int = -1, source_mtime_ns: int = -1, source_xxh3: str = "",
+                        metadata: Optional[dict] = None) -> None:
         """Start an utterance whose frames arrive in pieces, so that memory holds one piece,
         not the recording: append_frames() each piece in order, then end_utterance()."""
         if utt_id in self._known:
@@ -34,7 +36,7 @@ class StreamedUtterances:
             self._open_shard()
         offset = self._next_offset()
         row = ShardRow(utt_id, str(source), float(duration), int(frames), flags, offset, source_size,
-                       source_mtime_ns, source_xxh3)
+                       source_mtime_ns, source_xxh3, metadata=dict(metadata or {}))
         self._stream = UtteranceStream(row, size)
 
     def append_frames(self, states: dict) -> None:

@@ -29,6 +29,7 @@ def write_tables(file: h5py.File, rows: list, layers: list, options, identity: d
         "source_mtimes_ns": np.array([row.source_mtime_ns for row in rows], dtype=np.int64),
         "source_xxh3": [row.source_xxh3 for row in rows],
         "flags": [row.flags for row in rows],
+        "metadata": [metadata_text(row.utt_id, row.metadata) for row in rows],
     }
     for name in layers:
         for kind, stored in (("frames", options.store_frames), ("mean", options.store_mean)):
@@ -39,6 +40,17 @@ def write_tables(file: h5py.File, rows: list, layers: list, options, identity: d
         file[key] = values if isinstance(values, np.ndarray) else np.array(values, dtype=strings)
     file.attrs[COVERS_ATTR] = ",".join(sorted(tables))
     file.attrs[TABLES_ATTR] = np.uint64(tables_digest(tables, identity_text(identity)))
+
+
+def metadata_text(utt_id: str, metadata: dict) -> str:
+    """An utterance's metadata as its `metadata` table holds it: a JSON object, keys sorted."""
+    for name, value in metadata.items():
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"{utt_id}: metadata {name!r}={value!r}: names are strings, values str, int or float")
+    try:
+        return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{utt_id}: metadata values must be finite numbers or strings") from None
 
 
 def run_identity(out: Path) -> dict:

@@ -22,7 +22,7 @@ from typing import Optional
 from ..errors import OutputError, StoreReadError
 from .checksums import digest, mismatch_error
 from .files import fsync_path, one_line, os_reason, write_atomic
-from .layout import (INDEX_HEADER, committed_shards, index_lines, open_h5, part_tag,
+from .layout import (INDEX_HEADER, committed_shards, index_lines, open_h5, parse_metadata, part_tag,
                      read_shard_table, superseded_ids)
 from .locks import holds_part_lock
 from .utterance import StoredUtterance, WriterOptions
@@ -120,6 +120,7 @@ def _utterance_at(shard, path: Path, table, position: int, layers: list, options
         frames=frames, states=states, means=None if means is None else {name: mean[0] for name, mean in means.items()},
         flags=table.flags[position], source_size=int(table.source_sizes[position]),
         source_mtime_ns=int(table.source_mtimes_ns[position]), source_xxh3=table.source_xxh3[position],
+        metadata=parse_metadata(table.metadata[position]),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -30,6 +30,9 @@ class StoredUtterance:
     source_size: int = -1  # bytes
     source_mtime_ns: int = -1
     source_xxh3: str = ""  # the xxh3-64 hash of its bytes, 16 hex digits ("": unknown)
+    # What the corpus says of it (speaker, text, language, recording, start, end...): names
+    # -> str, int or float, stored as the shard's `metadata` table (docs/format.md).
+    metadata: dict = field(default_factory=dict)
 
 
 @dataclass

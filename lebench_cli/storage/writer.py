@@ -249,7 +249,7 @@ class ShardWriter(StreamedUtterances):
         offset = self._next_offset()
         row = ShardRow(utt.utt_id, str(utt.source), float(utt.duration), int(utt.frames), utt.flags, offset,
                        int(utt.source_size), int(utt.source_mtime_ns), utt.source_xxh3,
-                       checksums=self._direct_checksums)
+                       checksums=self._direct_checksums, metadata=utt.metadata)
         self._direct_checksums = {}  # buffered rows get theirs when flushed
         self._rows.append(row)
         self._known.add(utt.utt_id)

@@ -1,0 +1,119 @@
+"""Metadata through every export, read back with the other tools' own libraries: Kaldi data
+files (kaldiio reads the ark/scp; sorted in C order; --kaldi-ids sanitize and its id_map),
+lhotse supervisions (lhotse's K2SpeechRecognitionDataset and samplers run on the cuts), npy's
+metadata.jsonl; and stores of means only."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from lebench_cli.cli import main
+from lebench_cli.export.kaldi_data import c_sorted, kaldi_names
+from lebench_cli.reading.store import open_features
+from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
+
+LAYERS = ["0", "2"]
+ROWS = {  # id -> metadata
+    "B a": {"speaker": "spk B", "text": "bonjour  à\ttous", "language": "fr", "start": 0.5, "end": 1.1,
+            "recording": "rec1", "mood": "calm"},
+    "a": {"speaker": "spkA", "text": "oui", "recording": "rec1", "start": 1.5, "end": 1.9},
+    "_x": {},
+}
+
+
+def write_store(out: Path, rows: dict = ROWS, audio: Path = None, store_frames=True, store_mean=False) -> Path:
+    rng = np.random.default_rng(0)
+    prepare_output(out, {"identity": {"layers": LAYERS}, "model": {"hub_id": "x/tiny", "num_layers": 2}},
+                   overwrite=False)
+    options = WriterOptions(layers=LAYERS, store_frames=store_frames, store_mean=store_mean)
+    with PartLock(out, 1, 1), ShardWriter(out, options) as writer:
+        for number, (utt_id, metadata) in enumerate(rows.items()):
+            frames = 10 + 5 * number
+            source = str(audio / f"{number}.wav") if audio else f"/audio/{number}.wav"
+            if audio:
+                audio.mkdir(exist_ok=True)
+                sf.write(source, np.zeros(frames * 320 + 80, np.float32), 16000)
+            states = {name: rng.normal(size=(frames, 6)).astype(np.float32) for name in LAYERS}
+            writer.add(StoredUtterance(utt_id, source, (frames * 320 + 80) / 16000, frames, states,
+                                       metadata=dict(metadata)))
+    return out
+
+
+def export(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)], catch_exceptions=False)
+
+
+def lines(path: Path) -> list:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_kaldi_sanitize_maps_ids_reversibly_and_sorts_every_file_in_c_order(tmp_path):
+    import kaldiio
+
+    store = write_store(tmp_path / "store")
+    refused = export(store, "--format", "kaldi", "-o", tmp_path / "keep")
+    assert (refused.exit_code, refused.output) == (1, (
+        "Error: utterance id 'B a' holds whitespace or an unprintable character, which Kaldi tables cannot: export "
+        "with --kaldi-ids sanitize (ids mapped, see DEST/layer_L/id_map), or to npy or lhotse\n"))
+    result = export(store, "--format", "kaldi", "--kaldi-ids", "sanitize", "-o", tmp_path / "kaldi")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "kaldi" / "layer_2"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "feats.ark", "feats.scp", "id_map", "segments", "spk2utt", "text", "utt2spk"]
+    assert [line.split(" ", 1)[0] for line in lines(folder / "feats.scp")] == ["B_a", "_x", "a"]  # bytes: B < _ < a
+    assert lines(folder / "id_map") == ['B_a "B a"', '_x "_x"', 'a "a"']
+    assert lines(folder / "utt2spk") == ["B_a spk_B", "_x _x", "a spkA"]
+    assert lines(folder / "spk2utt") == ["_x _x", "spkA a", "spk_B B_a"]
+    assert lines(folder / "text") == ["B_a bonjour à tous", "_x", "a oui"]
+    assert lines(folder / "segments") == ["B_a rec1 0.5 1.1", f"_x _x 0.0 {(20 * 320 + 80) / 16000!r}",
+                                          "a rec1 1.5 1.9"]
+    id_map = {line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1]) for line in lines(folder / "id_map")}
+    scp = kaldiio.load_scp(str(folder / "feats.scp"))
+    with open_features(store) as features:
+        for kaldi_id, utt_id in id_map.items():
+            np.testing.assert_array_equal(scp[kaldi_id], features.read(utt_id, 2).astype(np.float32))
+        ark_order = [key for key, _ in kaldiio.load_ark(str(folder / "feats.ark"))]
+        assert ark_order == [kaldi_names(features.ids)[utt_id] for utt_id in features.ids]  # storage order
+    verified = CliRunner().invoke(main, ["verify", str(tmp_path / "kaldi")])
+    assert verified.exit_code == 0, verified.output
+    again = export(store, "--format", "kaldi", "--kaldi-ids", "sanitize", "-o", tmp_path / "kaldi")
+    assert again.output.endswith("; 3 unchanged\n")
+
+
+def test_sanitized_names_are_unique_deterministic_and_kept_where_kaldi_holds_them():
+    names = ["a b", "a_b", "a\tb", "c d", "ok", "é\u200bx"]
+    mapping = kaldi_names(names)
+    assert mapping == kaldi_names(list(reversed(names)))
+    assert mapping["a_b"] == "a_b" and mapping["ok"] == "ok" and mapping["c d"] == "c_d"
+    assert mapping["a b"].startswith("a_b_") and mapping["a\tb"].startswith("a_b_") and len(mapping["a b"]) == 12
+    assert len(set(mapping.values())) == len(names)
+    assert all(" " not in value and "\t" not in value for value in mapping.values())
+    assert c_sorted(["a", "B a", "_x", "é", "z"]) == ["B a", "_x", "a", "z", "é"]
+
+
+def test_kaldi_keep_writes_the_data_files_of_kaldi_safe_ids(tmp_path):
+    rows = {"spk1-u1": {"speaker": "spk1", "text": "un"}, "spk1-u0": {"speaker": "spk1"}, "spk2-u0": {}}
+    store = write_store(tmp_path / "store", rows)
+    result = export(store, "--format", "kaldi", "--layers", "0", "-o", tmp_path / "kaldi")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "kaldi" / "layer_0"
+    assert sorted(path.name for path in folder.iterdir()) == ["feats.ark", "feats.scp", "spk2utt", "text", "utt2spk"]
+    assert lines(folder / "utt2spk") == ["spk1-u0 spk1", "spk1-u1 spk1", "spk2-u0 spk2-u0"]
+    assert lines(folder / "spk2utt") == ["spk1 spk1-u0 spk1-u1", "spk2-u0 spk2-u0"]
+    assert lines(folder / "text") == ["spk1-u0", "spk1-u1 un", "spk2-u0"]
+    result = export(store, "--format", "npy", "--kaldi-ids", "sanitize", "-o", tmp_path / "npy")
+    assert (result.exit_code, result.output) == (1, "Error: --kaldi-ids applies to --format kaldi only\n")
+
+
+def test_a_kaldi_speaker_with_whitespace_needs_sanitize(tmp_path):
+    store = write_store(tmp_path / "store", {"u1": {"speaker": "Jean Dupont"}})
+    result = export(store, "--format", "kaldi", "-o", tmp_path / "kaldi")
+    assert (result.exit_code, result.output) == (1, (
+        "Error: the speaker 'Jean Dupont' of utterance 'u1' holds whitespace or an unprintable character, which "
+        "Kaldi tables cannot: export with --kaldi-ids sanitize\n"))
+    assert export(store, "--format", "kaldi", "--kaldi-ids", "sanitize", "-o", tmp_path / "kaldi").exit_code == 0
+    assert lines(tmp_path / "kaldi" / "layer_0" / "utt2spk") == ["u1 Jean_Dupont"]
