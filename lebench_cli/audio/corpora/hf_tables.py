@@ -46,7 +46,7 @@ def read_tables(files: list, kind: str, options: CorpusOptions) -> list:
     sources, seen = [], UniqueIds()
     for file in files:
         schema, batches = _open(pa, file, kind)
-        audio = _audio_column(file, schema, options.path_column)
+        audio = _audio_column(pa, file, schema, options.path_column)
         id_column = _id_column(file, schema, options.id_column)
         carried = [field.name for field in schema if field.name not in (audio, id_column) and _is_scalar(pa, field.type)]
         row = 0
@@ -62,7 +62,7 @@ def read_tables(files: list, kind: str, options: CorpusOptions) -> list:
 
 def _row_source(file, kind, row, audio, audio_values, index, columns, id_column, carried, seen) -> AudioSource:
     at = f"{printable(file)}: row {row}"
-    if audio_values.type.num_fields:  # struct {bytes, path}
+    if audio_values.type.num_fields and hasattr(audio_values, "field"):  # struct {bytes, path}
         has_bytes = audio_values.field("bytes").is_valid()[index].as_py() if _has_field(audio_values, "bytes") else False
         path = audio_values.field("path")[index].as_py() if _has_field(audio_values, "path") else None
     else:
@@ -102,14 +102,14 @@ def _open(pa, file: str, kind: str):
         raise InputError(f"{printable(file)}: not a readable {kind} file ({' '.join(str(error).split())})") from None
 
 
-def _audio_column(file: str, schema, asked) -> str:
+def _audio_column(pa, file: str, schema, asked) -> str:
     names = schema.names
     if asked is not None:
         if asked not in names:
             raise InputError(f"{printable(file)}: no column '{asked}' ({', '.join(names)}): name the audio column "
                              "with --path-column")
         return asked
-    structs = [f.name for f in schema if f.type.num_fields and f.type.get_field_index("bytes") >= 0]
+    structs = [f.name for f in schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0]
     if "audio" in names:
         return "audio"
     if structs:
