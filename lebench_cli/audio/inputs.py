@@ -1,4 +1,5 @@
-"""Finding audio: folders, single files, path lists on stdin and fairseq .tsv manifests."""
+"""Finding audio: folders, single files, path lists on stdin and fairseq .tsv manifests, and
+the corpus manifests of audio/corpora/ (each input's form detected, or named by `input_format`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Sequence, TextIO
 
 from ..errors import InputError
 from ..names import canonical_id, printable, with_slashes
+from .corpora.common import CorpusOptions
 from .sources import AudioSource
 
 # What a folder walk takes by default: the formats speech is stored in that libsndfile
@@ -24,6 +26,12 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (
 
 STDIN = "-"
 
+# The forms an input can take (`--input-format`); "auto" detects each input's own.
+INPUT_FORMATS = ("auto", "files", "fairseq", "kaldi", "speechbrain", "lhotse", "hf", "tar", "list", "commonvoice")
+# Forms whose ids are file paths: --root makes those relative to it. The others take the
+# manifest's own ids.
+_PATH_FORMS = ("files", "fairseq")
+
 
 def discover(
     inputs: Sequence[str],
@@ -31,8 +39,11 @@ def discover(
     stdin: TextIO | None = None,
     root: str | None = None,
     id_prefix: str = "",
+    input_format: str = "auto",
+    corpus: CorpusOptions = CorpusOptions(),
 ) -> list[AudioSource]:
-    """Expand folders, audio files, `-` (paths on stdin) and .tsv manifests into sources.
+    """Expand folders, audio files, `-` (paths on stdin), .tsv manifests and corpus manifests
+    into sources.
 
     Sources come in the order of `inputs`, each folder's files sorted by relative path.
     Ids are `/`-separated and without extension: with `root`, every file's path relative
@@ -40,8 +51,11 @@ def discover(
     a stdin line, the manifest's relative path for a .tsv. `id_prefix` is prepended to
     every id as it is; the id is then made canonical (`names.canonical_id`: bytes that are
     not UTF-8 as \\xNN, Unicode NFC). Paths listed on stdin or in a manifest are not checked
-    here: a missing one fails later, when it is decoded. Raises InputError on unusable
-    inputs, files outside root and duplicate ids (two names of one canonical id included).
+    here: a missing one fails later, when it is decoded. Corpus manifests (`input_format`,
+    or detected: see `input_form`) give their own ids, which `root` leaves alone (it fills
+    SpeechBrain's $data_root instead), and their paths are checked. Raises InputError on
+    unusable inputs, files outside root and duplicate ids (two names of one canonical id
+    included).
     """
     inputs = [os.fspath(item) for item in inputs]
     if inputs.count(STDIN) > 1:
@@ -49,12 +63,26 @@ def discover(
     check_id_prefix(id_prefix)
     if root is not None and not os.path.isdir(root):
         raise InputError(f"--root {root}: no such folder")
+    if input_format not in INPUT_FORMATS:
+        raise InputError(f"unknown input format '{input_format}' (one of {', '.join(INPUT_FORMATS)})")
     wanted = tuple(dict.fromkeys(ext.lower().lstrip(".") for ext in extensions))
+    corpus = CorpusOptions(**{**vars(corpus), "root": root})
+    forms = [input_form(item, input_format) for item in inputs]
+    lhotse_items = [item for item, form in zip(inputs, forms) if form == "lhotse"]
     sources = []
-    for item in inputs:
-        sources.extend(_expand(item, wanted, stdin if stdin is not None else sys.stdin))
-    if root is not None:
-        sources = [_relative_to_root(source, root) for source in sources]
+    for item, form in zip(inputs, forms):
+        if form == "lhotse":
+            if not os.path.isfile(item):
+                raise InputError(f"no such file: {printable(item)}")
+            if item == lhotse_items[0]:  # read together: supervisions find their recordings
+                from .corpora.lhotse_manifests import read_lhotse
+
+                sources.extend(read_lhotse(lhotse_items, corpus))
+            continue
+        found = _read_form(item, form, wanted, stdin if stdin is not None else sys.stdin, corpus)
+        if root is not None and form in _PATH_FORMS:
+            found = [_relative_to_root(source, root) for source in found]
+        sources.extend(found)
     names = [id_prefix + source.utt_id for source in sources]
     sources = [replace(s, utt_id=canonical_id(name)) for name, s in zip(names, sources)]
     _check_unique(sources, names)
@@ -78,6 +106,63 @@ def _relative_to_root(source: AudioSource, root: str) -> AudioSource:
     if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
         raise InputError(f"{printable(source.path)} is outside --root {printable(root)}")
     return replace(source, utt_id=os.path.splitext(with_slashes(relative))[0])
+
+
+def input_form(item: str, input_format: str = "auto") -> str:
+    """The form `item` is read as: `input_format` unless "auto", else detected by its form
+    (docs/extract.md has the table)."""
+    from .corpora import hf_tables, kaldi, lhotse_manifests, tar_shards
+
+    if input_format != "auto":
+        return input_format
+    if item == STDIN:
+        return "files"
+    if os.path.isdir(item):
+        if kaldi.is_kaldi_dir(item):
+            return "kaldi"
+        if hf_tables.is_saved_dataset(item) or hf_tables.is_dataset_dict(item):
+            return "hf"
+        return "files"
+    lowered = item.lower()
+    if os.path.basename(item) == kaldi.WAV_SCP:
+        return "kaldi"
+    if lhotse_manifests.is_lhotse_manifest(item):
+        return "lhotse"
+    if lowered.endswith((".tar", *tar_shards._COMPRESSED)):
+        return "tar"
+    extension = _extension(item)
+    if extension == "tsv" and os.path.isfile(item):
+        from .corpora.id_lists import looks_like_common_voice
+
+        return "commonvoice" if looks_like_common_voice(item) else "fairseq"
+    return {"csv": "speechbrain", "json": "speechbrain", "parquet": "hf", "arrow": "hf", "list": "list",
+            "lst": "list"}.get(extension, "files")
+
+
+def _read_form(item: str, form: str, wanted: tuple, stdin: TextIO, corpus: CorpusOptions) -> list[AudioSource]:
+    if form == "files":
+        return _expand(item, wanted, stdin)
+    if item == STDIN:
+        if form != "list":
+            raise InputError(f"'-' (standard input) can hold paths or, with --input-format list, id<TAB>path "
+                             f"lines; not {form} manifests")
+        from .corpora.id_lists import read_id_list
+
+        return read_id_list(_stdin_lines(stdin), "stdin")
+    if not os.path.exists(item):
+        raise InputError(f"no such file or folder: {printable(item)}")
+    if form == "fairseq":
+        if os.path.isdir(item):
+            raise InputError(f"{printable(item)}: a folder, not a fairseq .tsv manifest")
+        return _from_manifest(item)
+    from .corpora import reading
+
+    return reading.read_form(item, form, wanted, corpus)
+
+
+def _stdin_lines(stream: TextIO) -> list[str]:
+    binary = getattr(stream, "buffer", None)
+    return [os.fsdecode(line) for line in binary.read().splitlines()] if binary is not None else stream.read().splitlines()
 
 
 def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSource]:
@@ -116,9 +201,7 @@ def _unreadable_folder(error: OSError):
 def _from_list(stream: TextIO) -> list[AudioSource]:
     # Every non-blank line is a path, even one that starts with '#'. Read as bytes where the
     # stream has them: `find` prints names that are not UTF-8 as they are.
-    binary = getattr(stream, "buffer", None)
-    lines = [os.fsdecode(line) for line in binary.read().splitlines()] if binary is not None else list(stream)
-    paths = [line.strip() for line in lines]
+    paths = [line.strip() for line in _stdin_lines(stream)]
     return [AudioSource(_file_id(path), path) for path in paths if path]
 
 

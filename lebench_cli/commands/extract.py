@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..audio.inputs import INPUT_FORMATS  # plain modules: `lebench --help` stays instant
 from .common import EXIT_INTERRUPTED, report_summary, reports_errors, trust_checkpoint_option, warn_cpu_fallback
 
 
@@ -51,6 +52,14 @@ def _layer_syntax(context, parameter, value):
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
               help="Make every id the file's path relative to this folder (for files given one by one, on stdin or in lists).")
 @click.option("--id-prefix", default="", help="Paste this before every id, e.g. train/ (several corpora in one OUTPUT).")
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="auto", show_default=True,
+              help="How to read INPUTS (auto: each by its form; docs/extract.md has the table).")
+@click.option("--allow-pipes", is_flag=True,
+              help="Run the shell commands of Kaldi wav.scp lines ending in '|' and lhotse command sources.")
+@click.option("--id-column", default=None, help="The id column of a SpeechBrain, Common Voice or HuggingFace table.")
+@click.option("--path-column", default=None, help="The audio column of such a table.")
+@click.option("--time-unit", type=click.Choice(["seconds", "samples"]), default=None,
+              help="What SpeechBrain start/stop columns count (default: decimals are seconds, whole numbers refused).")
 @click.option("--shard", "part", default="1/1", show_default=True,
               help="Process part K of N (job arrays), e.g. 3/8; auto: from SLURM's or torchrun's variables.")
 @click.option("--overwrite", is_flag=True, help="Replace features of a different model or layer set in OUTPUT.")
@@ -67,7 +76,7 @@ def _layer_syntax(context, parameter, value):
 @reports_errors
 def extract(inputs, output, model, layers, pool, store_frames, extensions, channel, batch_seconds, chunk_seconds,
             overlap_seconds, device, devices, dtype, save_dtype, shard_size, compression, commit_seconds, workers, root,
-            id_prefix, part, overwrite, update, strict, keep_truncated, dry_run, manifest, quiet, trust_checkpoint):
+            id_prefix, input_format, allow_pipes, id_column, path_column, time_unit, part, overwrite, update, strict, keep_truncated, dry_run, manifest, quiet, trust_checkpoint):
     """Extract per-layer features of INPUTS (folders, files, .tsv manifests, or - for paths
     on stdin) into HDF5 shards in OUTPUT."""
     from ..errors import InputError
@@ -152,5 +161,7 @@ def extract_options(params: dict, part: tuple, overwrite: bool = False):
         commit_seconds=params["commit_seconds"], workers=params["workers"], shard=part,
         overwrite=overwrite, update=params["update"], strict=params["strict"],
         keep_truncated=params["keep_truncated"], trust_checkpoint=params["trust_checkpoint"],
-        root=params["root"], id_prefix=params["id_prefix"],
+        root=params["root"], id_prefix=params["id_prefix"], input_format=params["input_format"],
+        allow_pipes=params["allow_pipes"], id_column=params["id_column"], path_column=params["path_column"],
+        time_unit=params["time_unit"],
     )

@@ -35,7 +35,7 @@ def discover_sources(options: ExtractOptions, stdin=None) -> list:
     from ..audio.inputs import AUDIO_EXTENSIONS, discover
 
     sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=stdin,
-                       root=options.root, id_prefix=options.id_prefix)
+                       root=options.root, id_prefix=options.id_prefix, **options.discovery())
     if not sources:
         raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))
     return select_part(sources, options.part)

@@ -34,13 +34,17 @@ class ManifestReport:
 
 def write_listing(options, path: str, stdin=None) -> ManifestReport:
     """Every input of `options` (all parts) with its length, written to `path`."""
-    from ..audio.inputs import AUDIO_EXTENSIONS, discover
+    from ..audio.inputs import AUDIO_EXTENSIONS, discover, input_form
 
     if not str(path).endswith(".tsv"):
         raise InputError(f"--manifest {path}: the name must end in .tsv (extract reads .tsv files as manifests)")
     # Written with the walk's own ids; --root and --id-prefix apply again when it is read,
     # so the extract that reads it must be given the same ones (checked below).
     listed = _replayable(stdin)
+    for item in options.inputs:
+        if input_form(item, options.input_format) not in ("files", "fairseq"):
+            raise InputError(f"--manifest {path}: {printable(item)} is a {input_form(item, options.input_format)} "
+                             "manifest, which already lists the corpus: give it to each task as it is")
     sources = discover(options.inputs, options.extensions or AUDIO_EXTENSIONS, stdin=listed())
     if not sources:
         raise InputError("no audio files found in " + ", ".join(map(str, options.inputs)))

@@ -39,6 +39,11 @@ class ExtractOptions:
     trust_checkpoint: bool = False
     root: Optional[str] = None  # ids of every file relative to this folder
     id_prefix: str = ""  # pasted before every id
+    input_format: str = "auto"  # how inputs are read (audio/inputs.py INPUT_FORMATS); auto: each by its form
+    allow_pipes: bool = False  # run the shell commands of Kaldi wav.scp lines and lhotse command sources
+    id_column: Optional[str] = None  # the id column of tables (SpeechBrain, Common Voice, HuggingFace)
+    path_column: Optional[str] = None  # their audio column
+    time_unit: Optional[str] = None  # "seconds" or "samples": SpeechBrain start/stop columns
 
     def validate(self, flag=lambda name: "--" + name.replace("_", "-")) -> "ExtractOptions":
         """Raises InputError for options that cannot run together; returns self. `flag` names
@@ -50,6 +55,14 @@ class ExtractOptions:
             raise InputError(f"{flag('overwrite')} cannot be combined with {flag('shard')}: each part would delete "
                              "the others' features; empty OUTPUT before launching the job array")
         return self
+
+    def discovery(self) -> dict:
+        """The keyword arguments of `audio.inputs.discover` that say how to read the inputs."""
+        from ..audio.corpora.common import CorpusOptions
+
+        return {"input_format": self.input_format,
+                "corpus": CorpusOptions(allow_pipes=self.allow_pipes, id_column=self.id_column,
+                                        path_column=self.path_column, time_unit=self.time_unit)}
 
     @property
     def part(self) -> tuple:
