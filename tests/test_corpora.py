@@ -242,3 +242,34 @@ def test_speechbrain_json_manifest(tmp_path, audio):
     ]
     manifest.write_text(json.dumps({"u1": {"wav": str(audio["a"])}, "u2": 3}))
     assert refused([manifest]) == f"{manifest}: entry 'u2': expected an object of fields, found 3"
+
+
+# ---- named forms --------------------------------------------------------------------------
+
+def test_a_named_form_that_does_not_fit_is_refused(tmp_path, audio):
+    folder = audio["a"].parent
+    assert refused([folder], input_format="kaldi") == f"{folder}: not a Kaldi data folder (no wav.scp)"
+    assert refused([folder], input_format="speechbrain") == f"{folder}: a folder, not a speechbrain manifest file"
+    assert refused(["-"], input_format="kaldi", stdin=io.StringIO("")) == (
+        "'-' (standard input) can hold paths or, with --input-format list, id<TAB>path lines; not kaldi manifests")
+    assert refused([folder], input_format="csv") == (
+        "unknown input format 'csv' (one of auto, files, fairseq, kaldi, speechbrain, lhotse, hf, tar, list, "
+        "commonvoice)")
+    listing = write_lines(tmp_path / "ids.txt", f"u1\t{audio['a']}")
+    assert input_form(str(listing)) == "files"
+    assert discover([str(listing)], input_format="list") == [AudioSource("u1", str(audio["a"]))]
+
+
+def test_root_leaves_manifest_ids_alone(tmp_path, audio):
+    listing = write_lines(tmp_path / "ids.list", f"spk/u1\t{audio['a']}")
+    assert discover([str(listing)], root=str(tmp_path), id_prefix="train/") == [
+        AudioSource("train/spk/u1", str(audio["a"]))]
+    assert [s.utt_id for s in discover([str(audio["a"].parent)], root=str(tmp_path))] == [
+        "audio/a", "audio/b", "audio/c"]
+
+
+def test_options_refuse_an_unknown_time_unit(tmp_path):
+    from lebench_cli.pipeline.options import ExtractOptions
+
+    with pytest.raises(InputError, match="^--time-unit minutes: seconds or samples$"):
+        ExtractOptions(inputs=[], output=str(tmp_path), model="m", time_unit="minutes").validate()

@@ -12,7 +12,8 @@ from lebench_cli.testing.audio import write_audio
 OPTION_KEYS = ["inputs", "output", "model", "layers", "pool", "store_frames", "extensions", "channel",
                "batch_seconds", "chunk_seconds", "overlap_seconds", "device", "dtype", "save_dtype", "shard_size",
                "compression", "commit_seconds", "workers", "shard", "overwrite", "update", "strict",
-               "keep_truncated", "trust_checkpoint", "root", "id_prefix"]
+               "keep_truncated", "trust_checkpoint", "root", "id_prefix", "input_format", "allow_pipes", "id_column",
+               "path_column", "time_unit"]  # the earlier keys kept, in order; new ones after
 IDENTITY_KEYS = ["model_sha256", "layers", "store_frames", "pool", "save_dtype", "chunk_seconds", "overlap_seconds",
                  "channel"]
 

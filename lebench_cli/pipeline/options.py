@@ -51,6 +51,12 @@ class ExtractOptions:
         if self.overlap_seconds * 2 >= self.chunk_seconds:
             raise InputError(f"{flag('overlap_seconds')} {self.overlap_seconds:g} must be under half of "
                              f"{flag('chunk_seconds')} {self.chunk_seconds:g}")
+        if self.time_unit not in (None, "seconds", "samples"):
+            raise InputError(f"{flag('time_unit')} {self.time_unit}: seconds or samples")
+        from ..audio.inputs import INPUT_FORMATS
+
+        if self.input_format not in INPUT_FORMATS:
+            raise InputError(f"{flag('input_format')} {self.input_format}: one of {', '.join(INPUT_FORMATS)}")
         if self.overwrite and self.part != (1, 1):
             raise InputError(f"{flag('overwrite')} cannot be combined with {flag('shard')}: each part would delete "
                              "the others' features; empty OUTPUT before launching the job array")
