@@ -165,7 +165,9 @@ def test_permission_error_from_the_os(tmp_path, monkeypatch):
     def refuse(file, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", file)
 
-    monkeypatch.setattr(audio, "open", refuse, raising=False)
+    from lebench_cli.audio import origins  # where a file is opened and checked
+
+    monkeypatch.setattr(origins, "open", refuse, raising=False)
     assert reason_of(path) == "permission denied"
 
 

@@ -119,3 +119,27 @@ def test_resume_extracts_a_segment_again_when_its_times_changed(checkpoints, tmp
     after = stored_features(out)
     np.testing.assert_allclose(after["b"], stored_features(tmp_path / "cut")["b"], atol=1e-5)
     np.testing.assert_array_equal(after["a"], before["a"])
+
+
+class _Item:
+    def __init__(self, source, seconds):
+        self.source, self.seconds = source, seconds
+
+
+def test_decoding_workers_give_the_segments_of_one_opening_in_order(tmp_path):
+    from lebench_cli.audio.decoding import decoded_stream
+
+    recording = tmp_path / "long.wav"
+    write_recording(recording, 3.2, RATE)
+    alone = tmp_path / "alone.wav"
+    write_recording(alone, 1.0, 16000)
+    items = [_Item(source, 1.0) for source in segment_sources(recording)]
+    items.insert(1, _Item(AudioSource("alone", str(alone)), 1.0))
+    in_workers = list(decoded_stream(items, 1, None, 4))
+    here = list(decoded_stream(items, 0, None, 4))
+    # The segments come together, where the first of them was.
+    assert [item.source.utt_id for item, _ in in_workers] == ["a", "b", "c", "alone"]
+    assert [item.source.utt_id for item, _ in here] == ["a", "b", "c", "alone"]
+    for (_, (value, reason)), (_, (expected, _)) in zip(in_workers, here):
+        assert reason is None
+        np.testing.assert_array_equal(value[0], expected[0])

@@ -8,10 +8,8 @@ recording's own rate, then resampled alone, as if it were a file of its own), an
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,7 +21,7 @@ import soxr
 from ..errors import AudioError, one_line
 from ..frames import RECEPTIVE_FIELD, SAMPLE_RATE
 from .headers import declared_data_bytes, mp3_declares_its_length, ogg_stream_ends
-from .origins import byte_size, name_of, open_bytes, origin_of
+from .origins import byte_size, check_regular_file, lower_first, name_of, open_bytes, origin_of
 from .segments import segment_frames
 
 MIN_SAMPLES = RECEPTIVE_FIELD  # fewer samples give no frame
@@ -42,14 +40,6 @@ _PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "
 _FRAMES_PER_BYTE = {"MPEG_LAYER_I": 64, "MPEG_LAYER_II": 64, "MPEG_LAYER_III": 64, "VORBIS": 4096, "OPUS": 4096}
 _MOST_FRAMES_PER_BYTE = 8192  # any other codec: FLAC's densest frame, 65535 constant samples in 8 bytes
 _COMPRESSED_CONTAINERS = ("FLAC", "OGG", "MP3")
-
-_OS_REASONS = {
-    errno.ENOENT: "no such file",
-    errno.EISDIR: "is a directory",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ELOOP: "symlink loop",
-}
 
 
 @dataclass(frozen=True)
@@ -353,13 +343,13 @@ def _open(audio) -> Iterator[tuple]:
 @contextmanager
 def _sound_file(path, what) -> Iterator[soundfile.SoundFile]:
     if not hasattr(what, "read"):
-        _check_file(path)
+        check_regular_file(path)
     try:
         file = soundfile.SoundFile(what)
     except RuntimeError as error:
         message = _libsndfile_message(error)
         if message.startswith("file does not exist or is not a regular file"):
-            # _check_file has just opened it as a regular file: this is what libsndfile's
+            # check_regular_file has just opened it as a regular file: this is what libsndfile's
             # MPEG decoder says of data it cannot parse.
             message = "corrupt or unsupported data"
         raise AudioError(path, f"not a readable audio file ({message})") from None
@@ -374,31 +364,6 @@ def _sound_file(path, what) -> Iterator[soundfile.SoundFile]:
         raise AudioError(path, f"{file.channels} channels: more than {MAX_CHANNELS}")
     with file:
         yield file
-
-
-_NOT_REGULAR = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-                stat.S_IFBLK: "a block device"}
-
-
-def _check_file(path):
-    # libsndfile reports every OS failure as "System error."; ask the OS for the reason.
-    # O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever.
-    try:
-        with open(path, "rb", opener=_open_nonblocking) as file:
-            status = os.fstat(file.fileno())
-    except OSError as error:
-        raise AudioError(path, _OS_REASONS.get(error.errno) or _lower(error.strerror or str(error))) from None
-    if stat.S_ISDIR(status.st_mode):
-        raise AudioError(path, "is a directory")
-    if not stat.S_ISREG(status.st_mode):
-        kind = _NOT_REGULAR.get(stat.S_IFMT(status.st_mode), "not a regular file")
-        raise AudioError(path, f"not a regular file ({kind})")
-    if status.st_size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
-
-
-def _open_nonblocking(path, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _check_channel(source, channels: int, channel: int | None):
@@ -423,9 +388,4 @@ def _libsndfile_message(error: RuntimeError) -> str:
     message = " ".join(str(getattr(error, "error_string", error)).split())
     if message.lower().startswith("error :"):
         message = message[len("error :"):].strip()
-    return _lower(message.rstrip(".")) or "unknown libsndfile error"
-
-
-def _lower(message: str) -> str:
-    # Lowercase the first word only when it is not an acronym ("MPEG", "FLAC").
-    return message[:1].lower() + message[1:] if message[1:2].islower() else message
+    return lower_first(message.rstrip(".")) or "unknown libsndfile error"

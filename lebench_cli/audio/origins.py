@@ -9,9 +9,11 @@ pipe's output is held in a SpooledTemporaryFile (memory, then a temporary file p
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +24,14 @@ from .sources import PipeCommand, TableRow, TarMember
 
 _PIPE_SPOOL_BYTES = 64 * 1024**2  # a pipe's output past this goes to a temporary file
 _COPY_BLOCK = 1024**2
+
+_OS_REASONS = {
+    errno.ENOENT: "no such file",
+    errno.EISDIR: "is a directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symlink loop",
+}
 
 
 def origin_of(source):
@@ -267,3 +277,36 @@ def _last_line(errors: BinaryIO) -> str:
     errors.seek(max(0, size - 4096))
     lines = [line.strip() for line in errors.read().decode("utf-8", "replace").splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
+
+
+# ---- plain files ----------------------------------------------------------------------------
+
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device"}
+
+
+def check_regular_file(path):
+    """AudioError with the OS's reason unless `path` opens as a regular file of at least a byte."""
+    # libsndfile reports every OS failure as "System error."; ask the OS for the reason.
+    # O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever.
+    try:
+        with open(path, "rb", opener=_open_nonblocking) as file:
+            status = os.fstat(file.fileno())
+    except OSError as error:
+        raise AudioError(path, _OS_REASONS.get(error.errno) or lower_first(error.strerror or str(error))) from None
+    if stat.S_ISDIR(status.st_mode):
+        raise AudioError(path, "is a directory")
+    if not stat.S_ISREG(status.st_mode):
+        kind = _NOT_REGULAR.get(stat.S_IFMT(status.st_mode), "not a regular file")
+        raise AudioError(path, f"not a regular file ({kind})")
+    if status.st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
+def _open_nonblocking(path, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def lower_first(message: str) -> str:
+    # Lowercase the first word only when it is not an acronym ("MPEG", "FLAC").
+    return message[:1].lower() + message[1:] if message[1:2].islower() else message

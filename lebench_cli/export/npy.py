@@ -1,5 +1,6 @@
 """One .npy file per utterance: DEST/layer_L/ID.npy [frames, width] per layer, or with
---stack DEST/ID.npy [layers, frames, width] (and DEST/layers.txt, their order).
+--stack DEST/ID.npy [layers, frames, width] (and DEST/layers.txt, their order); DEST/metadata.jsonl holds each utterance's id, frames, duration
+and the fields its input carried.
 
 Resumable: each file is written as ID.npy.tmp and renamed, so an ID.npy is always whole. The
 record (DEST/lebench-export.json, saved every few seconds and at the end) says which features
@@ -18,6 +19,7 @@ from ..errors import InputError, OutputError
 from . import EntryFileMissing, ExportSummary, converted, layer_folder, read_layer, utterance_path
 from .record import count_utterances
 
+METADATA_LINES = "metadata.jsonl"
 _SAVE_SECONDS = 5.0  # a kill -9 loses the record of at most this much work (written again)
 
 
@@ -43,6 +45,7 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
                                 lambda utt_id, folder=folder: utterance_path(folder, utt_id, ".npy").exists())
              for layer, folder in folders.items()}
     summary = ExportSummary.of(count_utterances(list(plans.values())), str(destination))
+    _write_metadata(store, destination)
     if not any(plan.changes for plan in plans.values()):
         bar.close()
         return summary
@@ -75,6 +78,25 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
     finally:
         _save_record(record, quietly=not done)
     return summary
+
+
+def _write_metadata(store, destination: Path) -> None:
+    """DEST/metadata.jsonl: one JSON object per utterance in storage order (id, frames,
+    duration, and the fields its input carried), written whole and renamed into place."""
+    import json
+
+    path = destination / METADATA_LINES
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as file:
+            for row in store.utterances():
+                line = {"id": row["id"], "frames": row["frames"], "duration": row["duration"],
+                        "metadata": row.get("metadata", {})}
+                file.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+        os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def _save_interval(record) -> float:
