@@ -29,3 +29,22 @@ def test_float32_and_ungrouped_convolutions_are_not_checked():
     plain = torch.nn.Conv1d(64, 64, 3)
     cpu = torch.device("cpu")
     assert grouped_conv_context(grouped, cpu, torch.float32) is grouped_conv_context(plain, cpu, torch.bfloat16)
+
+
+@pytest.mark.parametrize("family", ["base", "large"])
+def test_the_bfloat16_front_end_computes_in_bfloat16_close_to_float32(checkpoints, family):
+    """On the CPU in bfloat16 the conv front end runs time-major (model/feature_extractor.py):
+    its features stay bfloat16 (no float32 fallback that eats the gain) and stay within
+    bfloat16's rounding of the float32 reference."""
+    from lebench_cli.model.encoder import Encoder
+    from lebench_cli.model.formats import load_local
+
+    checkpoint = load_local(checkpoints(family))
+    encoder = Encoder(checkpoint, device="cpu", dtype="bfloat16")
+    waveform = torch.randn(2, 9_000)
+    batch = encoder.forward(waveform, torch.tensor([9_000, 6_000]), ["cnn", 1])
+    assert batch.states["cnn"].dtype == torch.bfloat16 and batch.states[1].dtype == torch.bfloat16
+    exact = Encoder(checkpoint).forward(waveform, torch.tensor([9_000, 6_000]), ["cnn"]).states["cnn"]
+    for index, frames in enumerate(batch.frames.tolist()):
+        ours, reference = batch.states["cnn"][index, :frames].float(), exact[index, :frames]
+        assert (ours - reference).abs().max() / reference.abs().max() < 0.05
