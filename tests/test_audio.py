@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import soundfile
 
-from lebench_cli.audio import loading as audio
 from lebench_cli.audio.loading import AudioInfo, MIN_SAMPLES, SAMPLE_RATE, load_audio, probe, read_audio
 from lebench_cli.errors import AudioError
 
