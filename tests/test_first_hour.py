@@ -293,9 +293,9 @@ def test_all_means_layers_0_to_l_in_extract_read_and_export(checkpoints, tmp_pat
 
     result = export(out, "--format", "npy", "--layers", "all,cnn", "-o", tmp_path / "every")
     assert result.exit_code == 0
-    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [".lock-export"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")] + ["lebench-export.json"]
+    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [".lock-export"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")] + ["lebench-export.json", "metadata.jsonl"]
     result = export(out, "--format", "npy", "-o", tmp_path / "default")  # no --layers: every stored layer
-    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == [".lock-export"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")] + ["lebench-export.json"]
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == [".lock-export"] + [f"layer_{n}" for n in (0, 1, 2, 3, "cnn")] + ["lebench-export.json", "metadata.jsonl"]
 
 
 def test_export_all_of_a_store_without_numbered_layers_says_so(checkpoints, tmp_path):
