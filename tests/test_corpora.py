@@ -77,6 +77,14 @@ def test_kaldi_pipes_run_only_with_allow_pipes(tmp_path, audio):
     ]
 
 
+def test_speaker_of_an_utterance_not_in_segments_is_refused(tmp_path, audio):
+    data = tmp_path / "data"
+    write_lines(data / "wav.scp", f"recA {audio['a']}")
+    write_lines(data / "segments", "u1 recA 0 0.5")
+    write_lines(data / "utt2spk", "u1 s1", "recA s1")
+    assert refused([data]) == f"{data}/utt2spk:2: utterance 'recA' is not in segments"
+
+
 @pytest.mark.parametrize("table, lines, message", [
     ("segments", ["u1 recA 0 0.5", "u2 recX 0 0.5"], "segments:2: recording 'recX' is not in wav.scp"),
     ("segments", ["u1 recA 0.6 0.5"], "segments:1: end 0.5 is not after start 0.6"),
@@ -87,6 +95,8 @@ def test_kaldi_pipes_run_only_with_allow_pipes(tmp_path, audio):
     ("wav.scp", ["recA {a}", "recB {missing}"], "wav.scp:2: {missing}: no such file"),
     ("wav.scp", ["recA"], "wav.scp:1: expected '<recording-id> <path or command |>', found one field"),
     ("reco2file_and_channel", ["recA {a} C"], "reco2file_and_channel:1: channel 'C' is not 1, 2, A or B"),
+    ("utt2spk", ["recA spk1", "recX spk2"], "utt2spk:2: utterance 'recX' is not in wav.scp"),
+    ("text", ["recA bonjour", "", "recZ"], "text:3: utterance 'recZ' is not in wav.scp"),
 ])
 def test_bad_kaldi_tables_are_refused_naming_file_and_line(tmp_path, audio, table, lines, message):
     data = tmp_path / "data"

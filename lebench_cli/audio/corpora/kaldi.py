@@ -36,12 +36,16 @@ def read_kaldi_dir(folder: str, options: CorpusOptions) -> list:
         items = _segments(segments_file, recordings)
     else:
         items = [(rec, rec, None) for rec in recordings]
+    utterances = {utt_id for utt_id, _, _ in items}
+    listing = "segments" if os.path.isfile(segments_file) else WAV_SCP
+    for table in (speakers, texts):
+        _require_known(table, utterances, listing)
     sources = []
     for utt_id, rec, segment in items:
         path, origin, channel, extra = audio[rec]
-        metadata = [("speaker", speakers[utt_id])] if utt_id in speakers else []
+        metadata = [("speaker", speakers[utt_id][0])] if utt_id in speakers else []
         if utt_id in texts:
-            metadata.append(("text", texts[utt_id]))
+            metadata.append(("text", texts[utt_id][0]))
         if segment is not None:
             metadata.append(("recording", rec))
         sources.append(AudioSource(utt_id, path, segment=segment, channel=channel, origin=origin,
@@ -77,13 +81,26 @@ def _table(path: str, expected: str) -> dict:
 
 
 def _optional_values(folder: str, name: str) -> dict:
+    """{utterance id: (value, "file:line")} of utt2spk or text; {} without the file."""
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return {}
     if name == "text":  # a blank transcription is a line of one field
-        lines = [line.strip().split(maxsplit=1) for line in read_text_lines(path)]
-        return {fields[0]: (fields[1] if len(fields) > 1 else "") for fields in lines if fields}
-    return {key: value for key, (value, _) in _table(path, f"utterance-id> <{name[4:]}").items()}
+        values = {}
+        for number, line in enumerate(read_text_lines(path), start=1):
+            fields = line.strip().split(maxsplit=1)
+            if fields:
+                values[fields[0]] = (fields[1] if len(fields) > 1 else "", where(path, number))
+        return values
+    return _table(path, f"utterance-id> <{name[4:]}")
+
+
+def _require_known(table: dict, utterances: set, listing: str) -> None:
+    """A line for an utterance the dir does not hold is a mistake in the dir (Kaldi's
+    validate_data_dir.sh refuses it too), not something to drop without a word."""
+    for utt_id, (_, at) in table.items():
+        if utt_id not in utterances:
+            raise InputError(f"{at}: utterance '{utt_id}' is not in {listing}")
 
 
 def _channels(folder: str, recordings: dict) -> dict:
