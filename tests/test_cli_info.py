@@ -31,14 +31,52 @@ LeBenchmark/wav2vec-FR-1K-Female-large  -                    large   1K (female)
 """
 
 
-def test_info_lists_every_known_model_and_the_cache(offline_cache, checkpoints):
+CPU_WITH_BFLOAT16 = """\
+CPU bfloat16: native here (AVX512-BF16, AMX): `--device cpu --dtype bfloat16` runs the model faster than float32 (about 2.5x for the base model on such a CPU, errors near 2e-2 of a layer's scale: docs/performance.md); float32 stays the default, the exact reference.
+CPU float16: not native here (no AMX-FP16): at best float32's speed, far slower on some CPUs; use bfloat16 or float32 on the CPU.
+"""
+
+
+def cpu_features(monkeypatch, *present):
+    from lebench_cli.model import cpu_precision
+
+    monkeypatch.setattr(cpu_precision, "_has", lambda feature: feature in present)
+
+
+def test_info_lists_every_known_model_and_the_cache(offline_cache, checkpoints, monkeypatch):
     from support.fake_hub import fake_hub_cache
 
+    cpu_features(monkeypatch, "_is_avx512_bf16_supported", "_is_amx_tile_supported")
     fake_hub_cache(offline_cache, "LeBenchmark/wav2vec2-FR-3K-base",
                    {"checkpoint_best.pt": checkpoints("base").read_bytes()})
     result = CliRunner().invoke(main, ["info"])
     assert result.exit_code == 0
-    assert result.output == CATALOG
+    assert result.output == CATALOG + CPU_WITH_BFLOAT16
+
+
+def test_info_says_when_this_cpu_has_no_native_half_precision(offline_cache, monkeypatch):
+    cpu_features(monkeypatch)
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0
+    assert result.output.endswith(
+        "CPU bfloat16: not native here (no AVX512-BF16 or AMX found): `--dtype bfloat16` is likely no "
+        "faster than float32, the default on CPU.\n"
+        "CPU float16: not native here (no AMX-FP16): at best float32's speed, far slower on some CPUs; "
+        "use float32 on the CPU.\n")
+
+
+def test_info_names_native_float16(offline_cache, monkeypatch):
+    cpu_features(monkeypatch, "_is_amx_tile_supported", "_is_amx_fp16_supported")
+    lines = CliRunner().invoke(main, ["info"]).output.splitlines()
+    assert lines[-2].startswith("CPU bfloat16: native here (AMX): ")
+    assert lines[-1] == "CPU float16: native here (AMX-FP16)."
+
+
+def test_cpu_feature_checks_answer_on_this_torch():
+    from lebench_cli.model.cpu_precision import _has
+
+    assert isinstance(_has("_is_avx512_bf16_supported"), bool)
+    assert _has("_no_such_check") is False
 
 
 def test_info_json_catalog(offline_cache):

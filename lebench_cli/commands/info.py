@@ -23,7 +23,12 @@ def info(model, as_json, trust_checkpoint):
 
     if model is None:
         rows = catalog_rows()
-        click.echo(json.dumps(rows, indent=2) if as_json else format_catalog(rows))
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        from ..model.cpu_precision import cpu_half_precision_lines
+
+        click.echo("\n".join([format_catalog(rows), *cpu_half_precision_lines()]))
         return
     described = describe_checkpoint(model, trust=trust_checkpoint)
     click.echo(json.dumps(described, indent=2) if as_json else format_description(described))
