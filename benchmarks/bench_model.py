@@ -22,7 +22,12 @@ Optional checks, for the GPU questions still open:
                 few small kernels per utterance), against fairseq's, one GroupNorm over the
                 padded batch (inexact), on the same batches of 0.5 s and 2 s clips;
   --compile     the transformer layers under torch.compile(dynamic=True): speed, and the
-                largest difference from the uncompiled states relative to their scale.
+                largest difference from the uncompiled states relative to their scale;
+  --against-float32
+                with --dtype float16/bfloat16: a float32 twin timed on the same batches (rows
+                "compute float32", and "vs fp32" on the others), then every hidden state's
+                error against float32 on --error-seconds of speech-like audio: the largest
+                |difference| and its root mean square, both over the layer's largest |value|.
 
 Run with the project's interpreter:  .venv/bin/python -m benchmarks.bench_model --help
 """
@@ -69,6 +74,10 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     parser.add_argument("--group-norm", action="store_true", help="time the per-utterance GroupNorm (base models)")
     parser.add_argument("--compile", action="store_true", help="also time the layers under torch.compile")
+    parser.add_argument("--against-float32", action="store_true",
+                        help="time a float32 twin too and print each layer's error against it")
+    parser.add_argument("--error-seconds", type=float, default=20.0,
+                        help="speech-like audio for --against-float32's errors (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     add_work_argument(parser, help="checkpoint cache (default $TMPDIR/lebench-bench, shared with bench_extract)")
     add_json_out_argument(parser)
@@ -189,6 +198,29 @@ def largest_difference(encoder, twin, batch, layers) -> float:
                for k in expected)
 
 
+def layer_errors(encoder, reference, work: Path, seconds: float, seed: int) -> dict:
+    """{layer: (largest |diff| / largest |float32|, rms diff / largest |float32|)} for every
+    hidden state of one utterance of speech-like audio, `encoder` against its float32 twin."""
+    import soundfile
+    import torch
+
+    from lebench_cli.testing.audio import write_speechlike
+
+    path = write_speechlike(work / f"speechlike-{seconds:g}s-{seed}.wav", seconds, np.random.default_rng(seed))
+    waveform = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None]
+    lengths = torch.tensor([waveform.shape[1]])
+    layers = reference.layer_names
+    with torch.inference_mode():
+        low = encoder.forward(waveform, lengths, layers).states
+        exact = reference.forward(waveform, lengths, layers).states
+    errors = {}
+    for layer in layers:
+        difference = low[layer].float().cpu() - exact[layer].float().cpu()
+        scale = float(exact[layer].float().abs().max())
+        errors[str(layer)] = (float(difference.abs().max()) / scale, float(difference.pow(2).mean().sqrt()) / scale)
+    return errors
+
+
 def load_encoder(args) -> tuple:
     """(checkpoint, Encoder, description, device, dtype) for --model/--arch, --device and
     --dtype (defaults: cuda in float16 where there is one, else cpu in float32)."""
@@ -215,6 +247,11 @@ def main(argv=None):
     checkpoint, encoder, description, device, dtype = load_encoder(args)
     on_gpu = encoder.device.type == "cuda"
     twin = compiled_twin(checkpoint, device, dtype) if args.compile else None
+    reference = None
+    if args.against_float32 and dtype != "float32":
+        from lebench_cli.model.encoder import Encoder
+
+        reference = Encoder(checkpoint, device=device, dtype="float32")
     rng = np.random.default_rng(args.seed)
     with torch.inference_mode():
         peak = matmul_tflops(encoder.device, encoder.dtype, 8192 if on_gpu else 2048)
@@ -233,6 +270,8 @@ def main(argv=None):
                 variants = [("compute", encoder, time_compute), ("readback", encoder, time_readback)]
                 if twin is not None:
                     variants.append(("compiled", twin, time_compute))
+                if reference is not None:
+                    variants.append(("compute float32", reference, time_compute))
                 for variant, model, timer in variants:
                     if on_gpu:
                         torch.cuda.reset_peak_memory_stats(encoder.device)
@@ -247,6 +286,10 @@ def main(argv=None):
                         row["max_relative_difference"] = largest_difference(encoder, twin, batch, layers)
                     rows.append(row)
                     print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr)
+                if reference is not None:
+                    float32_rate = rows[-1]["x_rt"]
+                    for row in rows[-len(variants):-1]:
+                        row["vs_float32"] = row["x_rt"] / float32_rate
     extra = {}
     if args.group_norm:
         if not encoder.group_norm:
@@ -254,7 +297,11 @@ def main(argv=None):
         for clip_seconds in (0.5, 2.0):
             batch = make_batch(args.batch_seconds[-1], clip_seconds, rng, pin=on_gpu)
             extra[f"group_norm_{clip_seconds:g}s"] = time_group_norm(encoder, batch, args.batches, args.warmup)
+    errors = layer_errors(encoder, reference, args.work, args.error_seconds, args.seed) if reference else None
     print(format_rows(rows))
+    if errors:
+        print(f"error against float32, {args.error_seconds:g} s of speech-like audio (largest/rms, of each layer's largest |value|):")
+        print("  " + ", ".join(f"{layer} {top:.3g}/{rms:.2g}" for layer, (top, rms) in errors.items()))
     for name, value in extra.items():
         print(f"{name}: {value['utterances']} utterances per batch, conv feature extractor per batch "
               f"{value['per_utterance_ms']:.2f} ms with lebench's per-utterance GroupNorm, "
@@ -265,16 +312,18 @@ def main(argv=None):
         if on_gpu:
             machine["gpu"] = torch.cuda.get_device_name(encoder.device)
         write_json(args.json_out, {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
-                                   "description": description, "rows": rows, **extra}, indent=1)
+                                   "description": description, "rows": rows, **extra,
+                                   **({"errors_vs_float32": errors} if errors else {})}, indent=1)
 
 
 def format_rows(rows: list) -> str:
-    header = ["variant", "layers", "batch s", "clip s", "utts", "ms/batch", "x RT", "TFLOP/s", "of peak", "GPU MB",
-              "max rel diff"]
+    header = ["variant", "layers", "batch s", "clip s", "utts", "ms/batch", "x RT", "vs fp32", "TFLOP/s", "of peak",
+              "GPU MB", "max rel diff"]
     lines = []
     for row in rows:
         lines.append([row["variant"], row["layers"], f"{row['batch_s']:g}", f"{row['clip_s']:g}", str(row["utterances"]),
-                      f"{row['ms_per_batch']:.1f}", f"{row['x_rt']:.0f}", f"{row['tflop_s']:.2f}",
+                      f"{row['ms_per_batch']:.1f}", f"{row['x_rt']:.0f}",
+                      f"{row['vs_float32']:.2f}" if "vs_float32" in row else "-", f"{row['tflop_s']:.2f}",
                       f"{row['of_peak']:.0%}",
                       f"{row['gpu_mb']:.0f}" if "gpu_mb" in row else "-",
                       f"{row['max_relative_difference']:.2g}" if "max_relative_difference" in row else "-"])

@@ -26,6 +26,24 @@ def test_bench_model_times_every_row_and_the_group_norm(checkpoints, tmp_path):
     assert "variant" in completed.stdout and "group_norm_0.5s" in completed.stdout
 
 
+def test_bench_model_against_float32_gives_the_ratio_and_every_layers_error(checkpoints, tmp_path):
+    results = tmp_path / "model.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_model", "--model", checkpoints("large"), "--device", "cpu",
+         "--dtype", "bfloat16", "--against-float32", "--error-seconds", "1.5", "--layers", "last",
+         "--batch-seconds", "1", "--clip-seconds", "1", "--batches", "1", "--warmup", "0",
+         "--work", tmp_path / "work", "--json-out", results],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(results.read_text())
+    assert [row["variant"] for row in report["rows"]] == ["compute", "readback", "compute float32"]
+    assert all(row["vs_float32"] > 0 for row in report["rows"][:2])
+    errors = report["errors_vs_float32"]
+    assert list(errors) == ["cnn", "0", "1", "2", "3"]
+    assert all(0 < rms <= top < 0.1 for top, rms in errors.values())  # bfloat16 rounding, not garbage
+    assert "error against float32, 1.5 s of speech-like audio" in completed.stdout
+
+
 def test_gpu_session_script_parses_and_refuses_unknown_phases(tmp_path):
     script = REPO / "benchmarks" / "gpu_session.sh"
     for shell_script in (script, REPO / "scripts" / "download-wheels.sh"):
