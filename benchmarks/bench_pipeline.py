@@ -11,14 +11,20 @@ one process, on the corpus bench_extract.py generates:
             streams them (a statistics pass in the workers, the windows pass in blocks
             on the main thread);
   write     the ShardWriter storing float16 frames of the given width and layers, as
-            lebench stores them (no model, no audio): the disk side alone;
+            lebench stores them (no model, no audio): the disk side alone; in the same run,
+            numpy writing the same frames into one file (`tofile`, fsynced), the ceiling,
+            and "vs numpy", lebench's rate over it (--repeat: interleaved, best of each);
   pipeline  a whole `lebench extract` (Extraction.run: discovery, probing, decoding,
             batching, windows, the background writer, resume bookkeeping) with the model
             replaced by one that returns ready float16 states of the real shapes at no cost.
 
 x RT = audio seconds / wall seconds. "main CPU s" is the CPU time of the main process (all
 its threads): with a GPU, the main thread also launches the model, so this is the part
-that competes with it. Not included: the GPU's compute and its device-to-host copies.
+that competes with it. "CPU s/h" is every process's CPU time (main and decoding workers)
+per hour of audio; a pipeline row's "vs slowest" is its x RT over the slower of the decode
+row (same workers) and the write row (same layers) of this run. Under the table, the cores
+a host needs to feed the model at 8,000x real time: CPU s/h x 8000 / 3600. Not included:
+the GPU's compute and its device-to-host copies.
 
 Run with the project's interpreter:  .venv/bin/python -m benchmarks.bench_pipeline --help
 """
@@ -58,6 +64,7 @@ def parse_args(argv):
                         help="comma-separated layer specs, one run each: e.g. last;8,16,24;all (';' between runs)")
     parser.add_argument("--stages", default="decode,write,pipeline", help="which stages (default all three)")
     parser.add_argument("--workers", default="0,1", help="decode/pipeline: comma-separated worker counts (default 0,1)")
+    parser.add_argument("--repeat", type=int, default=1, help="write: interleaved runs of lebench and numpy, best of each (default 1)")
     parser.add_argument("--batch-seconds", type=float, default=120.0, help="pipeline: lebench --batch-seconds (default 120, the CUDA default)")
     add_work_argument(parser, help="corpora, checkpoint and outputs (default $TMPDIR/lebench-bench)")
     parser.add_argument("--out", type=Path, help="where the write and pipeline stages write (default under --work)")
@@ -93,6 +100,14 @@ def corpus_items(folder: Path) -> list:
 
 # ---- decode ---------------------------------------------------------------------------------
 
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (decoding workers, once joined)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def stage_decode(items: list, workers: int, window_seconds: float = 30.0) -> dict:
     """The files through lebench's decoding stage, the way extract reads them: recordings
     longer than a window first (a statistics pass, in the workers where this lebench does it
@@ -115,7 +130,7 @@ def stage_decode(items: list, workers: int, window_seconds: float = 30.0) -> dic
     short = [item for item in items if item.seconds <= window_seconds]
     long_files = [item for item in items if item.seconds > window_seconds]
     ahead = max(4, 4 * workers)
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, children = time.perf_counter(), time.process_time(), children_cpu()
     samples = 0
     if "streamed_over" in inspect.signature(decoded_stream).parameters:
         stream = decoded_stream(long_files + short, workers, None, ahead, streamed_over=window_seconds)
@@ -139,6 +154,7 @@ def stage_decode(items: list, workers: int, window_seconds: float = 30.0) -> dic
         short_started, short_cpu = finished, time.process_time()
     long_wall = short_started - started
     return {"wall_s": finished - started, "main_cpu_s": time.process_time() - cpu, "files": len(items),
+            "cpu_s": time.process_time() - cpu + children_cpu() - children,
             "audio_s": samples / SAMPLE_RATE,
             "short_x_rt": sum(i.seconds for i in short) / (finished - short_started) if short else None,
             "short_main_cpu_s": time.process_time() - short_cpu,
@@ -147,10 +163,12 @@ def stage_decode(items: list, workers: int, window_seconds: float = 30.0) -> dic
 
 # ---- write ----------------------------------------------------------------------------------
 
-def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
+def stage_write(items: list, arch: str, spec: str, out: Path, repeat: int = 1) -> dict:
+    """The ShardWriter against its ceiling, in the same run: numpy writing the same frames
+    (`tofile`, one file, fsynced at the end as the writer fsyncs its shards). Interleaved
+    `repeat` times, best of each; the ratio is lebench's payload rate over numpy's."""
     from lebench_cli.frames import frame_count
     from lebench_cli.layers import parse_layers
-    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
 
     layers, width, cnn_width = SHAPES[arch]
     names = [str(layer) for layer in parse_layers(spec, layers)]
@@ -158,6 +176,22 @@ def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
     rng = np.random.default_rng(0)
     pool = {name: rng.standard_normal((max(frames), cnn_width if name == "cnn" else width)).astype(np.float16)
             for name in names}
+    payload = sum(count * pool[name].shape[1] * 2 for count in frames for name in names)
+    lebench, ceiling = [], []
+    for _ in range(repeat):
+        ceiling.append(_write_numpy(pool, names, frames, out))
+        lebench.append(_write_lebench(items, pool, names, frames, out))
+    best = min(lebench, key=lambda run: run["wall_s"])
+    numpy_wall = min(ceiling)
+    return {**best, "files": len(items), "audio_s": sum(i.seconds for i in items),
+            "payload_mb": payload / 1e6, "write_mb_s": payload / 1e6 / best["wall_s"],
+            "numpy_mb_s": payload / 1e6 / numpy_wall, "vs_numpy": numpy_wall / best["wall_s"],
+            "runs_wall_s": [run["wall_s"] for run in lebench], "numpy_runs_wall_s": ceiling}
+
+
+def _write_lebench(items: list, pool: dict, names: list, frames: list, out: Path) -> dict:
+    from lebench_cli.storage import PartLock, ShardWriter, StoredUtterance, WriterOptions, prepare_output
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     prepare_output(out, {"identity": {"layers": names, "save_dtype": "float16"}}, overwrite=False)  # shards copy it
@@ -169,11 +203,25 @@ def stage_write(items: list, arch: str, spec: str, out: Path) -> dict:
             writer.add(StoredUtterance(utt_id=f"u{index}", source=str(item.source.path), duration=item.seconds,
                                        frames=count, flags="", states={n: pool[n][:count] for n in names}))
     wall = time.perf_counter() - started
+    main_cpu = time.process_time() - cpu
     written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": wall, "main_cpu_s": time.process_time() - cpu, "files": len(items),
-            "audio_s": sum(i.seconds for i in items), "written_mb": written / 1e6,
-            "write_mb_s": written / 1e6 / wall}
+    return {"wall_s": wall, "main_cpu_s": main_cpu, "cpu_s": main_cpu, "written_mb": written / 1e6}
+
+
+def _write_numpy(pool: dict, names: list, frames: list, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    with open(out / "frames.bin", "wb") as file:
+        for count in frames:
+            for name in names:
+                pool[name][:count].tofile(file)
+        file.flush()
+        os.fsync(file.fileno())
+    wall = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    return wall
 
 
 # ---- the whole pipeline without the model -------------------------------------------------
@@ -234,17 +282,19 @@ def stage_pipeline(corpus: Path, checkpoint: Path, arch: str, spec: str, workers
     options = ExtractOptions(inputs=[str(corpus)], output=str(out), model=str(checkpoint), layers=spec,
                              device="cpu", dtype="float32", workers=workers, batch_seconds=batch_seconds)
     try:
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, children = time.perf_counter(), time.process_time(), children_cpu()
         summary = run_extract(options)
         wall = time.perf_counter() - started
         main_cpu = time.process_time() - cpu
+        all_cpu = main_cpu + children_cpu() - children
     finally:
         encoder_module.Encoder = original
     written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
     if summary.failed:
         raise SystemExit(f"error: {summary.failed} files failed: {summary.first_failure}")
-    return {"wall_s": wall, "main_cpu_s": main_cpu, "files": summary.extracted, "audio_s": summary.audio_seconds,
+    return {"wall_s": wall, "main_cpu_s": main_cpu, "cpu_s": all_cpu, "files": summary.extracted,
+            "audio_s": summary.audio_seconds,
             "written_mb": written / 1e6, "write_mb_s": written / 1e6 / wall}
 
 
@@ -252,7 +302,7 @@ def stage_pipeline(corpus: Path, checkpoint: Path, arch: str, spec: str, workers
 
 def format_rows(rows: list) -> str:
     header = ["stage", "layers", "workers", "files", "audio s", "wall s", "x RT", "files/s", "main CPU s",
-              "written MB/s", "detail"]
+              "CPU s/h", "written MB/s", "vs numpy", "vs slowest", "detail"]
     lines = []
     for row in rows:
         detail = ""
@@ -263,11 +313,41 @@ def format_rows(rows: list) -> str:
             if row.get("long_x_rt"):
                 parts.append(f"long files {row['long_x_rt']:.0f}x RT")
             detail = ", ".join(parts)
+        elif row["stage"] == "write":
+            detail = f"numpy {row['numpy_mb_s']:.0f} MB/s"
+        elif row.get("slowest"):
+            detail = f"slowest stage: {row['slowest']}"
         lines.append([row["stage"], row.get("layers", "-"), str(row.get("workers", "-")), str(row["files"]),
                       f"{row['audio_s']:.0f}", f"{row['wall_s']:.2f}", f"{row['audio_s'] / row['wall_s']:.0f}",
                       f"{row['files'] / row['wall_s']:.0f}", f"{row['main_cpu_s']:.2f}",
-                      f"{row['write_mb_s']:.0f}" if "write_mb_s" in row else "-", detail])
+                      f"{row['cpu_s'] / row['audio_s'] * 3600:.0f}",
+                      f"{row['write_mb_s']:.0f}" if "write_mb_s" in row else "-",
+                      f"{row['vs_numpy']:.2f}" if "vs_numpy" in row else "-",
+                      f"{row['vs_slowest']:.2f}" if "vs_slowest" in row else "-", detail])
     return text_table(header, lines)
+
+
+def compare_with_stages(rows: list) -> None:
+    """Each pipeline row's x RT over the slower of its decode and write rows of this run."""
+    rate = {}
+    for row in rows:
+        if row["stage"] in ("decode", "write"):
+            key = row.get("workers") if row["stage"] == "decode" else row.get("layers")
+            rate[(row["stage"], key)] = row["audio_s"] / row["wall_s"]
+    for row in rows:
+        if row["stage"] != "pipeline":
+            continue
+        stages = {name: rate[key] for name, key in (("decode", ("decode", row["workers"])),
+                                                   ("write", ("write", row["layers"]))) if key in rate}
+        if stages:
+            row["slowest"] = min(stages, key=stages.get)
+            row["vs_slowest"] = row["audio_s"] / row["wall_s"] / stages[row["slowest"]]
+
+
+def feeding_lines(rows: list, target: float = 8000.0) -> list:
+    return [f"to feed {target:,.0f}x real time ({row['layers']}, {row['workers']} workers): "
+            f"{row['cpu_s'] / row['audio_s'] * target:.1f} cores at this CPU's speed"
+            for row in rows if row["stage"] == "pipeline"]
 
 
 def main(argv=None):
@@ -289,7 +369,7 @@ def main(argv=None):
                 rows.append({"stage": "decode", "workers": workers, **stage_decode(items, workers)})
         elif stage == "write":
             for spec in specs:
-                rows.append({"stage": "write", "layers": spec, **stage_write(items, args.arch, spec, out)})
+                rows.append({"stage": "write", "layers": spec, **stage_write(items, args.arch, spec, out, args.repeat)})
         elif stage == "pipeline":
             checkpoint = skinny_checkpoint(args.work, args.arch)
             for spec in specs:
@@ -299,7 +379,10 @@ def main(argv=None):
         else:
             raise SystemExit(f"error: unknown stage '{stage}' (decode, write, pipeline)")
         print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    compare_with_stages(rows)
     print(format_rows(rows))
+    for line in feeding_lines(rows):
+        print(line)
     if args.json_out:
         write_json(args.json_out, {"machine": brief_machine(), "args": {k: str(v) for k, v in vars(args).items()},
                                    "rows": rows}, indent=1)

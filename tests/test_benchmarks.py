@@ -44,6 +44,28 @@ def test_bench_model_against_float32_gives_the_ratio_and_every_layers_error(chec
     assert "error against float32, 1.5 s of speech-like audio" in completed.stdout
 
 
+def test_bench_pipeline_prints_the_write_ceiling_and_the_pipeline_ratio(tmp_path):
+    results = tmp_path / "pipeline.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_pipeline", "--minutes", "0.3", "--no-long-files", "--arch", "base",
+         "--layers", "last;4,cnn", "--workers", "0", "--repeat", "2", "--work", tmp_path / "work",
+         "--json-out", results],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = json.loads(results.read_text())["rows"]
+    assert [(row["stage"], row.get("layers")) for row in rows] == [
+        ("decode", None), ("write", "last"), ("write", "4,cnn"), ("pipeline", "last"), ("pipeline", "4,cnn")]
+    for write in rows[1:3]:
+        assert len(write["runs_wall_s"]) == len(write["numpy_runs_wall_s"]) == 2
+        assert write["vs_numpy"] == min(write["numpy_runs_wall_s"]) / min(write["runs_wall_s"])
+    for pipeline, write in zip(rows[3:], rows[1:3]):
+        slower = min(rows[0]["audio_s"] / rows[0]["wall_s"], write["audio_s"] / write["wall_s"])
+        assert pipeline["vs_slowest"] == pipeline["audio_s"] / pipeline["wall_s"] / slower
+        assert pipeline["cpu_s"] >= pipeline["main_cpu_s"] > 0
+    assert "vs numpy" in completed.stdout and "vs slowest" in completed.stdout
+    assert "to feed 8,000x real time (4,cnn, 0 workers): " in completed.stdout
+
+
 def test_gpu_session_script_parses_and_refuses_unknown_phases(tmp_path):
     script = REPO / "benchmarks" / "gpu_session.sh"
     for shell_script in (script, REPO / "scripts" / "download-wheels.sh"):
