@@ -145,7 +145,8 @@ def test_kaldi_vector_ark_and_the_data_files(store, tmp_path):
     again = invoke("export", store, "--format", "kaldi", "--layers", "2", "-o", destination)
     assert again.output == f"exported 0 new, replaced 0, removed 0 in {destination}; 3 unchanged\n"
     refused = invoke("export", store, "--format", "kaldi", "--dtype", "float16", "-o", tmp_path / "f16")
-    assert (refused.exit_code, refused.output) == (1, "Error: kaldi vectors are float32 or float64: drop --dtype float16\n")
+    assert (refused.exit_code, refused.output) == (
+        1, "Error: kaldi vectors are float32 or float64: drop --dtype float16\n")
 
 
 def test_kaldi_vectors_to_standard_output(store):
@@ -183,6 +184,9 @@ def test_kaldi_ids_sanitized(checkpoints, tmp_path):
     np.testing.assert_array_equal(vectors["c"], expected["c"].astype(np.float32))
     verified = invoke("verify", destination)
     assert (verified.exit_code, verified.stdout) == (0, "")
+    piped = invoke("export", store, "--format", "kaldi", "--layers", "1", "--kaldi-ids", "sanitize", "-o", "-")
+    assert (piped.exit_code, piped.output) == (
+        1, "Error: --kaldi-ids sanitize writes id_map beside xvector.scp: export to a folder, not -\n")
 
 
 @pytest.mark.parametrize("export_format, options", [("npy", ()), ("npy", ("--stack", "--layers", "1,2")),
@@ -218,6 +222,32 @@ def test_a_means_store_refuses_lhotse_naming_the_formats_it_takes(store, tmp_pat
     pytest.importorskip("lhotse")
     result = invoke("export", store, "--format", "lhotse", "-o", tmp_path / "cuts")
     assert (result.exit_code, result.output) == (1, (
-        f"Error: {store} holds utterance means only (extract --pool mean), and a lhotse export needs frames: export it with "
-        "--format kaldi or npy\n"))
+        f"Error: {store} holds utterance means only (extract --pool mean), and a lhotse export needs frames: "
+        "export it with --format kaldi or npy\n"))
     assert not (tmp_path / "cuts").exists()
+
+
+def test_verify_finds_a_flipped_byte_in_a_vector_ark(store, tmp_path):
+    destination = tmp_path / "kaldi"
+    assert invoke("export", store, "--format", "kaldi", "--layers", "1", "-o", destination, "-q").exit_code == 0
+    ark = destination / "layer_1" / "xvector.ark"
+    data = bytearray(ark.read_bytes())
+    data[-1] ^= 0x08  # the last float of the last utterance written
+    ark.write_bytes(bytes(data))
+    width = next(iter(means(store, 1).values())).shape[0]
+    result = invoke("verify", destination)
+    assert (result.exit_code, result.stdout) == (1, (
+        f"layer_1, utterance {stored_ids(store)[-1]}: values differ from the store's (1 of {width}, the first at "
+        f"[{width - 1}])\n"))
+
+
+def test_a_rerun_writes_a_layer_again_whole_where_its_ids_file_is_gone(store, tmp_path):
+    destination = tmp_path / "npy"
+    assert invoke("export", store, "--format", "npy", "--layers", "1,2", "-o", destination, "-q").exit_code == 0
+    (destination / "layer_2" / "ids.txt").unlink()
+    (destination / "layer_2" / "means.npy").write_bytes(b"cut by a crash")
+    (destination / "layer_2" / "means.npy.tmp").write_bytes(b"cut by a crash")
+    result = invoke("export", store, "--format", "npy", "--layers", "1,2", "-o", destination)
+    assert result.output == f"exported 3 new, replaced 0, removed 0 in {destination}\n"
+    assert not list(destination.rglob("*.tmp"))
+    assert invoke("verify", destination).stdout == ""

@@ -251,24 +251,18 @@ def _check_destination(options: ExportOptions, layers: list) -> None:
 
 
 def _means_only(store, layers: list) -> bool:
-    """Whether LAYERS of the store hold utterance means and no frames (extract --pool mean
-    without --frames), from its first utterance; a store with both exports its frames."""
-    if not store.ids:
+    """Whether the store holds utterance means and no frames (extract --pool mean without
+    --frames), from its first utterance; a store with both exports its frames."""
+    if not store.ids or not layers:
         return False
-    means = []
-    for layer in layers:
-        try:
-            store.read(store.ids[0], layer)
-        except KeyError:  # no frames: the means are read instead, or say why not
-            read_mean(store, store.ids[0], layer)
-            means.append(str(layer))
-        except _READ_ERRORS as error:
-            raise _read_error(store, store.ids[0], layer, error) from error
-    if means and len(means) < len(layers):
-        framed = [str(layer) for layer in layers if str(layer) not in means]
-        raise InputError(f"layers {', '.join(framed)} hold frames and {', '.join(means)} utterance means only: "
-                         "export them separately (--layers)")
-    return bool(means)
+    try:
+        store.read(store.ids[0], layers[0])
+    except KeyError:  # no frames: the means are read instead, or a read of them says why not
+        read_mean(store, store.ids[0], layers[0])
+        return True
+    except _READ_ERRORS as error:
+        raise _read_error(store, store.ids[0], layers[0], error) from error
+    return False
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -5,7 +5,7 @@ DEST "-" and one layer, a binary vector ark on standard output.
 
 The names are those of Kaldi's and ESPnet's utterance-level vectors (`extract_xvectors.sh`
 writes xvector.scp), so that their vector tools and recipes read the folder as it is
-(`ivector-mean scp:layer_12/xvector.scp`, `ivector-compute-lda`, ESPnet's xvector inputs);
+(`copy-vector`, `ivector-mean`, `ivector-compute-lda`, ESPnet's xvector inputs);
 feats.scp is for matrices, and `validate_data_dir.sh` would take the vectors for broken
 features. The vectors are wav2vec2 states averaged over the utterance, not an x-vector
 network's output. Written, sorted and made atomic per layer as the frames export (kaldi.py)."""
