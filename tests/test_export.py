@@ -224,15 +224,3 @@ def test_ids_a_format_cannot_hold_are_refused_by_name(tmp_path, utt_id, export_f
     result = export(out, "--format", export_format, "-o", tmp_path / "x")
     assert result.exit_code == 1
     assert result.output == "Error: " + message.format(folder=tmp_path / "x" / "layer_1") + "\n"
-
-
-def test_a_store_of_means_only_has_nothing_to_export(tmp_path):
-    out = tmp_path / "store"
-    prepare_output(out, {"identity": {"layers": ["1"]}}, overwrite=False)
-    options = WriterOptions(layers=["1"], store_frames=False, store_mean=True)
-    with PartLock(out, 1, 1), ShardWriter(out, options) as writer:
-        writer.add(StoredUtterance("u", "x.wav", 0.1, 2, {"1": np.ones((2, 3), np.float32)}))
-    result = export(out, "--format", "npy", "-o", tmp_path / "x")
-    assert result.exit_code == 1
-    assert result.output == ("Error: layer 1 frames are not stored in shards/part-1of1-00000.h5 (means only): "
-                             "use read_mean; export needs frames\n")

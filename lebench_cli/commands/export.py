@@ -12,11 +12,13 @@ from .common import reports_errors
 @click.command()
 @click.argument("store")  # checked by open_features: a missing one is an error (exit 1), not a usage error
 @click.option("--format", "export_format", type=click.Choice(["kaldi", "npy", "lhotse"]), required=True,
-              help="kaldi (ark/scp), npy (one file per utterance) or lhotse (a CutSet).")
+              help="kaldi (ark/scp), npy (one file per utterance; a store of means: one matrix per layer) "
+                   "or lhotse (a CutSet).")
 @click.option("-o", "--output", required=True, help="Destination folder; - streams a kaldi ark to stdout (one layer).")
 @click.option("--layers", default=None,
               help="Stored layers to export: all (0..L), last, cnn, 6,12, 0-24 (default: every stored layer, cnn included).")
-@click.option("--stack", is_flag=True, help="npy: one [layers, frames, width] array per utterance.")
+@click.option("--stack", is_flag=True,
+              help="npy: one [layers, frames, width] array per utterance (means: one [utterances, layers, width]).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="Convert to this dtype (default: as stored; kaldi: always float32).")
 @click.option("--kaldi-ids", type=click.Choice(["keep", "sanitize"]), default="keep",

@@ -1,5 +1,7 @@
 """Exports of an output folder to the formats other tools read, one module per format:
-kaldi ark/scp (`kaldi`), one .npy per utterance (`npy`), a lhotse CutSet (`lhotse_cuts`).
+kaldi ark/scp (`kaldi`), one .npy per utterance (`npy`), a lhotse CutSet (`lhotse_cuts`); and
+for a store of utterance means only (`extract --pool mean`), a Kaldi vector ark
+(`kaldi_means`) or one matrix .npy per layer (`npy_means`).
 
 Every export reads one utterance at a time in storage order (memory holds one utterance's
 layers), is atomic or resumable per output file, and records what it was made from
@@ -9,6 +11,7 @@ layers), is atomic or resumable per output file, and records what it was made fr
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,9 @@ from ..frames import CNN
 from .record import count_utterances
 
 FORMATS = ("kaldi", "npy", "lhotse")
+MEANS_FORMATS = ("kaldi", "npy")  # the formats that take a store of utterance means only
+MEANS_VARIANT = "pool=mean"  # in a record entry's variant: the entry holds utterance means
+STACK = "stack"  # the record entry of npy --stack, whose files lie in DEST itself
 EXPORT_DTYPES = ("float16", "float32")
 
 
@@ -84,11 +90,16 @@ def export_features(options: ExportOptions, progress: bool = False) -> ExportSum
         raise InputError(f"unknown export format {options.format!r}: use {', '.join(FORMATS)}")
     if options.dtype not in (None, *EXPORT_DTYPES):
         raise InputError(f"cannot export as {options.dtype!r}: use float16 or float32")
-    writer = _writer_module(options.format)  # a missing extra fails before anything is read
+    writer = writer_module(options.format)  # a missing extra fails before anything is read
     with open_features(options.store) as store:
         layers = select_layers(store, options.layers)
         _check_destination(options, layers)
-        _check_frames_stored(store, layers)
+        if _means_only(store, layers):
+            if options.format not in MEANS_FORMATS:
+                raise InputError(f"{options.store} holds utterance means only (extract --pool mean), and "
+                                 f"a {options.format} export needs frames: export it with --format "
+                                 f"{' or '.join(MEANS_FORMATS)}")
+            writer = writer_module(options.format, means=True)
         writer.check_ids(store, options, layers)  # every id, before anything is written
         bar = _progress_bar(len(store), progress)
         if options.destination == "-":
@@ -102,6 +113,14 @@ def read_layer(store, utt_id: str, layer):
     """store.read, with a failed read named as one (not as a write under DEST)."""
     try:
         return store.read(utt_id, layer)
+    except _READ_ERRORS as error:
+        raise _read_error(store, utt_id, layer, error) from error
+
+
+def read_mean(store, utt_id: str, layer):
+    """store.read_mean of one layer ([width]), with a failed read named as one."""
+    try:
+        return store.read_mean(utt_id, layer)
     except _READ_ERRORS as error:
         raise _read_error(store, utt_id, layer, error) from error
 
@@ -145,15 +164,23 @@ def layer_folder(layer) -> str:
     return f"layer_{layer}"
 
 
-def export_per_layer(store, layers: list, record, marker: str, variant: str, write, bar) -> ExportSummary:
-    """The formats with one folder per layer (kaldi, lhotse), written whole and atomically: a
-    layer whose `marker` file exists and whose record matches the store is left as it is; the
-    others are written again by write(store, todo, destination path, bar), which returns the
-    count of features-only items (lhotse) or None, and which removes a layer's marker before
-    it replaces the layer's other files."""
+def entry_folder(destination: Path, key: str) -> Path:
+    """Where the files of a record entry lie: DEST/layer_L, or DEST itself for STACK."""
+    return destination if key == STACK else destination / key
+
+
+def export_per_layer(store, layers: list, record, marker: str, variant: str, write, bar,
+                     keys: Optional[dict] = None) -> ExportSummary:
+    """The formats with one folder per layer (kaldi, lhotse, npy means), written whole and
+    atomically: a layer whose `marker` file exists and whose record matches the store is left
+    as it is; the others are written again by write(store, todo, destination path, bar), which
+    returns the count of features-only items (lhotse) or None, and which removes a layer's
+    marker before it replaces the layer's other files. keys: {layer: record entry} where it is
+    not the layer's folder (STACK)."""
     path = record.destination.resolve()
-    plans = {layer: record.plan(layer_folder(layer), variant,
-                                lambda _, layer=layer: (path / layer_folder(layer) / marker).exists())
+    keys = keys or {layer: layer_folder(layer) for layer in layers}
+    plans = {layer: record.plan(keys[layer], variant,
+                                lambda _, layer=layer: (entry_folder(path, keys[layer]) / marker).exists())
              for layer in layers}
     summary = ExportSummary.of(count_utterances(list(plans.values())), str(record.destination))
     todo = [layer for layer, plan in plans.items() if plan.changes]
@@ -166,7 +193,7 @@ def export_per_layer(store, layers: list, record, marker: str, variant: str, wri
     except OSError as error:
         raise OutputError(f"cannot write under {path}: {error.strerror or error}") from error
     for layer in todo:
-        record.set_entry(layer_folder(layer), variant, record.fingerprints)
+        record.set_entry(keys[layer], variant, record.fingerprints)
     record.save()
     return summary
 
@@ -178,6 +205,14 @@ def remove_partial(paths) -> None:
             Path(path).unlink(missing_ok=True)
         except OSError:
             pass  # the error that stopped the export is the one to report
+
+
+def write_synced(path: Path, text: str) -> None:
+    """PATH holds TEXT (UTF-8, "\\n" line ends) on disk before it is renamed into place."""
+    with open(path, "w", encoding="utf-8", newline="\n") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def converted(array: np.ndarray, dtype: Optional[str]) -> np.ndarray:
@@ -193,10 +228,12 @@ def utterance_path(folder: Path, utt_id: str, suffix: str) -> Path:
     return folder.joinpath(*parts[:-1], parts[-1] + suffix)
 
 
-def _writer_module(name: str):
+def writer_module(name: str, means: bool = False):
+    """The module that writes format NAME (of utterance means with MEANS), its extra checked."""
     import importlib
 
-    module = importlib.import_module(f"{__name__}.{'lhotse_cuts' if name == 'lhotse' else name}")
+    module = f"{name}_means" if means else {"lhotse": "lhotse_cuts"}.get(name, name)
+    module = importlib.import_module(f"{__name__}.{module}")
     module.check_dependencies()
     return module
 
@@ -213,16 +250,19 @@ def _check_destination(options: ExportOptions, layers: list) -> None:
         raise InputError(f"{destination} is the store itself: export to another folder")
 
 
-def _check_frames_stored(store, layers: list) -> None:
-    for layer in layers:
-        if not store.ids:
-            return
-        try:
-            store.read(store.ids[0], layer)
-        except KeyError as error:  # a store of utterance means only (--pool mean)
-            raise InputError(f"{error.args[0]}; export needs frames") from None
-        except _READ_ERRORS as error:
-            raise _read_error(store, store.ids[0], layer, error) from error
+def _means_only(store, layers: list) -> bool:
+    """Whether the store holds utterance means and no frames (extract --pool mean without
+    --frames), from its first utterance; a store with both exports its frames."""
+    if not store.ids or not layers:
+        return False
+    try:
+        store.read(store.ids[0], layers[0])
+    except KeyError:  # no frames: the means are read instead, or a read of them says why not
+        read_mean(store, store.ids[0], layers[0])
+        return True
+    except _READ_ERRORS as error:
+        raise _read_error(store, store.ids[0], layers[0], error) from error
+    return False
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from . import EntryFileMissing, ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require
+from . import (EntryFileMissing, ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require,
+               write_synced)
 from .kaldi_data import ID_MAP, KEEP, DataFiles, c_sorted, check_names, read_id_map
 
 _MARKER = "utt2spk"  # renamed last: a layer folder that has it is whole
@@ -48,43 +49,46 @@ class _NamedAs:
         self._file.flush()
 
 
-def check_ids(store, options, layers: list) -> None:
+def check_ids(store, options, layers: list, table: str = "feats", other_formats: str = "npy or lhotse") -> None:
     kaldi_ids = getattr(options, "kaldi_ids", KEEP)
     if kaldi_ids != KEEP and options.destination == "-":
-        raise InputError(f"--kaldi-ids {kaldi_ids} writes id_map beside feats.scp: export to a folder, not -")
-    check_names(store, kaldi_ids)
+        raise InputError(f"--kaldi-ids {kaldi_ids} writes id_map beside {table}.scp: export to a folder, not -")
+    check_names(store, kaldi_ids, other_formats)
 
 
 def export(store, layers: list, options, bar, record) -> ExportSummary:
     if options.dtype == "float16":
         raise InputError("kaldi matrices are float32 or float64: drop --dtype float16")
     if options.destination == "-":
-        return _to_stdout(store, layers[0], bar)
+        return to_stdout(store, layers[0], bar)
     kaldi_ids = getattr(options, "kaldi_ids", KEEP)
 
     def write(store, todo: list, destination: Path, bar) -> None:
-        _write_layers(store, todo, destination, bar, kaldi_ids)
+        write_layers(store, todo, destination, bar, kaldi_ids)
     return export_per_layer(store, layers, record, _MARKER, f"float32;ids={kaldi_ids}", write, bar)
 
 
-def _write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str) -> None:
+def write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str, table: str = "feats",
+                 array=None) -> None:
+    """Writes each layer's TABLE.ark and TABLE.scp, the ark holding array(store, id, layer)
+    per utterance (default: its float32 frames), and the data files beside them."""
     import kaldiio
 
+    array = array or _frames_of
     data = DataFiles(list(store.utterances()), kaldi_ids)
     extra = data.files()
-    names = ["feats.ark", "feats.scp", *extra]
+    names = [f"{table}.ark", f"{table}.scp", *extra]
     files, done = {}, False
     try:
         for layer in layers:
             folder = destination / layer_folder(layer)
             folder.mkdir(parents=True, exist_ok=True)
-            ark = open(folder / "feats.ark.tmp", "wb")
-            files[layer] = (_NamedAs(ark, str(folder / "feats.ark")), ark, io.StringIO())
+            ark = open(folder / f"{table}.ark.tmp", "wb")
+            files[layer] = (_NamedAs(ark, str(folder / f"{table}.ark")), ark, io.StringIO())
         with bar:
             for utt_id in store.ids:
                 for layer, (named, _, scp) in files.items():
-                    array = exported_array(store, utt_id, layer, layers, None)
-                    kaldiio.save_ark(named, {data.ids[utt_id]: array}, scp=scp)
+                    kaldiio.save_ark(named, {data.ids[utt_id]: array(store, utt_id, layer)}, scp=scp)
                 bar.update()
         for layer, (_, ark, scp) in files.items():
             ark.flush()
@@ -92,9 +96,9 @@ def _write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str) -
             ark.close()
             folder = destination / layer_folder(layer)
             lines = scp.getvalue().splitlines(keepends=True)
-            texts = {"feats.scp": "".join(c_sorted(lines)), **extra}
+            texts = {f"{table}.scp": "".join(c_sorted(lines)), **extra}
             for name, text in texts.items():
-                _write_synced(folder / f"{name}.tmp", text)
+                write_synced(folder / f"{name}.tmp", text)
         for layer in files:
             folder = destination / layer_folder(layer)
             (folder / _MARKER).unlink(missing_ok=True)  # first: the layer is not done
@@ -113,27 +117,24 @@ def _write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str) -
             remove_partial(destination / layer_folder(layer) / f"{name}.tmp" for layer in files for name in names)
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-
-
 def exported_array(store, utt_id: str, layer, layers: list, dtype) -> np.ndarray:
     """What the export writes into feats.ark for ID (kaldi: always float32)."""
-    return _matrix(read_layer(store, utt_id, layer))
+    return _frames_of(store, utt_id, layer)
 
 
-def stored_arrays(destination: Path, key: str, other_keys):
-    """(id, load) of every line of KEY/feats.scp; load() reads its matrix with kaldiio."""
+def _frames_of(store, utt_id: str, layer) -> np.ndarray:
+    return float32(read_layer(store, utt_id, layer))
+
+
+def stored_arrays(destination: Path, key: str, other_keys, table: str = "feats"):
+    """(id, load) of every line of KEY/TABLE.scp; load() reads its matrix (or vector) with kaldiio."""
     import kaldiio
 
-    scp = destination / key / "feats.scp"
+    scp = destination / key / f"{table}.scp"
     try:
         file = open(scp, encoding="utf-8")
     except FileNotFoundError:
-        raise EntryFileMissing(f"{key}/feats.scp is missing") from None
+        raise EntryFileMissing(f"{key}/{scp.name} is missing") from None
     id_map = destination / key / ID_MAP
     original = read_id_map(id_map) if id_map.is_file() else {}
     with file:
@@ -150,19 +151,22 @@ def _no_location(scp: Path, number: int):
     raise ValueError(f"line {number} of {scp.name} names no ark location")
 
 
-def _to_stdout(store, layer, bar) -> ExportSummary:
+def to_stdout(store, layer, bar, array=None) -> ExportSummary:
+    """A binary ark of array(store, id, layer) (default: the float32 frames) on standard output."""
     import kaldiio
 
+    array = array or _frames_of
     stdout = sys.stdout.buffer
     summary = ExportSummary(destination="-")
     with bar:
         for utt_id in store.ids:
-            kaldiio.save_ark(stdout, {utt_id: _matrix(read_layer(store, utt_id, layer))})
+            kaldiio.save_ark(stdout, {utt_id: array(store, utt_id, layer)})
             summary.new += 1
             bar.update()
     stdout.flush()
     return summary
 
 
-def _matrix(array: np.ndarray) -> np.ndarray:
+def float32(array: np.ndarray) -> np.ndarray:
+    """What kaldi holds: float32 (float16 has no Kaldi type; the conversion is exact)."""
     return np.ascontiguousarray(array, dtype=np.float32)

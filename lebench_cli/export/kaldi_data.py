@@ -53,9 +53,9 @@ def kaldi_names(names) -> dict:
     return mapping
 
 
-def check_names(store, kaldi_ids: str) -> None:
+def check_names(store, kaldi_ids: str, other_formats: str = "npy or lhotse") -> None:
     """With `keep`, refuses an utterance id, speaker or recording Kaldi cannot hold, naming the
-    way out; with `sanitize`, every name maps (kaldi_names)."""
+    way out (sanitize, or OTHER_FORMATS); with `sanitize`, every name maps (kaldi_names)."""
     if kaldi_ids not in KALDI_IDS:
         raise InputError(f"--kaldi-ids {kaldi_ids!r}: use keep or sanitize")
     if kaldi_ids == SANITIZE:
@@ -65,7 +65,7 @@ def check_names(store, kaldi_ids: str) -> None:
         if not holds_kaldi(row["id"]):
             raise InputError(f"utterance id {row['id']!r} holds whitespace or an unprintable character, which Kaldi "
                              "tables cannot: export with --kaldi-ids sanitize (ids mapped, see DEST/layer_L/id_map), "
-                             "or to npy or lhotse")
+                             f"or to {other_formats}")
         for field in ("speaker", "recording"):
             value = _name(row["metadata"], field)
             if value is not None and not holds_kaldi(value):

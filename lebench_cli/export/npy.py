@@ -45,7 +45,7 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
                                 lambda utt_id, folder=folder: utterance_path(folder, utt_id, ".npy").exists())
              for layer, folder in folders.items()}
     summary = ExportSummary.of(count_utterances(list(plans.values())), str(destination))
-    _write_metadata(store, destination)
+    write_metadata(store, destination)
     if not any(plan.changes for plan in plans.values()):
         bar.close()
         return summary
@@ -80,7 +80,7 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
     return summary
 
 
-def _write_metadata(store, destination: Path) -> None:
+def write_metadata(store, destination: Path) -> None:
     """DEST/metadata.jsonl: one JSON object per utterance in storage order (id, frames,
     duration, and the fields its input carried), written whole and renamed into place."""
     import json

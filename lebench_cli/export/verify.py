@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, LebenchError, one_line
 from ..storage.verify import Problem
-from . import FORMATS, EntryFileMissing, _writer_module
+from . import FORMATS, MEANS_FORMATS, MEANS_VARIANT, EntryFileMissing, writer_module
 from .record import RECORD_FILE, RECORD_FORMAT, _first_difference, utterance_fingerprints
 
 _RERUN = "rerun lebench export"
@@ -81,7 +81,8 @@ def verify_export(destination, on_utterance: Optional[Callable[[], None]] = None
         if record.get("export_format") not in FORMATS:
             raise InputError(f"{destination / RECORD_FILE} names an unknown export format "
                              f"{record.get('export_format')!r}")
-        writer = _writer_module(record["export_format"])  # a missing extra: the line that installs it
+        export_format = record["export_format"]
+        writer_module(export_format)  # a missing extra: the line that installs it
         try:
             store = open_features(report.store)
         except LebenchError as error:
@@ -98,7 +99,8 @@ def verify_export(destination, on_utterance: Optional[Callable[[], None]] = None
             fingerprints = utterance_fingerprints(store)
             for key in sorted(record["entries"]):
                 others = [other for other in record["entries"] if other != key]
-                _check_entry(destination, key, record["entries"][key], others, store, writer, fingerprints,
+                entry = record["entries"][key]
+                _check_entry(destination, key, entry, others, store, _entry_writer(export_format, entry), fingerprints,
                              report, on_utterance)
     return report
 
@@ -113,6 +115,14 @@ def read_record(destination: Path) -> dict:
     except (OSError, ValueError, AttributeError) as error:
         raise InputError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from error
     return record
+
+
+def _entry_writer(export_format: str, entry):
+    """The module that wrote ENTRY: its format's, or the one of utterance means where its
+    variant says so."""
+    variant = entry.get("variant") if isinstance(entry, dict) else None
+    means = isinstance(variant, str) and MEANS_VARIANT in variant.split(";") and export_format in MEANS_FORMATS
+    return writer_module(export_format, means=means)
 
 
 def _utterances(entry) -> dict:
