@@ -84,6 +84,21 @@ examples:
 
 # ---- options -------------------------------------------------------------------------------
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def dtype_list(text: str) -> list:
+    """'bfloat16,float32' -> ['bfloat16', 'float32']; argparse turns the ValueError into a usage error."""
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values or any(value not in DTYPES for value in values) or len(set(values)) < len(values):
+        raise ValueError(text)
+    return values
+
+
+def lebench_dtype(method: str, args) -> str:
+    """The compute precision of a lebench row: 'lebench:bfloat16' -> bfloat16, 'lebench' -> --dtype."""
+    return method.split(":", 1)[1] if ":" in method else args.dtypes[0]
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_extract", description=__doc__.split("\n\n")[0],
@@ -115,8 +130,9 @@ def parse_args(argv):
     run.add_argument("--layers", default="last",
                      help="layers to store, lebench syntax: last, all, cnn, 4,8,12, 0-12 (default last)")
     run.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
-    run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                     help="lebench's compute precision (default: float16 on CUDA, float32 on CPU)")
+    run.add_argument("--dtype", type=dtype_list, default=None,
+                     help="lebench's compute precision, or several comma-separated (bfloat16,float32: one "
+                          "lebench row each and a 'vs float32' column) (default: float16 on CUDA, float32 on CPU)")
     run.add_argument("--naive-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                      help="the naive loops' precision (default float32, as LeBenchmark's scripts)")
     run.add_argument("--batch-seconds", type=float, default=None, help="lebench --batch-seconds (default: lebench's)")
@@ -153,6 +169,7 @@ def parse_args(argv):
     if not methods:
         parser.error("no method left to run")
     args.methods = methods
+    args.dtypes = args.dtype or []
     if args.corpus is None:
         args.seconds = 3600.0 * args.hours if args.hours else 60.0 * (args.minutes or 5.0)
         if args.seconds < 1:
@@ -175,9 +192,9 @@ def make_corpus(args) -> Path:
 def method_command(method: str, args, corpus: Path, checkpoint: Path, export: Path | None, out: Path,
                    result_json: Path, profile: Path | None) -> list:
     prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else []
-    if method == "lebench":
+    if method.startswith("lebench"):
         command = [args.lebench, "extract", str(corpus), "-o", str(out), "--model", str(checkpoint),
-                   "--layers", args.layers, "--device", args.device, "--dtype", args.dtype, "--quiet"]
+                   "--layers", args.layers, "--device", args.device, "--dtype", lebench_dtype(method, args), "--quiet"]
         if args.batch_seconds is not None:
             command += ["--batch-seconds", f"{args.batch_seconds:g}"]
         if args.workers is not None:
@@ -191,18 +208,19 @@ def method_command(method: str, args, corpus: Path, checkpoint: Path, export: Pa
 
 
 def run_method(method: str, args, corpus: Path, checkpoint: Path, export, run_dir: Path, tag: str) -> dict:
-    out = run_dir / f"out-{method}-{tag}"
+    name = method.replace(":", "-")
+    out = run_dir / f"out-{name}-{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    result_json = run_dir / f"{method}-{tag}.json"
-    profile = run_dir / f"{method}-{tag}.prof" if args.profile and tag != "probe" else None
+    result_json = run_dir / f"{name}-{tag}.json"
+    profile = run_dir / f"{name}-{tag}.prof" if args.profile and tag != "probe" else None
     command = method_command(method, args, corpus, checkpoint, export, out, result_json, profile)
-    measured = measure(command, run_dir / f"{method}-{tag}.log", quiet_env(args.threads),
+    measured = measure(command, run_dir / f"{name}-{tag}.log", quiet_env(args.threads),
                        gpu=args.device.startswith("cuda"))
     measured["output_bytes"] = folder_bytes(out)
     if result_json.exists():
         measured["inside"] = json.loads(result_json.read_text())
     if measured["exit_code"] != 0:
-        tail = (run_dir / f"{method}-{tag}.log").read_text()[-1500:]
+        tail = (run_dir / f"{name}-{tag}.log").read_text()[-1500:]
         print(f"warning: {method} exited with {measured['exit_code']}:\n{tail}", file=sys.stderr)
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
@@ -211,7 +229,7 @@ def run_method(method: str, args, corpus: Path, checkpoint: Path, export, run_di
 
 def summarise(rows: list, audio_seconds: float, flops: float):
     medians = {}
-    for method in METHODS:
+    for method in dict.fromkeys(row["method"] for row in rows):
         speeds = [audio_seconds / r["wall_s"] for r in rows if r["method"] == method and r["exit_code"] == 0]
         if speeds:
             medians[method] = statistics.median(speeds)
@@ -220,7 +238,7 @@ def summarise(rows: list, audio_seconds: float, flops: float):
         row["cpu_s"] = row["user_cpu_s"] + row["system_cpu_s"]
         if row["exit_code"] != 0:  # a failed run has no throughput
             row.update(x_real_time=None, steady_x_real_time=None, tflops=None, write_mb_s=None,
-                       vs_fairseq=None, vs_transformers=None)
+                       vs_fairseq=None, vs_transformers=None, vs_float32=None)
             continue
         row["x_real_time"] = audio_seconds / row["wall_s"]
         startup = row.get("startup_s")
@@ -229,6 +247,8 @@ def summarise(rows: list, audio_seconds: float, flops: float):
         row["write_mb_s"] = row["output_bytes"] / 1024**2 / row["wall_s"]
         for naive in NAIVE:
             row[f"vs_{naive}"] = row["x_real_time"] / medians[naive] if naive in medians else None
+        float32 = medians.get("lebench:float32")
+        row["vs_float32"] = row["x_real_time"] / float32 if float32 and row["method"].startswith("lebench") else None
     return medians
 
 
@@ -242,6 +262,7 @@ def format_table(rows: list) -> str:
         ("steady x RT", lambda r: "-" if r["steady_x_real_time"] is None else f"{r['steady_x_real_time']:.2f}"),
         ("vs fairseq", lambda r: "-" if r["vs_fairseq"] is None else f"{r['vs_fairseq']:.2f}"),
         ("vs transformers", lambda r: "-" if r["vs_transformers"] is None else f"{r['vs_transformers']:.2f}"),
+        ("vs float32", lambda r: "-" if r.get("vs_float32") is None else f"{r['vs_float32']:.2f}"),
         ("CPU s", lambda r: f"{r['cpu_s']:.0f}"),
         ("peak RSS MB", lambda r: f"{r['peak_rss_mb']:.0f}"),
         ("tree PSS MB", lambda r: f"{r['peak_tree_pss_mb']:.0f}"),
@@ -261,7 +282,11 @@ def main(argv=None):
     args.work.mkdir(parents=True, exist_ok=True)
     info = machine_info(args.device or "")
     args.device = args.device or ("cuda" if info.get("cuda") else "cpu")
-    args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    args.dtypes = args.dtypes or ["float16" if args.device.startswith("cuda") else "float32"]
+    if len(args.dtypes) > 1:  # one lebench row per precision
+        args.methods = [expanded for method in args.methods
+                        for expanded in ([f"lebench:{d}" for d in args.dtypes] if method == "lebench" else [method])]
+    args.dtype = ",".join(args.dtypes)
     if args.corpus is not None:
         corpus = args.corpus.resolve()
         lengths = probe_corpus(corpus)

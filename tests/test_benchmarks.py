@@ -66,6 +66,22 @@ def test_bench_pipeline_prints_the_write_ceiling_and_the_pipeline_ratio(tmp_path
     assert "to feed 8,000x real time (4,cnn, 0 workers): " in completed.stdout
 
 
+def test_bench_extract_runs_lebench_in_each_precision_beside_the_naive_loop(checkpoints, tmp_path):
+    results = tmp_path / "extract.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_extract", "--minutes", "0.1", "--no-long-files",
+         "--model", checkpoints("base"), "--device", "cpu", "--dtype", "bfloat16,float32",
+         "--methods", "lebench,fairseq", "--layers", "1,cnn", "--no-startup-probe", "--work", tmp_path / "work",
+         "--json-out", results],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    runs = json.loads(results.read_text())["runs"]
+    assert [run["method"] for run in runs] == ["lebench:bfloat16", "lebench:float32", "fairseq"]
+    assert all(run["exit_code"] == 0 and run["vs_fairseq"] > 0 for run in runs)
+    assert runs[1]["vs_float32"] == 1.0 and runs[0]["vs_float32"] > 0 and runs[2]["vs_float32"] is None
+    assert "vs float32" in completed.stdout
+
+
 def test_gpu_session_script_parses_and_refuses_unknown_phases(tmp_path):
     script = REPO / "benchmarks" / "gpu_session.sh"
     for shell_script in (script, REPO / "scripts" / "download-wheels.sh"):
