@@ -9,6 +9,7 @@ import soundfile as sf
 from lebench_cli.audio import loading
 from lebench_cli.audio.decoding import decode
 from lebench_cli.audio.sources import AudioSource, Segment
+from lebench_cli.errors import AudioError
 from lebench_cli.pipeline.parts import split_parts
 from tests.support.source_runs import extract_sources, failures, stored_features, write_cut, write_recording
 
@@ -66,6 +67,16 @@ def test_a_segment_that_does_not_fit_its_recording_fails_alone(checkpoints, tmp_
         "after": "segment 4-5 s: starts after the recording's end (3.200 s)",
         "backwards": "segment 2-1 s: ends before it starts",
     }
+
+
+def test_an_end_at_most_half_a_second_past_the_recording_is_cut_to_it():
+    from lebench_cli.audio.segments import segment_frames
+
+    assert segment_frames("r.wav", Segment(0.5, 1.5), 16000, 16000) == (8000, 16000)
+    assert segment_frames("r.wav", Segment(0.5, 0.75), 16000, 16000) == (8000, 12000)
+    with pytest.raises(AudioError) as error:
+        segment_frames("r.wav", Segment(0.5, 1.51), 16000, 16000)
+    assert error.value.reason == "segment 0.5-1.51 s: ends after the recording's end (1.000 s)"
 
 
 def test_a_segment_channel_wins_over_the_runs_channel(tmp_path):
