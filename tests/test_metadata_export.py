@@ -186,6 +186,8 @@ def test_kaldi_wav_scp_names_each_recording_of_segments_a_file_or_its_pipe(tmp_p
     assert [(source.utt_id, source.segment) for source in again] == [
         (source.utt_id, source.segment) for source in sorted(sources, key=lambda source: source.utt_id)]
     assert {source.utt_id: source.path for source in again}["u2"] == str(audio / "a.wav")
+    verified = CliRunner().invoke(main, ["verify", str(tmp_path / "kaldi")])
+    assert verified.exit_code == 0, verified.output
 
 
 def test_kaldi_wav_scp_of_whole_files_is_keyed_by_utterance_and_follows_sanitize(tmp_path):
