@@ -80,7 +80,7 @@ def write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str, ta
     import kaldiio
 
     array = array or _frames_of
-    data = DataFiles(list(store.utterances()), kaldi_ids, pipe_places(store))
+    data = DataFiles(list(store.utterances()), kaldi_ids, lambda: pipe_places(store))
     extra = data.files()
     names = [f"{table}.ark", f"{table}.scp", *extra]
     files, done = {}, False

@@ -80,10 +80,10 @@ class DataFiles:
     text, C-sorted (`files`): {file name: text}; `text` only when some utterance has text,
     `segments` only when some has a start or end in a recording, `wav.scp` when every
     recording's audio can be written (else `note` says why not: kaldi_recordings.py), keyed
-    by recording with segments and by utterance without, `id_map` with sanitize. `pipes`: the
-    sources the store recorded as pipe commands (kaldi_recordings.pipe_places)."""
+    by recording with segments and by utterance without, `id_map` with sanitize. `pipes()`:
+    the sources the store recorded as pipe commands (kaldi_recordings.pipe_places)."""
 
-    def __init__(self, rows: list, kaldi_ids: str, pipes: frozenset = frozenset()):
+    def __init__(self, rows: list, kaldi_ids: str, pipes=frozenset):
         self.sanitize = kaldi_ids == SANITIZE
         ids = [row["id"] for row in rows]
         self.ids = kaldi_names(ids) if self.sanitize else {utt_id: utt_id for utt_id in ids}

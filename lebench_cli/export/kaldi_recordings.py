@@ -27,13 +27,13 @@ def recording_place(row: dict) -> str:
     return row["source"]
 
 
-def rxfilename(place: str, pipes: frozenset) -> tuple:
+def rxfilename(place: str, pipes) -> tuple:
     """(what the wav.scp line says after the recording id: a path or "COMMAND |", "") for the
-    place of a recording; ("", why it cannot be written) when it cannot. `pipes`: the places
-    the store recorded as pipe commands (`pipe_places`)."""
-    if place in pipes:
-        return f"{place} |", ""
+    place of a recording; ("", why it cannot be written) when it cannot. `pipes()`: the places
+    the store recorded as pipe commands (`pipe_places`), asked only of a place that is no file."""
     if not os.path.isfile(place):
+        if place in pipes():
+            return f"{place} |", ""
         return "", f"{place} is not a file here (a tar member, a table row, or moved since)"
     if any(character.isspace() or not character.isprintable() for character in place) or place.endswith("|"):
         return "", (f"its path {place!r} holds whitespace or ends in '|', which a wav.scp line cannot hold "
@@ -61,16 +61,23 @@ def pipe_places(store) -> frozenset:
     return frozenset(pipes)
 
 
-def wav_scp_lines(places: dict, pipes: frozenset) -> tuple:
+def wav_scp_lines(places: dict, pipes) -> tuple:
     """({Kaldi recording id: its wav.scp line}, "") from {Kaldi recording id: {places}}, each
     place looked at once; ({}, the reason) when one recording cannot be written or names two
-    audio sources."""
-    lines = {}
+    audio sources. `pipes()`: pipe_places of the store, read at most once, and only when a
+    place is no file (it reads every shard's table of sources again)."""
+    lines, known_pipes = {}, []
+
+    def pipes_once() -> frozenset:
+        if not known_pipes:
+            known_pipes.append(pipes())
+        return known_pipes[0]
+
     for key, found in places.items():
         if len(found) > 1:
             first, second = sorted(found)[:2]
             return {}, f"no {WAV_SCP}: recording {key!r} names two audio sources, {first} and {second}"
-        written, problem = rxfilename(next(iter(found)), pipes)
+        written, problem = rxfilename(next(iter(found)), pipes_once)
         if problem:
             return {}, f"no {WAV_SCP}: recording {key!r}: {problem}"
         lines[key] = f"{key} {written}"
