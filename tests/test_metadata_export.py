@@ -99,7 +99,8 @@ def test_kaldi_keep_writes_the_data_files_of_kaldi_safe_ids(tmp_path):
     rows = {"spk1-u1": {"speaker": "spk1", "text": "un"}, "spk1-u0": {"speaker": "spk1"}, "spk2-u0": {}}
     store = write_store(tmp_path / "store", rows)
     result = export(store, "--format", "kaldi", "--layers", "0", "-o", tmp_path / "kaldi")
-    assert result.exit_code == 0, result.output
+    # The sources are not on this machine: no wav.scp, and without segments nothing to say.
+    assert (result.exit_code, result.output) == (0, f"exported 3 new, replaced 0, removed 0 in {tmp_path / 'kaldi'}\n")
     folder = tmp_path / "kaldi" / "layer_0"
     assert sorted(path.name for path in folder.iterdir()) == ["feats.ark", "feats.scp", "spk2utt", "text", "utt2spk"]
     assert lines(folder / "utt2spk") == ["spk1-u0 spk1", "spk1-u1 spk1", "spk2-u0 spk2-u0"]

@@ -79,7 +79,7 @@ class DataFiles:
     """The lines of a layer folder's data files, utterance by utterance (`add`), then their
     text, C-sorted (`files`): {file name: text}; `text` only when some utterance has text,
     `segments` only when some has a start or end in a recording, `wav.scp` when every
-    recording's audio can be written (else `note` says why not: kaldi_recordings.py), keyed
+    recording's audio can be written (else, with segments, `note` says why not), keyed
     by recording with segments and by utterance without, `id_map` with sanitize. `pipes()`:
     the sources the store recorded as pipe commands (kaldi_recordings.pipe_places)."""
 
@@ -120,7 +120,8 @@ class DataFiles:
             files["text"] = _lines(text[key] for key in c_sorted(text))
         if with_segments:
             files["segments"] = _lines(segments[key] for key in c_sorted(segments))
-        wav_scp, self.note = wav_scp_lines(places, self.pipes)
+        wav_scp, note = wav_scp_lines(places, self.pipes)
+        self.note = note if with_segments else ""  # without segments, nothing names a recording wav.scp lacks
         if wav_scp:
             files[WAV_SCP] = _lines(wav_scp[key] for key in c_sorted(wav_scp))
         if self.sanitize:
