@@ -95,6 +95,8 @@ def test_speaker_of_an_utterance_not_in_segments_is_refused(tmp_path, audio):
     ("wav.scp", ["recA {a}", "recB {missing}"], "wav.scp:2: {missing}: no such file"),
     ("wav.scp", ["recA"], "wav.scp:1: expected '<recording-id> <path or command |>', found one field"),
     ("reco2file_and_channel", ["recA {a} C"], "reco2file_and_channel:1: channel 'C' is not 1, 2, A or B"),
+    ("segments", ["u1 recA 0 0.5", "u2 recA 0.5 1.6"],
+     "segments:2: segment 'u2' ends at 1.6 s, past the end of recording 'recA' (1.000 s)"),
     ("utt2spk", ["recA spk1", "recX spk2"], "utt2spk:2: utterance 'recX' is not in wav.scp"),
     ("text", ["recA bonjour", "", "recZ"], "text:3: utterance 'recZ' is not in wav.scp"),
 ])
@@ -104,6 +106,33 @@ def test_bad_kaldi_tables_are_refused_naming_file_and_line(tmp_path, audio, tabl
     write_lines(data / "wav.scp", f"recA {audio['a']}")
     write_lines(data / table, *(line.format(a=audio["a"], missing=missing) for line in lines))
     assert refused([data]) == f"{data}/" + message.format(data=data, missing=missing)
+
+
+def test_segment_ends_are_checked_once_per_recording_file_and_never_by_opening_a_pipe(tmp_path, audio,
+                                                                                    monkeypatch):
+    """Thousands of segments of one recording read its header once; an end within 0.5 s of the
+    recording's is taken (cut to it when decoded, as Kaldi's extract-segments does); a pipe,
+    a header that cannot be read, or a truncated file whose header declares the segment are
+    not refused here: those segments fail alone when decoded."""
+    from lebench_cli.audio import loading
+
+    data = tmp_path / "data"
+    truncated = tmp_path / "truncated.wav"  # its header says 1 s, its bytes hold 0.25 s
+    truncated.write_bytes(audio["a"].read_bytes()[: 44 + 8000])
+    unreadable = write_lines(tmp_path / "text.wav", "not audio")
+    write_lines(data / "wav.scp", f"recA {audio['a']}", f"recP cat {audio['a']} |", f"recT {truncated}",
+                f"recU {unreadable}")
+    write_lines(data / "segments", *(f"u{number:04d} recA {number / 2000:.4f} 1.4" for number in range(2000)),
+                "p1 recP 0.5 9.0", "t1 recT 0.2 0.9", "x1 recU 0.5 9.0")
+    opened = []
+    real_open = loading._open
+    monkeypatch.setattr(loading, "_open", lambda path: opened.append(path) or real_open(path))
+    sources = discover([str(data)], corpus=CorpusOptions(allow_pipes=True))
+    assert len(sources) == 2003 and sources[0].segment == Segment(0.0, 1.4)
+    assert opened == [str(audio["a"]), str(truncated), str(unreadable)]
+    write_lines(data / "segments", "t1 recT 0.2 1.6")
+    assert refused([data], corpus=CorpusOptions(allow_pipes=True)) == (
+        f"{data}/segments:1: segment 't1' ends at 1.6 s, past the end of recording 'recT' (1.000 s)")
 
 
 # ---- id lists and Common Voice ------------------------------------------------------------
@@ -207,12 +236,13 @@ def test_speechbrain_units_said_by_option_or_column_name(tmp_path, audio):
                                    "stop_samples)")
     in_samples = discover([str(manifest)], corpus=CorpusOptions(time_unit="samples"))  # c is 8 kHz, b 16 kHz
     assert [s.segment for s in in_samples] == [Segment(0.0, 0.25), Segment(0.25, 0.5)]
-    in_seconds = discover([str(manifest)], corpus=CorpusOptions(time_unit="seconds"))
-    assert [s.segment for s in in_seconds] == [Segment(0.0, 2000.0), Segment(4000.0, 8000.0)]
+    # Samples read as seconds end long past the recording: the header's length tells.
+    past = f"2: segment 'u1' ends at 2000 s, past the end of recording '{audio['c']}' (0.500 s)"
+    assert refused([manifest], corpus=CorpusOptions(time_unit="seconds")) == f"{manifest}:{past}"
     named = write_csv(tmp_path / "named.csv", ["ID", "wav", "start_samples", "stop_samples"], rows)
     assert [s.segment for s in discover([str(named)])] == [Segment(0.0, 0.25), Segment(0.25, 0.5)]
     seconds = write_csv(tmp_path / "sec.csv", ["ID", "wav", "start_sec", "stop_sec"], rows)
-    assert [s.segment for s in discover([str(seconds)])] == [Segment(0.0, 2000.0), Segment(4000.0, 8000.0)]
+    assert refused([seconds]) == f"{seconds}:{past}"
 
 
 @pytest.mark.parametrize("header, row, message", [
@@ -223,12 +253,23 @@ def test_speechbrain_units_said_by_option_or_column_name(tmp_path, audio):
     (["ID", "wav"], ["u1", "{missing}"], "2: {missing}: no such file"),
     (["ID", "wav"], ["u1", "{a}", "extra"], "2: 3 fields, the header has 2"),
     (["ID", "wav", "start_samples"], ["u1", "{a}", "0.5"], "2: start 0.5 is not a whole number of samples"),
+    (["ID", "wav", "start", "stop"], ["u1", "{a}", "0.5", "1.6"],
+     "2: segment 'u1' ends at 1.6 s, past the end of recording '{a}' (1.000 s)"),
+    (["ID", "wav", "start_samples", "stop_samples"], ["u1", "{a}", "0", "25000"],
+     "2: segment 'u1' ends at 1.5625 s, past the end of recording '{a}' (1.000 s)"),
 ])
 def test_bad_speechbrain_csv_rows_are_refused_naming_the_line(tmp_path, audio, header, row, message):
     missing = tmp_path / "nowhere.wav"
     rows = [[field.format(a=audio["a"], missing=missing) for field in row]]
     manifest = write_csv(tmp_path / "bad.csv", header, rows)
-    assert refused([manifest]) == f"{manifest}:" + message.format(missing=missing)
+    assert refused([manifest]) == f"{manifest}:" + message.format(a=audio["a"], missing=missing)
+
+
+def test_a_speechbrain_json_segment_past_its_recording_is_refused_naming_the_entry(tmp_path, audio):
+    manifest = tmp_path / "valid.json"
+    manifest.write_text(json.dumps({"u1": {"wav": str(audio["c"]), "start": 0.1, "stop": 1.2}}))
+    assert refused([manifest]) == (f"{manifest}: entry 'u1': segment 'u1' ends at 1.2 s, past the end of recording "
+                                   f"'{audio['c']}' (0.500 s)")
 
 
 def test_speechbrain_csv_duplicate_id(tmp_path, audio):

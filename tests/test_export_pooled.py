@@ -122,7 +122,7 @@ def test_kaldi_vector_ark_and_the_data_files(store, tmp_path):
     for layer in (2, "cnn"):
         folder = destination / f"layer_{layer}"
         assert sorted(path.name for path in folder.iterdir()) == [
-            "segments", "spk2utt", "text", "utt2spk", "xvector.ark", "xvector.scp"]
+            "segments", "spk2utt", "text", "utt2spk", "wav.scp", "xvector.ark", "xvector.scp"]
         vectors = kaldiio.load_scp(str(folder / "xvector.scp"))
         assert list(vectors) == ids
         expected = means(store, layer)
@@ -142,6 +142,8 @@ def test_kaldi_vector_ark_and_the_data_files(store, tmp_path):
         assert [(fields[0], Path(fields[1]).name) for fields in segments] == [  # recording: the source file
             ("spk1/a", "a.wav"), ("spk1/c", "a.wav"), ("spk2/b", "b.wav")]
         assert [float(value) for value in segments[1][2:]] == [pytest.approx(0.2), pytest.approx(0.9)]
+        recordings = sorted({fields[1] for fields in segments})  # named by their path: each its own audio
+        assert (folder / "wav.scp").read_text() == "".join(f"{path} {path}\n" for path in recordings)
     again = invoke("export", store, "--format", "kaldi", "--layers", "2", "-o", destination)
     assert again.output == f"exported 0 new, replaced 0, removed 0 in {destination}; 3 unchanged\n"
     refused = invoke("export", store, "--format", "kaldi", "--dtype", "float16", "-o", tmp_path / "f16")

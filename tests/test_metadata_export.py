@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
@@ -98,7 +99,8 @@ def test_kaldi_keep_writes_the_data_files_of_kaldi_safe_ids(tmp_path):
     rows = {"spk1-u1": {"speaker": "spk1", "text": "un"}, "spk1-u0": {"speaker": "spk1"}, "spk2-u0": {}}
     store = write_store(tmp_path / "store", rows)
     result = export(store, "--format", "kaldi", "--layers", "0", "-o", tmp_path / "kaldi")
-    assert result.exit_code == 0, result.output
+    # The sources are not on this machine: no wav.scp, and without segments nothing to say.
+    assert (result.exit_code, result.output) == (0, f"exported 3 new, replaced 0, removed 0 in {tmp_path / 'kaldi'}\n")
     folder = tmp_path / "kaldi" / "layer_0"
     assert sorted(path.name for path in folder.iterdir()) == ["feats.ark", "feats.scp", "spk2utt", "text", "utt2spk"]
     assert lines(folder / "utt2spk") == ["spk1-u0 spk1", "spk1-u1 spk1", "spk2-u0 spk2-u0"]
@@ -116,3 +118,107 @@ def test_a_kaldi_speaker_with_whitespace_needs_sanitize(tmp_path):
         "Kaldi tables cannot: export with --kaldi-ids sanitize\n"))
     assert export(store, "--format", "kaldi", "--kaldi-ids", "sanitize", "-o", tmp_path / "kaldi").exit_code == 0
     assert lines(tmp_path / "kaldi" / "layer_0" / "utt2spk") == ["u1 Jean_Dupont"]
+
+
+def write_store_of(out: Path, sources: list) -> Path:
+    """A store of the AudioSources an input reader gave, each stored as extraction stores it
+    (its source key, its recording's fingerprint, its metadata), with random features."""
+    from lebench_cli.pipeline.extract import utterance_metadata
+    from lebench_cli.pipeline.resume import source_fingerprint, source_key
+
+    rng = np.random.default_rng(0)
+    prepare_output(out, {"identity": {"layers": LAYERS}, "model": {"hub_id": "x/tiny", "num_layers": 2}},
+                   overwrite=False)
+    with PartLock(out, 1, 1), ShardWriter(out, WriterOptions(layers=LAYERS)) as writer:
+        for source in sources:
+            duration = source.segment.end - source.segment.start if source.segment else 1.0
+            frames = int(duration / 0.02)
+            found = source_fingerprint(source, with_hash=True)
+            states = {name: rng.normal(size=(frames, 6)).astype(np.float32) for name in LAYERS}
+            writer.add(StoredUtterance(source.utt_id, source_key(source), duration, frames, states,
+                                       source_size=found.size, source_mtime_ns=found.mtime_ns,
+                                       source_xxh3=found.content_hash,
+                                       metadata=utterance_metadata(source, duration)))
+    return out
+
+
+def kaldi_input(folder: Path, wav_scp: str, segments: str = None) -> list:
+    from lebench_cli.audio.corpora.common import CorpusOptions
+    from lebench_cli.audio.corpora.kaldi import read_kaldi_dir
+
+    folder.mkdir(exist_ok=True)
+    (folder / "wav.scp").write_text(wav_scp, encoding="utf-8")
+    if segments is not None:
+        (folder / "segments").write_text(segments, encoding="utf-8")
+    return read_kaldi_dir(str(folder), CorpusOptions(allow_pipes=True))
+
+
+def test_kaldi_wav_scp_names_each_recording_of_segments_a_file_or_its_pipe(tmp_path):
+    """A Kaldi dir of one file and one pipe, cut in segments, comes out as a data dir that
+    Kaldi's rules hold (every recording of `segments` in wav.scp, each once, C order) and that
+    reads back as the same segments of the same audio, with kaldiio and with lebench's reader."""
+    import kaldiio
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name, seconds in (("a", 2.0), ("b", 1.5)):
+        sf.write(audio / f"{name}.wav", np.linspace(-0.5, 0.5, int(seconds * 16000), dtype=np.float32), 16000)
+    pipe = f"cat {audio / 'b.wav'}"
+    sources = kaldi_input(tmp_path / "in", f"recA {audio / 'a.wav'}\nrecB {pipe} |\n",
+                          "u2 recA 1.0 1.8\nu1 recA 0.0 0.9\nu3 recB 0.2 1.2\n")
+    store = write_store_of(tmp_path / "store", sources)
+    result = export(store, "--format", "kaldi", "--layers", "2", "-o", tmp_path / "kaldi")
+    assert result.output == f"exported 3 new, replaced 0, removed 0 in {tmp_path / 'kaldi'}\n"
+    folder = tmp_path / "kaldi" / "layer_2"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "feats.ark", "feats.scp", "segments", "spk2utt", "utt2spk", "wav.scp"]
+    assert lines(folder / "wav.scp") == [f"recA {audio / 'a.wav'}", f"recB {pipe} |"]
+    assert lines(folder / "segments") == ["u1 recA 0.0 0.9", "u2 recA 1.0 1.8", "u3 recB 0.2 1.2"]
+    recordings = [line.split()[0] for line in lines(folder / "wav.scp")]
+    assert recordings == c_sorted(set(recordings))  # validate_data_dir.sh: sorted, unique
+    assert {line.split()[1] for line in lines(folder / "segments")} <= set(recordings)
+    waves = kaldiio.load_scp(str(folder / "wav.scp"))
+    for recording, name in (("recA", "a"), ("recB", "b")):
+        rate, samples = waves[recording]
+        expected, expected_rate = sf.read(audio / f"{name}.wav", dtype="int16")
+        assert rate == expected_rate
+        np.testing.assert_array_equal(samples, expected)
+    again = kaldi_input(folder, (folder / "wav.scp").read_text())  # lebench reads its own export
+    assert [(source.utt_id, source.segment) for source in again] == [
+        (source.utt_id, source.segment) for source in sorted(sources, key=lambda source: source.utt_id)]
+    assert {source.utt_id: source.path for source in again}["u2"] == str(audio / "a.wav")
+    verified = CliRunner().invoke(main, ["verify", str(tmp_path / "kaldi")])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_kaldi_wav_scp_of_whole_files_is_keyed_by_utterance_and_follows_sanitize(tmp_path):
+    audio = tmp_path / "audio"
+    rows = {"spk1 u1": {"speaker": "spk1"}, "spk1-u0": {"speaker": "spk1"}}
+    store = write_store(tmp_path / "store", rows, audio=audio)
+    result = export(store, "--format", "kaldi", "--kaldi-ids", "sanitize", "--layers", "0", "-o", tmp_path / "kaldi")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "kaldi" / "layer_0"
+    assert lines(folder / "wav.scp") == [f"spk1-u0 {audio / '1.wav'}", f"spk1_u1 {audio / '0.wav'}"]
+    assert not (folder / "segments").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "two sources", "whitespace"])
+def test_kaldi_export_without_wav_scp_says_why(case, tmp_path):
+    """All or nothing: a recording wav.scp cannot name leaves it out, and the summary says
+    which and why; the other files are written as ever."""
+    if case == "missing":
+        rows, audio = {"u1": {"recording": "rec1", "start": 0.5, "end": 1.1}}, None
+        why = "recording 'rec1': /audio/0.wav is not a file here (a tar member, a table row, or moved since)"
+    elif case == "two sources":  # ROWS: "B a" and "a" are both of rec1, in files 0.wav and 1.wav
+        rows, audio = {key: ROWS[key] for key in ("a", "B a")}, tmp_path / "audio"
+        why = f"recording 'rec1' names two audio sources, {audio / '0.wav'} and {audio / '1.wav'}"
+    else:
+        rows, audio = {"u1": {"recording": "rec1", "start": 0.5, "end": 1.1}}, tmp_path / "my audio"
+        why = (f"recording 'rec1': its path {str(audio / '0.wav')!r} holds whitespace or ends in '|', which a "
+               "wav.scp line cannot hold (link it under another path and extract from there)")
+    store = write_store(tmp_path / "store", rows, audio=audio)
+    result = export(store, "--format", "kaldi", "--kaldi-ids", "sanitize", "--layers", "0", "-o", tmp_path / "kaldi")
+    assert (result.exit_code, result.output) == (
+        0, f"exported {len(rows)} new, replaced 0, removed 0 in {tmp_path / 'kaldi'}; no wav.scp: {why}\n")
+    folder = tmp_path / "kaldi" / "layer_0"
+    assert (folder / "segments").exists() and not (folder / "wav.scp").exists()

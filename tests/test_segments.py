@@ -9,7 +9,9 @@ import soundfile as sf
 from lebench_cli.audio import loading
 from lebench_cli.audio.decoding import decode
 from lebench_cli.audio.sources import AudioSource, Segment
+from lebench_cli.errors import AudioError
 from lebench_cli.pipeline.parts import split_parts
+from lebench_cli.reading.store import open_features
 from tests.support.source_runs import extract_sources, failures, stored_features, write_cut, write_recording
 
 RATE = 22050  # not 16 kHz: each segment is resampled alone
@@ -57,15 +59,28 @@ def test_many_segments_of_one_recording_open_it_once(checkpoints, tmp_path, monk
 def test_a_segment_that_does_not_fit_its_recording_fails_alone(checkpoints, tmp_path):
     recording = tmp_path / "long.wav"
     write_recording(recording, 3.2, RATE)
-    cuts = {"good": (0.5, 1.5), "past": (3.0, 9.0), "after": (4.0, 5.0), "backwards": (2.0, 1.0)}
+    cuts = {"good": (0.5, 1.5), "past": (3.0, 9.0), "after": (4.0, 5.0), "backwards": (2.0, 1.0),
+            "near": (2.8, 3.6)}  # at most 0.5 s past the end: cut to it, as Kaldi's extract-segments
     summary = extract_sources(segment_sources(recording, cuts), tmp_path / "out", checkpoints("base"))
-    assert (summary.extracted, summary.failed) == (1, 3)
-    assert sorted(stored_features(tmp_path / "out")) == ["good"]
+    assert (summary.extracted, summary.failed) == (2, 3)
+    assert sorted(stored_features(tmp_path / "out")) == ["good", "near"]
+    with open_features(tmp_path / "out") as store:
+        assert store.info("near")["duration"] == pytest.approx(0.4)
     assert failures(tmp_path / "out") == {
         "past": "segment 3-9 s: ends after the recording's end (3.200 s)",
         "after": "segment 4-5 s: starts after the recording's end (3.200 s)",
         "backwards": "segment 2-1 s: ends before it starts",
     }
+
+
+def test_an_end_at_most_half_a_second_past_the_recording_is_cut_to_it():
+    from lebench_cli.audio.segments import segment_frames
+
+    assert segment_frames("r.wav", Segment(0.5, 1.5), 16000, 16000) == (8000, 16000)
+    assert segment_frames("r.wav", Segment(0.5, 0.75), 16000, 16000) == (8000, 12000)
+    with pytest.raises(AudioError) as error:
+        segment_frames("r.wav", Segment(0.5, 1.51), 16000, 16000)
+    assert error.value.reason == "segment 0.5-1.51 s: ends after the recording's end (1.000 s)"
 
 
 def test_a_segment_channel_wins_over_the_runs_channel(tmp_path):

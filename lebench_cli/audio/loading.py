@@ -61,6 +61,17 @@ def probe(path) -> AudioInfo:
         return AudioInfo(file.samplerate, file.channels, frames, frames / file.samplerate)
 
 
+def declared_seconds(path) -> float | None:
+    """The length the header of a plain recording file declares, in seconds, nothing decoded:
+    the longer of libsndfile's and the data chunk's (libsndfile trims a truncated WAV to its
+    bytes; its header still says how long it was). None when the header cannot be read."""
+    try:
+        with _open(path) as (file, header):
+            return max(file.frames, _declared_frames(header, file) or 0) / file.samplerate
+    except Exception:  # noqa: BLE001 - a header that surprises us is for the decoder to name
+        return None
+
+
 def _recording_frames(path, file, header) -> int:
     """The header's length, or what the bytes could hold when it claims more."""
     try:

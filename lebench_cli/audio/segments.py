@@ -13,12 +13,16 @@ from ..errors import AudioError
 from .origins import name_of, origin_of
 
 GROUP_SECONDS = 600.0  # the most segment audio decoded in one opening: bounds a worker's memory
+# An end this little past the recording's is cut to it, as Kaldi's extract-segments does (its
+# --max-overshoot default): segmenters round ends up, and a dir Kaldi takes must not fail here.
+END_TOLERANCE_SECONDS = 0.5
 
 
 def segment_frames(name, segment, rate: int, frames: int) -> tuple:
     """(first, end) frames of `segment` in a recording of `frames` at `rate` Hz; end is
-    `frames` when the segment runs to the end. AudioError naming the recording and the times
-    when the segment is empty or lies past its end."""
+    `frames` when the segment runs to the end, or ends at most END_TOLERANCE_SECONDS past it.
+    AudioError naming the recording and the times when the segment is empty or lies past its
+    end."""
     start = segment.start
     end = segment.end
     length = frames / rate
@@ -33,8 +37,9 @@ def segment_frames(name, segment, rate: int, frames: int) -> tuple:
     if end is None:
         return first, frames
     last = round(end * rate)
-    if last > frames:
+    if last > frames + END_TOLERANCE_SECONDS * rate:
         raise AudioError(name, f"{times}: ends after the recording's end ({length:.3f} s)")
+    last = min(last, frames)
     if last <= first:
         raise AudioError(name, f"{times}: holds no sample at {rate} Hz")
     return first, last

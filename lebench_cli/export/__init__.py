@@ -51,6 +51,7 @@ class ExportSummary:
     unchanged: int = 0
     destination: str = ""
     without_audio: int = 0  # lhotse: features-only cuts (source audio missing or unreadable)
+    note: str = ""  # kaldi: why wav.scp was left out
 
     @classmethod
     def of(cls, counts, destination: str) -> "ExportSummary":
@@ -62,8 +63,9 @@ class ExportSummary:
         if self.destination == "-":
             return f"exported {self.new} utterance{'s' if self.new != 1 else ''}"
         kept = f"; {self.unchanged} unchanged" if self.unchanged else ""
+        note = f"; {self.note}" if self.note else ""
         return (f"exported {self.new} new, replaced {self.replaced}, removed {self.removed} in "
-                f"{self.destination}{kept}{audio}")
+                f"{self.destination}{kept}{audio}{note}")
 
 
 class EntryFileMissing(Exception):

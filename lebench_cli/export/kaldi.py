@@ -1,6 +1,6 @@
 """Kaldi ark/scp through kaldiio: DEST/layer_L/feats.ark and feats.scp, one float32 matrix
 ('BFM') per utterance, and beside them the data-directory files (utt2spk, spk2utt, text,
-segments, id_map: kaldi_data.py), so that each layer folder is a Kaldi data directory; or,
+segments, wav.scp, id_map: kaldi_data.py), so that each layer folder is a Kaldi data directory; or,
 with DEST "-" and one layer, a binary ark on standard output for pipes (`lebench export ...
 -o - | copy-feats ark:- ark,scp:...`).
 
@@ -25,6 +25,7 @@ from ..errors import InputError
 from . import (EntryFileMissing, ExportSummary, export_per_layer, layer_folder, read_layer, remove_partial, require,
                write_synced)
 from .kaldi_data import ID_MAP, KEEP, DataFiles, c_sorted, check_names, read_id_map
+from .kaldi_recordings import WAV_SCP, pipe_places
 
 _MARKER = "utt2spk"  # renamed last: a layer folder that has it is whole
 
@@ -62,20 +63,24 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
     if options.destination == "-":
         return to_stdout(store, layers[0], bar)
     kaldi_ids = getattr(options, "kaldi_ids", KEEP)
+    notes = []
 
     def write(store, todo: list, destination: Path, bar) -> None:
-        write_layers(store, todo, destination, bar, kaldi_ids)
-    return export_per_layer(store, layers, record, _MARKER, f"float32;ids={kaldi_ids}", write, bar)
+        notes.append(write_layers(store, todo, destination, bar, kaldi_ids))
+    summary = export_per_layer(store, layers, record, _MARKER, f"float32;ids={kaldi_ids}", write, bar)
+    summary.note = "".join(notes)
+    return summary
 
 
 def write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str, table: str = "feats",
-                 array=None) -> None:
+                 array=None) -> str:
     """Writes each layer's TABLE.ark and TABLE.scp, the ark holding array(store, id, layer)
-    per utterance (default: its float32 frames), and the data files beside them."""
+    per utterance (default: its float32 frames), and the data files beside them; returns
+    why wav.scp was left out ("" when written)."""
     import kaldiio
 
     array = array or _frames_of
-    data = DataFiles(list(store.utterances()), kaldi_ids)
+    data = DataFiles(list(store.utterances()), kaldi_ids, lambda: pipe_places(store))
     extra = data.files()
     names = [f"{table}.ark", f"{table}.scp", *extra]
     files, done = {}, False
@@ -102,7 +107,7 @@ def write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str, ta
         for layer in files:
             folder = destination / layer_folder(layer)
             (folder / _MARKER).unlink(missing_ok=True)  # first: the layer is not done
-            for stale in ("text", "segments", ID_MAP):
+            for stale in ("text", "segments", WAV_SCP, ID_MAP):
                 if stale not in extra:
                     (folder / stale).unlink(missing_ok=True)
             for name in names:
@@ -115,6 +120,7 @@ def write_layers(store, layers: list, destination: Path, bar, kaldi_ids: str, ta
             ark.close()
         if not done:
             remove_partial(destination / layer_folder(layer) / f"{name}.tmp" for layer in files for name in names)
+    return data.note
 
 
 def exported_array(store, utt_id: str, layer, layers: list, dtype) -> np.ndarray:

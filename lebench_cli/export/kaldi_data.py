@@ -1,5 +1,6 @@
-"""The Kaldi data-directory files beside feats.scp: utt2spk, spk2utt, text, segments, and with
-`--kaldi-ids sanitize` the id_map that turns Kaldi's ids back into the store's.
+"""The Kaldi data-directory files beside feats.scp: utt2spk, spk2utt, text, segments, wav.scp
+(kaldi_recordings.py), and with `--kaldi-ids sanitize` the id_map that turns Kaldi's ids back
+into the store's.
 
 Kaldi splits every table line at its first whitespace, and `utils/validate_data_dir.sh` wants
 each file sorted in C-locale byte order (`LC_ALL=C sort`), which is what `c_sorted` gives."""
@@ -10,6 +11,7 @@ import hashlib
 import json
 
 from ..errors import InputError
+from .kaldi_recordings import WAV_SCP, recording_place, wav_scp_lines
 
 KEEP, SANITIZE = "keep", "sanitize"
 KALDI_IDS = (KEEP, SANITIZE)
@@ -76,9 +78,12 @@ def check_names(store, kaldi_ids: str, other_formats: str = "npy or lhotse") -> 
 class DataFiles:
     """The lines of a layer folder's data files, utterance by utterance (`add`), then their
     text, C-sorted (`files`): {file name: text}; `text` only when some utterance has text,
-    `segments` only when some has a start or end in a recording, `id_map` with sanitize."""
+    `segments` only when some has a start or end in a recording, `wav.scp` when every
+    recording's audio can be written (else, with segments, `note` says why not), keyed
+    by recording with segments and by utterance without, `id_map` with sanitize. `pipes()`:
+    the sources the store recorded as pipe commands (kaldi_recordings.pipe_places)."""
 
-    def __init__(self, rows: list, kaldi_ids: str):
+    def __init__(self, rows: list, kaldi_ids: str, pipes=frozenset):
         self.sanitize = kaldi_ids == SANITIZE
         ids = [row["id"] for row in rows]
         self.ids = kaldi_names(ids) if self.sanitize else {utt_id: utt_id for utt_id in ids}
@@ -87,9 +92,11 @@ class DataFiles:
         self.speakers = kaldi_names(speakers) if self.sanitize else {name: name for name in speakers}
         self.recordings = kaldi_names(recordings) if self.sanitize else {name: name for name in recordings}
         self.rows = rows
+        self.pipes = pipes
+        self.note = ""
 
     def files(self) -> dict:
-        utt2spk, text, segments = {}, {}, {}
+        utt2spk, text, segments, places = {}, {}, {}, {}
         with_text = any(isinstance(row["metadata"].get("text"), str) for row in self.rows)
         with_segments = any("start" in row["metadata"] or "end" in row["metadata"] for row in self.rows)
         for row in self.rows:
@@ -102,6 +109,8 @@ class DataFiles:
                 start = float(metadata.get("start", 0.0))
                 end = float(metadata.get("end", start + row["duration"]))
                 segments[key] = f"{key} {self.recordings[self._recording(row)]} {start!r} {end!r}"
+            recording = self.recordings[self._recording(row)] if with_segments else key
+            places.setdefault(recording, set()).add(recording_place(row))
         spk2utt: dict = {}
         for key in c_sorted(utt2spk):
             spk2utt.setdefault(utt2spk[key], []).append(key)
@@ -111,6 +120,10 @@ class DataFiles:
             files["text"] = _lines(text[key] for key in c_sorted(text))
         if with_segments:
             files["segments"] = _lines(segments[key] for key in c_sorted(segments))
+        wav_scp, note = wav_scp_lines(places, self.pipes)
+        self.note = note if with_segments else ""  # without segments, nothing names a recording wav.scp lacks
+        if wav_scp:
+            files[WAV_SCP] = _lines(wav_scp[key] for key in c_sorted(wav_scp))
         if self.sanitize:
             original = {kaldi: utt_id for utt_id, kaldi in self.ids.items()}
             files[ID_MAP] = _lines(f"{key} {json.dumps(original[key], ensure_ascii=False)}" for key in c_sorted(original))

@@ -39,10 +39,14 @@ def export(store, layers: list, options, bar, record) -> ExportSummary:
         return kaldi.to_stdout(store, layers[0], bar, array=_vector_of)
     kaldi_ids = getattr(options, "kaldi_ids", KEEP)
 
+    notes = []
+
     def write(store, todo: list, destination: Path, bar) -> None:
-        kaldi.write_layers(store, todo, destination, bar, kaldi_ids, table=TABLE, array=_vector_of)
-    return export_per_layer(store, layers, record, "utt2spk", f"float32;ids={kaldi_ids};{MEANS_VARIANT}", write,
-                            bar)
+        notes.append(kaldi.write_layers(store, todo, destination, bar, kaldi_ids, table=TABLE, array=_vector_of))
+    summary = export_per_layer(store, layers, record, "utt2spk", f"float32;ids={kaldi_ids};{MEANS_VARIANT}",
+                               write, bar)
+    summary.note = "".join(notes)
+    return summary
 
 
 def exported_array(store, utt_id: str, layer, layers: list, dtype) -> np.ndarray:

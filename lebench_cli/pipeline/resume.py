@@ -17,11 +17,12 @@ its times, so that a segment whose times changed is a changed source, never skip
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
+
+from ..storage.source_keys import split_source_key
 
 _HASH_BLOCK = 1024**2
 _HASH_BATCH = 4096
@@ -167,23 +168,6 @@ def _segment_key(segment) -> str:
     return f"#{float(segment.start)!r},{'' if segment.end is None else repr(float(segment.end))}"
 
 
-_STORED_SEGMENT = re.compile(r"#([^#,/]+),([^#,/]*)$")
-
-
-def _split_key(key: str) -> tuple:
-    """(place, segment suffix or "") of a stored key."""
-    match = _STORED_SEGMENT.search(key)
-    if match is None:
-        return key, ""
-    try:
-        float(match.group(1))
-        if match.group(2):
-            float(match.group(2))
-    except ValueError:
-        return key, ""
-    return key[: match.start()], match.group(0)
-
-
 @dataclass
 class ResumePlan:
     todo: list = field(default_factory=list)  # sources to extract (replacements included)
@@ -285,7 +269,7 @@ def _same_key(source, stored_key: str) -> bool:
 def _stored_parts(source, stored_key: str) -> tuple:
     """(place, segment suffix) of a stored key, as they compare with `source`: a whole file
     whose own name ends like a segment's times ("a#1,2") is that file, not a segment."""
-    place, segment = _split_key(stored_key)
+    place, segment = split_source_key(stored_key)
     if segment and source.segment is None and _same_place(source, stored_key):
         return stored_key, ""
     return place, segment

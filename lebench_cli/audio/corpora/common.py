@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 
 from ...errors import InputError, MissingExtraError, install_extra_hint
 from ...names import printable
+from ..segments import END_TOLERANCE_SECONDS
 from ..sources import AudioSource
 
 TIME_UNITS = ("seconds", "samples")
@@ -73,6 +74,33 @@ class UniqueIds:
         seen = self.first.setdefault(utt_id, at)
         if seen != at:
             raise InputError(f"{at}: duplicate id '{printable(utt_id)}' (first at {seen})")
+
+
+class RecordingLengths:
+    """Refuses, while a manifest is read, a segment that ends past its recording: the length
+    of each recording file comes from its header (loading.declared_seconds, nothing decoded),
+    read once however many segments it has. A header that cannot be read checks nothing here
+    (the file fails when decoded, with its reason); a segment within what a truncated file's
+    header declares passes, and fails alone when decoded (audio/segments.py). Pipes, tar
+    members and table rows are not opened to be checked: callers pass plain files only."""
+
+    def __init__(self):
+        self._seconds = {}
+
+    def check_end(self, at: str, utt_id: str, segment, path: str, recording: str) -> None:
+        if segment is None or segment.end is None:
+            return
+        length = self._length(path)
+        if length is not None and segment.end > length + END_TOLERANCE_SECONDS:
+            raise InputError(f"{at}: segment '{printable(utt_id)}' ends at {segment.end:g} s, past the end of "
+                             f"recording '{printable(recording)}' ({length:.3f} s)")
+
+    def _length(self, path: str):
+        if path not in self._seconds:
+            from ..loading import declared_seconds
+
+            self._seconds[path] = declared_seconds(path)
+        return self._seconds[path]
 
 
 def require(module: str, extra: str, what: str):

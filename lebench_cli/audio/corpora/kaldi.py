@@ -12,7 +12,7 @@ import re
 
 from ...errors import InputError
 from ..sources import AudioSource, PipeCommand, Segment
-from .common import CorpusOptions, UniqueIds, existing_file, pipe_refused, read_text_lines, where
+from .common import CorpusOptions, RecordingLengths, UniqueIds, existing_file, pipe_refused, read_text_lines, where
 
 WAV_SCP = "wav.scp"
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
@@ -35,14 +35,16 @@ def read_kaldi_dir(folder: str, options: CorpusOptions) -> list:
     if os.path.isfile(segments_file):
         items = _segments(segments_file, recordings)
     else:
-        items = [(rec, rec, None) for rec in recordings]
-    utterances = {utt_id for utt_id, _, _ in items}
+        items = [(rec, rec, None, at) for rec, (_, at) in recordings.items()]
+    utterances = {utt_id for utt_id, _, _, _ in items}
     listing = "segments" if os.path.isfile(segments_file) else WAV_SCP
     for table in (speakers, texts):
         _require_known(table, utterances, listing)
-    sources = []
-    for utt_id, rec, segment in items:
+    sources, lengths = [], RecordingLengths()
+    for utt_id, rec, segment, at in items:
         path, origin, channel, extra = audio[rec]
+        if origin is None:
+            lengths.check_end(at, utt_id, segment, path, rec)
         metadata = [("speaker", speakers[utt_id][0])] if utt_id in speakers else []
         if utt_id in texts:
             metadata.append(("text", texts[utt_id][0]))
@@ -144,5 +146,5 @@ def _segments(path: str, recordings: dict) -> list:
             end_s = None
         elif end_s <= start_s:
             raise InputError(f"{at}: end {end} is not after start {start}")
-        items.append((utt_id, rec, Segment(start_s, end_s)))
+        items.append((utt_id, rec, Segment(start_s, end_s), at))
     return items

@@ -17,7 +17,7 @@ from functools import lru_cache
 from ...errors import InputError
 from ...names import printable
 from ..sources import AudioSource, Segment
-from .common import CorpusOptions, UniqueIds, existing_file, metadata_of, read_text_lines, where
+from .common import CorpusOptions, RecordingLengths, UniqueIds, existing_file, metadata_of, read_text_lines, where
 
 PATH_COLUMNS = ("wav", "path", "file", "audio")
 _UNIT_SUFFIXES = {"": None, "_sec": "seconds", "_seconds": "seconds", "_s": "seconds", "_samples": "samples"}
@@ -35,7 +35,7 @@ def read_csv(path: str, options: CorpusOptions) -> list:
     path_column = _column(where(path, 1), header, options.path_column, PATH_COLUMNS, "--path-column", "audio path")
     times = _time_columns(header, options.time_unit)
     used = {id_column, path_column, *(name for name, _ in times.values())}
-    sources, seen = [], UniqueIds()
+    sources, seen, lengths = [], UniqueIds(), RecordingLengths()
     for number, row in enumerate(rows[1:], start=2):
         if not any(field.strip() for field in row):
             continue
@@ -46,7 +46,7 @@ def read_csv(path: str, options: CorpusOptions) -> list:
         entry = {"id": fields[id_column], "path": fields[path_column],
                  **{key: (fields[name], unit) for key, (name, unit) in times.items()}}
         metadata = metadata_of(((name, fields[name]) for name in header), skip=used)
-        sources.append(_source(entry, metadata, at, seen, options))
+        sources.append(_source(entry, metadata, at, seen, options, lengths))
     return sources
 
 
@@ -57,7 +57,7 @@ def read_json(path: str, options: CorpusOptions) -> list:
         raise InputError(f"{where(path, error.lineno)}: not JSON ({error.msg})") from None
     if not isinstance(entries, dict):
         raise InputError(f"{printable(path)}: expected an object of entries by id, found {json.dumps(entries)[:40]}")
-    sources, seen = [], UniqueIds()
+    sources, seen, lengths = [], UniqueIds(), RecordingLengths()
     for utt_id, fields in entries.items():
         at = f"{printable(path)}: entry '{printable(utt_id)}'"
         if not isinstance(fields, dict):
@@ -74,11 +74,12 @@ def read_json(path: str, options: CorpusOptions) -> list:
         entry["id"] = utt_id
         used = {audio_key, *(name for name, _ in _time_columns(list(fields), None).values())}
         metadata = metadata_of(((name, _scalar(value)) for name, value in fields.items()), skip=used)
-        sources.append(_source(entry, metadata, at, seen, options))
+        sources.append(_source(entry, metadata, at, seen, options, lengths))
     return sources
 
 
-def _source(entry: dict, metadata: tuple, at: str, seen: UniqueIds, options: CorpusOptions) -> AudioSource:
+def _source(entry: dict, metadata: tuple, at: str, seen: UniqueIds, options: CorpusOptions,
+            lengths: RecordingLengths) -> AudioSource:
     utt_id = str(entry["id"]).strip()
     if not utt_id:
         raise InputError(f"{at}: empty id")
@@ -93,6 +94,7 @@ def _source(entry: dict, metadata: tuple, at: str, seen: UniqueIds, options: Cor
         if stop is not None and stop <= start:
             raise InputError(f"{at}: stop {entry['stop'][0]} is not after start {entry.get('start', (0,))[0]}")
         segment = Segment(start or 0.0, stop)
+        lengths.check_end(at, utt_id, segment, path, path)
     return AudioSource(utt_id, path, segment=segment, metadata=metadata)
 
 
