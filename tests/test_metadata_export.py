@@ -222,3 +222,30 @@ def test_kaldi_export_without_wav_scp_says_why(case, tmp_path):
         0, f"exported {len(rows)} new, replaced 0, removed 0 in {tmp_path / 'kaldi'}; no wav.scp: {why}\n")
     folder = tmp_path / "kaldi" / "layer_0"
     assert (folder / "segments").exists() and not (folder / "wav.scp").exists()
+
+
+def test_k2_speech_recognition_dataset_runs_on_the_cuts_that_carry_a_text(tmp_path):
+    """lhotse's ASR dataset collates every supervision's text and fails on one without (a
+    None it cannot collate): the cuts of utterances without a text are filtered out first,
+    as docs/cli.md says; lebench does not invent an empty transcript."""
+    from lhotse import CutSet
+    from lhotse.dataset import K2SpeechRecognitionDataset, SimpleCutSampler
+    from lhotse.dataset.input_strategies import PrecomputedFeatures
+
+    out = write_store(tmp_path / "out", audio=tmp_path / "audio")
+    result = export(out, "--format", "lhotse", "-o", tmp_path / "lhotse", "--layers", "0")
+    assert result.exit_code == 0, result.output
+    cuts = CutSet.from_file(tmp_path / "lhotse" / "layer_0" / "cuts.jsonl.gz").to_eager()
+    dataset = K2SpeechRecognitionDataset(input_strategy=PrecomputedFeatures())
+    with pytest.raises(TypeError):
+        dataset[cuts]
+    with_text = cuts.filter(lambda cut: all(s.text is not None for s in cut.supervisions)).to_eager()
+    batches = [dataset[batch] for batch in SimpleCutSampler(with_text, max_duration=100)]
+    assert sorted(text for batch in batches for text in batch["supervisions"]["text"]) == sorted(
+        metadata["text"] for metadata in ROWS.values() if "text" in metadata)
+    with open_features(out) as store:
+        frames = {utt_id: store.info(utt_id)["frames"] for utt_id in store.ids}
+    for batch in batches:
+        assert batch["inputs"].shape[1:] == (max(batch["supervisions"]["num_frames"].tolist()), 6)
+    assert sorted(n for batch in batches for n in batch["supervisions"]["num_frames"].tolist()) == sorted(
+        frames[utt_id] for utt_id, metadata in ROWS.items() if "text" in metadata)
