@@ -119,6 +119,13 @@ def test_lhotse_refusals(tmp_path, audio):
     assert refused([tmp_path / "y_supervisions.jsonl.gz"]) == (
         f"{tmp_path}/y_supervisions.jsonl.gz: a SupervisionSet names recordings but not their audio: give its "
         "RecordingSet manifest too")
+    recording_a = recordings(audio)["recA"]
+    past = SupervisionSet.from_segments([SupervisionSegment("near", "recA", 0.2, recording_a.duration + 0.2),
+                                         SupervisionSegment("far", "recA", 0.2, recording_a.duration + 0.4)])
+    past.to_file(tmp_path / "z_supervisions.jsonl.gz")
+    assert refused([tmp_path / "x_recordings.jsonl.gz", tmp_path / "z_supervisions.jsonl.gz"]) == (
+        f"{tmp_path}/z_supervisions.jsonl.gz:2: segment 'far' ends at {recording_a.duration + 0.6:g} s, past the "
+        f"end of recording 'recA' ({recording_a.duration:.3f} s)")
     piped = Recording(id="p", sampling_rate=16000, num_samples=16000, duration=1.0,
                       sources=[LhotseSource("command", [0], f"sox {audio['a']} -t wav -")])
     RecordingSet.from_recordings([piped]).to_file(tmp_path / "piped.jsonl")

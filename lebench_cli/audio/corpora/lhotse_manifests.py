@@ -12,6 +12,7 @@ import os
 
 from ...errors import InputError, one_line
 from ...names import printable
+from ..segments import END_TOLERANCE_SECONDS
 from ..sources import AudioSource, PipeCommand, Segment
 from .common import CorpusOptions, UniqueIds, existing_file, pipe_refused, require, where
 
@@ -117,7 +118,11 @@ def _supervision_source(supervision, recording, offset: float, cut_channel, at: 
         raise InputError(f"{at}: supervision '{supervision.id}' has duration {supervision.duration:g}: its end is "
                          "not after its start")
     start = max(0.0, offset + supervision.start)
-    end = min(recording.duration, offset + supervision.start + supervision.duration)
+    end = offset + supervision.start + supervision.duration
+    if end > recording.duration + END_TOLERANCE_SECONDS:  # within it: cut to the recording, as Kaldi does
+        raise InputError(f"{at}: segment '{printable(supervision.id)}' ends at {end:g} s, past the end of "
+                         f"recording '{printable(recording.id)}' ({recording.duration:.3f} s)")
+    end = min(recording.duration, end)
     channel = supervision.channel if supervision.channel is not None else cut_channel
     metadata = [(name, getattr(supervision, name)) for name in ("speaker", "text", "language", "gender")
                 if getattr(supervision, name, None) not in (None, "")]
