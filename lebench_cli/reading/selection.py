@@ -76,3 +76,20 @@ def _first_frame_from(seconds: float, shift: float) -> int:
 
 def _listed(layers: list) -> str:
     return ", ".join(map(str, layers)) or "none"
+
+
+def common_width(datasets: dict) -> int:
+    widths = {}
+    for name, dataset in datasets.items():
+        widths.setdefault(int(dataset.shape[1]), []).append(name)
+    if len(widths) > 1:
+        described = "; ".join(f"{', '.join(names)}: {width} wide" for width, names in sorted(widths.items()))
+        cnn_apart = CNN_LAYER in datasets and len({int(dataset.shape[1]) for name, dataset in datasets.items()
+                                                   if name != CNN_LAYER}) == 1
+        advice = f"read {CNN_LAYER} separately" if cnn_apart else "read each width separately"
+        raise ValueError(f"cannot stack layers of different widths ({described}): {advice}")
+    return next(iter(widths))
+
+
+def common_dtype(datasets: dict) -> np.dtype:
+    return np.result_type(*(dataset.dtype for dataset in datasets.values()))

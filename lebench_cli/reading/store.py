@@ -18,13 +18,13 @@ import numpy as np
 from ..errors import InputError
 from ..frames import FRAME_SECONDS
 from ..layers import canonical_layers
-from ..storage import CNN_LAYER, METADATA_FILE, committed_shards, open_h5, read_shard_table
+from ..storage import METADATA_FILE, committed_shards, open_h5, read_shard_table
 from ..storage.checksums import RowsHasher
 from ..storage.layout import parse_metadata, superseded_ids
 from ..storage.placement import CHUNK_OFFSETS
 from .integrity import check_indexed_shards, checked_block, compute_settings, reading_errors, verify_default
 from .rows import LayerRows, read_runs
-from .selection import Layers, frame_range, layer_names
+from .selection import Layers, common_dtype, common_width, frame_range, layer_names
 
 _OPEN_SHARDS = 64  # handles kept open at once; a store may have thousands of shards
 
@@ -122,7 +122,7 @@ class FeatureSet:
                 (check,) = self._read_rows(index, rows.start, [(matrices[names[0]], out)], [names[0]])
                 self._check_read(index, names[0], out, matrices[names[0]].dtype, check)
                 return out
-            out = np.empty((len(names), len(rows), _common_width(matrices)), _common_dtype(matrices))
+            out = np.empty((len(names), len(rows), common_width(matrices)), common_dtype(matrices))
             firsts = [names.index(name) for name in names]  # a layer listed twice is read once
             read = [position for position, first in enumerate(firsts) if first == position]
             targets = [(matrices[names[position]], out[position]) for position in read]
@@ -149,7 +149,7 @@ class FeatureSet:
             self._check(index, name, "mean", mean, datasets[name].dtype)
         if not stacked:
             return means[names[0]]
-        out = np.empty((len(names), _common_width(datasets)), _common_dtype(datasets))
+        out = np.empty((len(names), common_width(datasets)), common_dtype(datasets))
         for position, name in enumerate(names):
             out[position] = means[name]
         return out
@@ -355,23 +355,6 @@ class _OpenShard:
         if self.descriptor >= 0:
             os.close(self.descriptor)
             self.descriptor = -1
-
-
-def _common_width(datasets: dict) -> int:
-    widths = {}
-    for name, dataset in datasets.items():
-        widths.setdefault(int(dataset.shape[1]), []).append(name)
-    if len(widths) > 1:
-        described = "; ".join(f"{', '.join(names)}: {width} wide" for width, names in sorted(widths.items()))
-        cnn_apart = CNN_LAYER in datasets and len({int(dataset.shape[1]) for name, dataset in datasets.items()
-                                                   if name != CNN_LAYER}) == 1
-        advice = f"read {CNN_LAYER} separately" if cnn_apart else "read each width separately"
-        raise ValueError(f"cannot stack layers of different widths ({described}): {advice}")
-    return next(iter(widths))
-
-
-def _common_dtype(datasets: dict) -> np.dtype:
-    return np.result_type(*(dataset.dtype for dataset in datasets.values()))
 
 
 def _missing_kind_message(name: str, kind: str, shard: str) -> str:
