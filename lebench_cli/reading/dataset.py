@@ -68,7 +68,11 @@ class _FeatureDatasetMethods:
             values = self.features.read_mean(utt_id, self.layers)
         else:
             values = self.features.read(utt_id, self.layers)
-        return values.astype(self.dtype, copy=False)
+        if values.dtype == self.dtype:
+            return values
+        converted = self.features._buffers.empty(values.shape, self.dtype)  # a block read reuses
+        np.copyto(converted, values, casting="unsafe")
+        return converted
 
 
 def _feature_dataset_class():

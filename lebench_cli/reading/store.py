@@ -22,6 +22,7 @@ from ..storage import METADATA_FILE, committed_shards, open_h5, read_shard_table
 from ..storage.checksums import RowsHasher
 from ..storage.layout import parse_metadata, superseded_ids
 from ..storage.placement import CHUNK_OFFSETS
+from .buffers import ReusedBuffers
 from .integrity import check_indexed_shards, checked_block, compute_settings, reading_errors, verify_default
 from .rows import LayerRows, read_runs
 from .selection import Layers, common_dtype, common_width, frame_range, layer_names
@@ -56,6 +57,7 @@ class FeatureSet:
         self.compute = compute_settings(tables)
         self._load_tables(tables)
         self._handles = OrderedDict()
+        self._buffers = ReusedBuffers()
         self._pid = os.getpid()
         model = self.metadata.get("model")
         self._num_layers = model.get("num_layers") if isinstance(model, dict) else None
@@ -118,11 +120,11 @@ class FeatureSet:
         with reading_errors(self._shards[self._shard_of[index]], utt_id):
             matrices = {name: self._frames_of(index, name) for name in dict.fromkeys(names)}
             if not stacked:
-                out = np.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
+                out = self._buffers.empty((len(rows), matrices[names[0]].shape[1]), matrices[names[0]].dtype)
                 (check,) = self._read_rows(index, rows.start, [(matrices[names[0]], out)], [names[0]])
                 self._check_read(index, names[0], out, matrices[names[0]].dtype, check)
                 return out
-            out = np.empty((len(names), len(rows), common_width(matrices)), common_dtype(matrices))
+            out = self._buffers.empty((len(names), len(rows), common_width(matrices)), common_dtype(matrices))
             firsts = [names.index(name) for name in names]  # a layer listed twice is read once
             read = [position for position, first in enumerate(firsts) if first == position]
             targets = [(matrices[names[position]], out[position]) for position in read]
@@ -195,6 +197,7 @@ class FeatureSet:
             for handle in self._handles.values():
                 handle.close()
         self._handles.clear()
+        self._buffers.clear()
 
     def __len__(self) -> int:
         return len(self.ids)
