@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..names import canonical_id, printable, with_slashes
 from .corpora.common import CorpusOptions
 from .sources import AudioSource
+from .streams import read_to_end
 
 # What a folder walk takes by default: the formats speech is stored in that libsndfile
 # decodes. Not the other types it reads (.mat, .htk, .sd2, .xi, .voc, ...): beside a corpus
@@ -162,7 +163,9 @@ def _read_form(item: str, form: str, wanted: tuple, stdin: TextIO, corpus: Corpu
 
 def _stdin_lines(stream: TextIO) -> list[str]:
     binary = getattr(stream, "buffer", None)
-    return [os.fsdecode(line) for line in binary.read().splitlines()] if binary is not None else stream.read().splitlines()
+    if binary is None:
+        return stream.read().splitlines()
+    return [os.fsdecode(line) for line in read_to_end(binary).splitlines()]
 
 
 def _expand(item: str, wanted: tuple[str, ...], stdin: TextIO) -> list[AudioSource]:
@@ -217,8 +220,9 @@ def _from_manifest(manifest: str) -> list[AudioSource]:
 
 def _read_lines(manifest: str) -> list[str]:
     try:
-        with open(manifest, encoding="utf-8") as file:
-            return file.read().split("\n")
+        with open(manifest, "rb") as file:  # a FIFO or process substitution may come slowly
+            text = read_to_end(file).decode("utf-8")
+        return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as text mode reads lines
     except UnicodeDecodeError:
         raise InputError(f"{manifest}: not a UTF-8 text manifest") from None
     except OSError as error:
