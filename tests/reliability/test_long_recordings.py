@@ -66,11 +66,13 @@ def test_a_ten_minute_recording_runs_in_the_memory_of_a_one_minute_one(zygote, m
     # 10 x 60 x 16000 x 4 B = 36.6 MiB (33 MiB more than the 1-minute one), and the model's
     # first conv output over it, 16 channels x 1.92e6 steps x 4 B = 117 MiB (105 MiB more).
     # Measured on 2026-11-24: streaming within 8 MiB; the control below (decoded audio kept)
-    # 50 MiB or more. Bound: 20 MiB.
+    # 50 MiB or more. On 2026-12-04 streaming measured 6.9-20.2 MiB from run to run (the same
+    # spread at the commit before that day's changes: 8.1-17.9). Bound: 28 MiB, under the
+    # 33 MiB that the waveform alone adds when held.
     short = peak_rss_mib(zygote, write_long_recording(tmp_path / "one.wav", 1), tmp_path / "one", model)
     long = peak_rss_mib(zygote, write_long_recording(tmp_path / "ten.wav", 10), tmp_path / "ten", model)
     print(f"\npeak RSS: 1 min {short:.1f} MiB, 10 min {long:.1f} MiB ({long - short:+.1f} MiB)")
-    assert long - short < 20, f"10 min peaks {long - short:.1f} MiB above 1 min"
+    assert long - short < 28, f"10 min peaks {long - short:.1f} MiB above 1 min"
     with open_features(tmp_path / "ten") as store:
         (utt_id,) = store.ids
         assert store.info(utt_id)["frames"] == (10 * 60 * RATE - 400) // 320 + 1
