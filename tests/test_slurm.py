@@ -21,6 +21,7 @@ from lebench_cli.reading.store import open_features
 from support.fake_hub import fake_hub_cache
 from lebench_cli.testing.audio import write_audio
 from support.scaleout import ROOT, assert_same_store, extract_args, make_corpus, part_shards, single_process_run
+from support.slow_runs import slow_windows
 
 
 def slurm(*args):
@@ -286,24 +287,6 @@ def test_a_three_task_array_with_a_cancelled_and_a_time_limited_task_makes_the_s
     assert_same_store(out, reference)
 
 
-def _slow_windows(env: dict, tmp_path: Path) -> dict:
-    """The environment with a sitecustomize that makes each window group of a long recording
-    take 0.5 s, as a real model on a CPU does: the tiny test model on a quiet machine runs a
-    30-minute recording in seconds, and the test needs one that cannot finish in two minutes."""
-    folder = tmp_path / "slow-windows"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(
-        "import time\n"
-        "from lebench_cli.pipeline import extract\n"
-        "_original = extract.Extraction._append_windows\n"
-        "def _slowly(*args):\n"
-        "    time.sleep(0.5)\n"
-        "    _original(*args)\n"
-        "extract.Extraction._append_windows = staticmethod(_slowly)\n")
-    paths = [str(folder), *filter(None, [env.get("PYTHONPATH", "")])]
-    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
-
-
 def test_a_two_minute_time_limit_requeues_a_recording_that_cannot_finish_twice_then_fails_it(
         slurm_env, checkpoints, tmp_path):
     """`--time 2`: SLURM warns each task 60 s before its limit (the lead halved), and as it
@@ -319,7 +302,7 @@ def test_a_two_minute_time_limit_requeues_a_recording_that_cannot_finish_twice_t
         write_audio(corpus / f"short{index}.wav", 1.0 + index * 0.2, seed=index + 2)
     out = tmp_path / "out"
     chunking = ["--chunk-seconds", "4", "--overlap-seconds", "1", "--batch-seconds", "4"]
-    slurm_env = _slow_windows(slurm_env, tmp_path)
+    slurm_env = slow_windows(slurm_env, tmp_path)
     job = _submit(slurm_env, tmp_path, corpus, out, checkpoints("base"), tasks=2, slurm_args=["--time", "2"],
                   more_extract_args=chunking)
     _wait(lambda: not _in_queue(slurm_env, job), 900, f"array job {job} to finish")
