@@ -16,6 +16,7 @@ from lebench_cli.pipeline.extract import Extraction
 from lebench_cli.reading.store import open_features
 from lebench_cli.pipeline.time_limit import parse_slurm_time
 from lebench_cli.testing.audio import write_audio
+from support.slow_runs import slow_windows
 
 
 def default_stop_signals():
@@ -201,13 +202,14 @@ def test_devices_pass_the_time_limit_warning_on_to_their_workers(checkpoints, tm
     import time
 
     corpus = tmp_path / "corpus"
-    write_audio(corpus / "long.wav", 1800, seed=1, subtype="PCM_16")  # minutes of work, however fast the machine
+    write_audio(corpus / "long.wav", 1800, seed=1, subtype="PCM_16")
     write_audio(corpus / "short.wav", 1.0, seed=2)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "lebench_cli", "extract", str(corpus), "-o", str(out), "--model",
             str(checkpoints("base")), "--devices", "cpu,cpu", "--workers", "0", "--chunk-seconds", "4",
             "--overlap-seconds", "1", "--batch-seconds", "8", "-q"]
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+    # The tiny model runs the 30-minute recording in seconds on a quiet machine: slowed to minutes.
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=slow_windows(dict(os.environ), tmp_path),
                                preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT,
                                                                                             signal.SIGUSR1)])
     deadline = time.monotonic() + 120
