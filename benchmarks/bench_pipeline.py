@@ -154,8 +154,9 @@ def stage_decode(items: list, workers: int, window_seconds: float = 30.0) -> dic
     if short_started is None:
         short_started, short_cpu = finished, time.process_time()
     long_wall = short_started - started
-    return {"wall_s": finished - started, "main_cpu_s": time.process_time() - cpu, "files": len(items),
-            "cpu_s": time.process_time() - cpu + children_cpu() - children,
+    main_cpu = time.process_time() - cpu
+    return {"wall_s": finished - started, "main_cpu_s": main_cpu, "files": len(items),
+            "cpu_s": main_cpu + (children_cpu() - children),
             "audio_s": samples / SAMPLE_RATE,
             "short_x_rt": sum(i.seconds for i in short) / (finished - short_started) if short else None,
             "short_main_cpu_s": time.process_time() - short_cpu,
