@@ -27,7 +27,9 @@ epoch). "warm": then passes for at least --min-seconds; "cold": then at least 3 
 on every file of the corpus (--cold fadvise: only this corpus's pages, others' stay); auto
 takes drop when /proc/sys/vm/drop_caches is writable: every read then comes from the disk,
 as in an epoch over a corpus larger than memory. MB/s counts the float16 bytes
-delivered (frames x width x layers x 2), whatever the format holds on disk.
+delivered (frames x width x layers x 2), whatever the format holds on disk. The main
+process only counts what it is handed; with --touch it also reads one value of every 4 KiB
+page of each item, as a copy to the GPU would, so that mapping what workers send is paid.
 
 Every lebench case runs twice: as readers get it (each read checked against its xxh3
 checksum) and with open_features(..., verify=False); "check cost" is how much longer the
@@ -72,6 +74,9 @@ def parse_args(argv):
     add_work_argument(parser, "lebench-bench-read", help="corpus folder (kept and reused when its parameters match)")
     parser.add_argument("--min-seconds", type=float, default=3.0,
                         help="timed passes last at least this long (default 3; --quick: 0)")
+    parser.add_argument("--touch", action="store_true",
+                        help="the main process reads one value of every 4 KiB page of each item, as copying it to "
+                             "a GPU would: what mapping the workers' tensors costs is counted")
     parser.add_argument("--seed", type=int, default=0)
     add_json_out_argument(parser)
     parser.add_argument("--breakdown", action="store_true",
@@ -327,24 +332,26 @@ def run_case(spec: dict) -> dict:
     sampler = batches(frames, int(spec["batch_seconds"] * FRAME_RATE), spec["seed"])
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec["workers"],
                                          collate_fn=list, persistent_workers=spec["workers"] > 0)
-    consume(loader)  # untimed: workers started, files and indexes opened, as in any epoch after the first
+    consume(loader, spec["touch"])  # untimed: workers started, files and indexes opened, as in any epoch after the first
     seconds, passes, delivered = 0.0, 0, 0
     while not passes or seconds < spec["min_seconds"] or (spec["cache"] == "cold" and passes < 3):
         if spec["cache"] == "cold":
             empty_page_cache(work / spec["format"], spec["cold_method"])
         started = time.perf_counter()
-        delivered += consume(loader)
+        delivered += consume(loader, spec["touch"])
         seconds += time.perf_counter() - started
         passes += 1
     return {"utterances": len(ids), "passes": passes, "seconds": seconds, "utt_per_s": passes * len(ids) / seconds,
             "mb_per_s": delivered / seconds / 1e6}
 
 
-def consume(loader) -> int:
+def consume(loader, touch: bool = False) -> int:
     """Bytes of float16 features delivered in one pass."""
     total = 0
     for batch in loader:
         total += sum(item.shape[0] * item.shape[1] * item.shape[2] * 2 for item in batch)
+        if touch:
+            sum(float(item.reshape(-1)[::2048].float().sum()) for item in batch)  # float16: 2048 values a page
     return total
 
 
@@ -415,7 +422,8 @@ def main(argv=None) -> int:
                 for name in formats:
                     spec = {"format": name, "layers": layers, "workers": workers, "cache": cache, "frames": frames,
                             "work": str(args.work), "batch_seconds": args.batch_seconds, "seed": args.seed,
-                            "cold_method": method, "min_seconds": 0 if args.quick else args.min_seconds}
+                            "cold_method": method, "min_seconds": 0 if args.quick else args.min_seconds,
+                            "touch": args.touch}
                     result = run_case(spec) if args.quick else run_child(spec)
                     if name == "lebench":
                         spec = {**spec, "verify": False}

@@ -33,10 +33,11 @@ class FeatureBatch(NamedTuple):
         return frames[None, :] < self.lengths[:, None]
 
 
-def collate_features(items: list, pooled: bool = False) -> FeatureBatch:
+def collate_features(items: list, pooled: bool = False, empty=None) -> FeatureBatch:
     """(id, tensor) or (id, tensor, metadata) items of a FeatureDataset -> one FeatureBatch.
     Frames items ([frames, width] or [layers, frames, width]) are padded with zeros along frames
-    to the longest; pooled items (pooled=True: [width] or [layers, width]) are stacked."""
+    to the longest; pooled items (pooled=True: [width] or [layers, width]) are stacked.
+    empty(shape): where the padded features are made (default: a new zeroed tensor)."""
     import torch
 
     if not items:
@@ -48,9 +49,12 @@ def collate_features(items: list, pooled: bool = False) -> FeatureBatch:
         return FeatureBatch(torch.stack(values), None, ids, metadata)
     lengths = torch.tensor([value.shape[-2] for value in values], dtype=torch.int64)
     first = values[0]
-    features = first.new_zeros((len(values), *first.shape[:-2], int(lengths.max()), first.shape[-1]))
+    shape = (len(values), *first.shape[:-2], int(lengths.max()), first.shape[-1])
+    features = first.new_zeros(shape) if empty is None else empty(shape)
     for position, value in enumerate(values):
         features[position, ..., : value.shape[-2], :] = value
+        if empty is not None:
+            features[position, ..., value.shape[-2]:, :] = 0
     return FeatureBatch(features, lengths, ids, metadata)
 
 

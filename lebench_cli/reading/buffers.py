@@ -5,16 +5,21 @@ few MB that glibc frees is unmapped or trimmed, and the next batch's arrays faul
 amount in again, zero-filled page by page: with all 25 layers of the large model that took
 a third of a warm read's time (docs/performance.md, "Three warm runs in a row"). Here a
 block is handed out again only when the pool's own reference is the last one: every array
-made from it (a view, a torch tensor of it) keeps the block alive and out of reach.
+made from it (a view, a torch tensor of it) keeps the block alive and out of reach. In a
+DataLoader worker the blocks are shared memory, and a tensor of one goes to the main process
+without a copy (shared_blocks.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from math import prod
 
 import numpy as np
+
+from . import shared_blocks
 
 SMALLEST_BYTES = 1024**2  # below this glibc serves arrays from its heap, without page faults
 FREE_BYTES_KEPT = 512 * 1024**2  # at most this much kept unused, per open store
@@ -29,12 +34,14 @@ class ReusedBuffers:
     """np.empty for reads, drawing large arrays from blocks nobody holds any more."""
 
     def __init__(self):
-        self._blocks = []  # [block, take number of its last use], oldest use first
+        self._blocks = []  # [block, take number of its last use, SharedBlock or None], oldest use first
         self._takes = 0
         self._reused = 0  # takes served by a block used before
         self._lock = threading.Lock()
         # Without the GIL a reference count read here may be stale: do not reuse then.
         self._enabled = getattr(sys, "_is_gil_enabled", lambda: True)()
+        self._pid = os.getpid()
+        self._shared = None  # decided at the first large read: in a DataLoader worker, blocks are shared
 
     def empty(self, shape: tuple, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
@@ -42,6 +49,7 @@ class ReusedBuffers:
         if size < SMALLEST_BYTES or not self._enabled:
             return np.empty(shape, dtype)
         with self._lock:
+            self._follow_process()
             block = self._take(size)
             return block[:size].view(dtype).reshape(shape)
 
@@ -50,7 +58,15 @@ class ReusedBuffers:
 
     def clear(self) -> None:
         with self._lock:
+            for entry in self._blocks:
+                _close(entry)
             self._blocks.clear()
+
+    def _follow_process(self) -> None:
+        if self._pid != os.getpid():  # a forked copy: the parent's blocks are not this process's to hand out
+            self._blocks, self._pid, self._shared = [], os.getpid(), None
+        if self._shared is None:
+            self._shared = shared_blocks.available() and shared_blocks.in_a_dataloader_worker()
 
     def _take(self, size: int) -> np.ndarray:
         self._takes += 1
@@ -61,9 +77,11 @@ class ReusedBuffers:
             chosen[1] = self._takes
             self._reused += 1
             return chosen[0]
-        block = np.empty(_rounded_up(size), np.uint8)
-        if sum(entry[0].nbytes for entry in self._blocks) + block.nbytes <= TRACKED_BYTES:
-            self._blocks.append([block, self._takes])
+        rounded = _rounded_up(size)
+        if sum(entry[0].nbytes for entry in self._blocks) + rounded > TRACKED_BYTES:
+            return np.empty(rounded, np.uint8)  # never handed out again, so never shared
+        block, shared = shared_blocks.new_block(rounded) if self._shared else (np.empty(rounded, np.uint8), None)
+        self._blocks.append([block, self._takes, shared])
         return block
 
     def _let_go_of_unused(self) -> None:
@@ -75,12 +93,21 @@ class ReusedBuffers:
             elif self._takes - entry[1] <= UNUSED_TAKES and free_bytes + entry[0].nbytes <= FREE_BYTES_KEPT:
                 kept.append(entry)
                 free_bytes += entry[0].nbytes
+            else:
+                _close(entry)
         self._blocks = sorted(kept, key=lambda entry: entry[1])
 
 
 def _is_free(entry: list) -> bool:
-    """No array made from the block is alive: the entry's own reference is the only one."""
-    return sys.getrefcount(entry[0]) == _ENTRY_AND_CALL_REFERENCES
+    """No array made from the block is alive (the entry's own reference is the only one) and,
+    for a shared block, every item sent from it has been returned (checked second: a tensor
+    being sent is held until it is, so its count is already up)."""
+    return sys.getrefcount(entry[0]) == _ENTRY_AND_CALL_REFERENCES and (entry[2] is None or entry[2].all_returned())
+
+
+def _close(entry: list) -> None:
+    if entry[2] is not None:
+        entry[2].close()
 
 
 def _rounded_up(size: int) -> int:

@@ -60,8 +60,12 @@ class _FeatureDatasetMethods:
         return utt_id, torch.from_numpy(self._read(utt_id))
 
     def collate(self, items: list) -> FeatureBatch:
-        """Items padded with zeros to the longest: see collate_features."""
-        return collate_features(items, pooled=self.pooled)
+        """Items padded with zeros to the longest: see collate_features. The padded features
+        are made in the store's read blocks (in a DataLoader worker: shared, sent without a copy)."""
+        import torch
+
+        empty = None if self.pooled else lambda shape: torch.from_numpy(self.features._buffers.empty(shape, self.dtype))
+        return collate_features(items, pooled=self.pooled, empty=empty)
 
     def _read(self, utt_id: str) -> np.ndarray:
         if self.pooled:
