@@ -27,9 +27,13 @@ epoch). "warm": then passes for at least --min-seconds; "cold": then at least 3 
 on every file of the corpus (--cold fadvise: only this corpus's pages, others' stay); auto
 takes drop when /proc/sys/vm/drop_caches is writable: every read then comes from the disk,
 as in an epoch over a corpus larger than memory. MB/s counts the float16 bytes
-delivered (frames x width x layers x 2), whatever the format holds on disk. The main
-process only counts what it is handed; with --touch it also reads one value of every 4 KiB
-page of each item, as a copy to the GPU would, so that mapping what workers send is paid.
+delivered (frames x width x layers x 2, padding not counted), whatever the format holds on
+disk. The main process only counts what it is handed; with --touch it also reads one value
+of every 4 KiB page of each item, as a copy to the GPU would, so that mapping what workers
+send is paid. --collate pad pads each batch into one tensor (in the worker, where there are
+workers), as training does: lebench through FeatureDataset(..., dtype="float16") and
+dataset.collate, the others through lebench's collate_features (a new zeroed tensor, like
+torch's pad_sequence).
 
 Every lebench case runs twice: as readers get it (each read checked against its xxh3
 checksum) and with open_features(..., verify=False); "check cost" is how much longer the
@@ -74,6 +78,10 @@ def parse_args(argv):
     add_work_argument(parser, "lebench-bench-read", help="corpus folder (kept and reused when its parameters match)")
     parser.add_argument("--min-seconds", type=float, default=3.0,
                         help="timed passes last at least this long (default 3; --quick: 0)")
+    parser.add_argument("--collate", choices=("list", "pad"), default="list",
+                        help="batches as lists of items (default), or padded into one tensor: lebench through "
+                             "FeatureDataset and dataset.collate, every other format through collate_features "
+                             "(a new zeroed tensor, as torch's pad_sequence)")
     parser.add_argument("--touch", action="store_true",
                         help="the main process reads one value of every 4 KiB page of each item, as copying it to "
                              "a GPU would: what mapping the workers' tensors costs is counted")
@@ -328,10 +336,10 @@ def run_case(spec: dict) -> dict:
     frames, work = spec["frames"], Path(spec["work"])
     ids = [f"spk{index % 10}/utt{index:05d}" for index in range(len(frames))]
     layers = spread_layers(spec["layers"])
-    dataset = ReadDataset(spec["format"], work / spec["format"], ids, layers, spec.get("verify", True))
+    dataset, collate = case_dataset(spec, work / spec["format"], ids, layers)
     sampler = batches(frames, int(spec["batch_seconds"] * FRAME_RATE), spec["seed"])
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec["workers"],
-                                         collate_fn=list, persistent_workers=spec["workers"] > 0)
+                                         collate_fn=collate, persistent_workers=spec["workers"] > 0)
     consume(loader, spec["touch"])  # untimed: workers started, files and indexes opened, as in any epoch after the first
     seconds, passes, delivered = 0.0, 0, 0
     while not passes or seconds < spec["min_seconds"] or (spec["cache"] == "cold" and passes < 3):
@@ -345,13 +353,38 @@ def run_case(spec: dict) -> dict:
             "mb_per_s": delivered / seconds / 1e6}
 
 
+def case_dataset(spec: dict, folder: Path, ids: list, layers: list) -> tuple:
+    """(dataset, collate_fn) of one case: what a user of the format would write."""
+    verify = spec.get("verify", True)
+    if spec["collate"] == "list":
+        return ReadDataset(spec["format"], folder, ids, layers, verify), list
+    if spec["format"] == "lebench":
+        from lebench_cli.reading.dataset import FeatureDataset
+        from lebench_cli.reading.store import open_features
+
+        dataset = FeatureDataset(open_features(folder, verify=verify), layers=layers, dtype="float16", ids=ids)
+        return dataset, dataset.collate
+    return ReadDataset(spec["format"], folder, ids, layers, verify), pad_items
+
+
+def pad_items(items: list):
+    from lebench_cli.reading.batches import collate_features
+
+    return collate_features([(None, item) for item in items])
+
+
 def consume(loader, touch: bool = False) -> int:
-    """Bytes of float16 features delivered in one pass."""
+    """Bytes of float16 features delivered in one pass (padding not counted)."""
     total = 0
     for batch in loader:
-        total += sum(item.shape[0] * item.shape[1] * item.shape[2] * 2 for item in batch)
+        if isinstance(batch, list):
+            total += sum(item.shape[0] * item.shape[1] * item.shape[2] * 2 for item in batch)
+            tensors = batch
+        else:  # a FeatureBatch [batch, layers, frames_max, width]
+            total += int(batch.lengths.sum()) * batch.features.shape[1] * batch.features.shape[3] * 2
+            tensors = [batch.features]
         if touch:
-            sum(float(item.reshape(-1)[::2048].float().sum()) for item in batch)  # float16: 2048 values a page
+            sum(float(tensor.reshape(-1)[::2048].float().sum()) for tensor in tensors)  # float16: 2048 values a page
     return total
 
 
@@ -423,7 +456,7 @@ def main(argv=None) -> int:
                     spec = {"format": name, "layers": layers, "workers": workers, "cache": cache, "frames": frames,
                             "work": str(args.work), "batch_seconds": args.batch_seconds, "seed": args.seed,
                             "cold_method": method, "min_seconds": 0 if args.quick else args.min_seconds,
-                            "touch": args.touch}
+                            "touch": args.touch, "collate": args.collate}
                     result = run_case(spec) if args.quick else run_child(spec)
                     if name == "lebench":
                         spec = {**spec, "verify": False}

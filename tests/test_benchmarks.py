@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -113,6 +115,24 @@ def test_bench_read_reads_every_format_back_on_a_tiny_corpus(tmp_path):
     assert report["cold_method"] == "fadvise" and "vs best peer" in completed.stdout
     checked = [r for r in rows if r["format"] == "lebench"]
     assert all(r["unchecked_utt_per_s"] > 0 and "check_cost" in r for r in checked) and "check cost" in completed.stdout
+
+
+def test_bench_read_pads_batches_and_counts_the_same_frames(tmp_path):
+    """--collate pad: lebench through FeatureDataset and dataset.collate, the others padded by
+    collate_features; MB/s counts real frames, so a pass delivers what the list batches do."""
+    delivered = {}
+    for collate in ("list", "pad"):
+        results = tmp_path / f"{collate}.json"
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_read", "--quick", "--cache", "warm", "--formats",
+             "lebench,npy-stacked", "--collate", collate, "--touch", "--work", tmp_path / "work", "--json-out",
+             results], capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        for row in json.loads(results.read_text())["rows"]:
+            delivered[(collate, row["format"], row["layers"])] = row["mb_per_s"] * row["seconds"] / row["passes"]
+    assert len(delivered) == 8
+    for (collate, name, layers), megabytes in delivered.items():
+        assert megabytes == pytest.approx(delivered[("list", "npy-stacked", layers)], rel=1e-9), (collate, name)
 
 
 def test_bench_read_check_cost_reports_wall_and_cpu_seconds(tmp_path):
