@@ -26,7 +26,7 @@ from math import prod
 import numpy as np
 
 _HEADER = 64  # int64 items sent (the worker writes it), int64 items returned (the receiver writes it)
-_SENT, _RETURNED = 0, 8
+_RETURNED = 8  # the returned count's byte offset
 _DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 
 _registry = []  # this process's SharedBlocks whose tensors are sent by place
