@@ -191,3 +191,14 @@ def test_spawned_workers_send_by_place_too(tmp_path):
     for batch in held:
         for utt_id, tensor in batch:
             np.testing.assert_array_equal(tensor.numpy(), stored(by_id[utt_id]))
+
+
+def test_collate_keeps_the_dtype_of_items_converted_after_reading(tmp_path, pool_every_read):
+    utts = random_utterances(4, seed=10)
+    write(tmp_path, utts, save_dtype="float32")
+    dataset = FeatureDataset(tmp_path, layers=LAYERS, dtype="float16")
+    items = [(utt_id, tensor.double()) for utt_id, tensor in (dataset[index] for index in range(4))]
+    batch = dataset.collate(items)
+    assert batch.features.dtype == torch.float64
+    for position, (_, tensor) in enumerate(items):
+        assert torch.equal(batch.features[position, :, : tensor.shape[1]], tensor)

@@ -37,7 +37,7 @@ def collate_features(items: list, pooled: bool = False, empty=None) -> FeatureBa
     """(id, tensor) or (id, tensor, metadata) items of a FeatureDataset -> one FeatureBatch.
     Frames items ([frames, width] or [layers, frames, width]) are padded with zeros along frames
     to the longest; pooled items (pooled=True: [width] or [layers, width]) are stacked.
-    empty(shape): where the padded features are made (default: a new zeroed tensor)."""
+    empty(shape, dtype): where the padded features are made (default: a new zeroed tensor)."""
     import torch
 
     if not items:
@@ -50,7 +50,7 @@ def collate_features(items: list, pooled: bool = False, empty=None) -> FeatureBa
     lengths = torch.tensor([value.shape[-2] for value in values], dtype=torch.int64)
     first = values[0]
     shape = (len(values), *first.shape[:-2], int(lengths.max()), first.shape[-1])
-    features = first.new_zeros(shape) if empty is None else empty(shape)
+    features = first.new_zeros(shape) if empty is None else empty(shape, first.dtype)
     for position, value in enumerate(values):
         features[position, ..., : value.shape[-2], :] = value
         if empty is not None:

@@ -62,10 +62,14 @@ class _FeatureDatasetMethods:
     def collate(self, items: list) -> FeatureBatch:
         """Items padded with zeros to the longest: see collate_features. The padded features
         are made in the store's read blocks (in a DataLoader worker: shared, sent without a copy)."""
+        return collate_features(items, pooled=self.pooled, empty=None if self.pooled else self._empty_batch)
+
+    def _empty_batch(self, shape: tuple, dtype):
         import torch
 
-        empty = None if self.pooled else lambda shape: torch.from_numpy(self.features._buffers.empty(shape, self.dtype))
-        return collate_features(items, pooled=self.pooled, empty=empty)
+        if dtype != torch.from_numpy(np.empty(0, self.dtype)).dtype:  # items converted since: their dtype
+            return torch.zeros(shape, dtype=dtype)
+        return torch.from_numpy(self.features._buffers.empty(shape, self.dtype))
 
     def _read(self, utt_id: str) -> np.ndarray:
         if self.pooled:
