@@ -202,3 +202,30 @@ def test_collate_keeps_the_dtype_of_items_converted_after_reading(tmp_path, pool
     assert batch.features.dtype == torch.float64
     for position, (_, tensor) in enumerate(items):
         assert torch.equal(batch.features[position, :, : tensor.shape[1]], tensor)
+
+
+@pytest.mark.parametrize("limit", ["blocks", "descriptors"])
+def test_past_the_blocks_a_worker_may_hold_reads_go_to_private_memory(tmp_path, pool_every_read, monkeypatch, limit):
+    if limit == "blocks":
+        monkeypatch.setattr(shared_blocks, "MOST_BLOCKS", 2)
+    else:
+        calls = {"count": 0}
+        real = os.memfd_create
+
+        def memfd_create(*args):
+            calls["count"] += 1
+            if calls["count"] > 2:
+                raise OSError(24, "Too many open files")
+            return real(*args)
+
+        monkeypatch.setattr(os, "memfd_create", memfd_create)
+    utts = random_utterances(20, seed=11)
+    write(tmp_path, utts, save_dtype="float32")
+    loader = torch.utils.data.DataLoader(FeatureDataset(tmp_path, layers=LAYERS), batch_size=4, num_workers=1,
+                                         multiprocessing_context="fork", collate_fn=list)
+    before = shared_blocks.received
+    held = [batch for batch in loader]  # every item held: the worker cannot reuse a block
+    assert 0 < shared_blocks.received - before <= 2
+    for batch in held:
+        for utt_id, tensor in batch:
+            np.testing.assert_array_equal(tensor.numpy(), stored(utts[int(utt_id[1:])]))

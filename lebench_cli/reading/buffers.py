@@ -80,7 +80,8 @@ class ReusedBuffers:
         rounded = _rounded_up(size)
         if sum(entry[0].nbytes for entry in self._blocks) + rounded > TRACKED_BYTES:
             return np.empty(rounded, np.uint8)  # never handed out again, so never shared
-        block, shared = shared_blocks.new_block(rounded) if self._shared else (np.empty(rounded, np.uint8), None)
+        made = shared_blocks.new_block(rounded) if self._shared else None
+        block, shared = made or (np.empty(rounded, np.uint8), None)
         self._blocks.append([block, self._takes, shared])
         return block
 

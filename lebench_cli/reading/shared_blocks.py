@@ -29,6 +29,8 @@ _HEADER = 64  # int64 items sent (the worker writes it), int64 items returned (t
 _RETURNED = 8  # the returned count's byte offset
 _DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 
+MOST_BLOCKS = 128  # each holds a descriptor: past this many, reads go to private memory (and torch's copy)
+
 _registry = []  # this process's SharedBlocks whose tensors are sent by place
 _registry_lock = threading.Lock()
 _returned_lock = threading.Lock()
@@ -80,10 +82,18 @@ class SharedBlock:
             self.descriptor = -1
 
 
-def new_block(size: int) -> tuple:
-    """(data array, SharedBlock), the block registered so that its tensors are sent by place."""
+def new_block(size: int):
+    """(data array, SharedBlock), the block registered so that its tensors are sent by place;
+    None where this process has MOST_BLOCKS already or the system refuses one (descriptors,
+    memory): the caller reads into private memory then."""
+    with _registry_lock:
+        if len(_registry) >= MOST_BLOCKS:
+            return None
     _register_reducer()
-    block = SharedBlock(size)
+    try:
+        block = SharedBlock(size)
+    except OSError:
+        return None
     with _registry_lock:
         _registry.append(block)
     return block.data(), block
